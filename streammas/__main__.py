@@ -1,0 +1,5 @@
+import sys
+
+from streammas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,65 @@
+"""The ``streammas`` command.
+
+Each subcommand lives in its own module, which exposes ``add_arguments(parser)`` and
+``run_command(args) -> int``. Only the chosen subcommand's module is imported, so ``streammas --help``
+answers at once and a broken optional dependency of one command cannot break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("streammas.demo", "run the service on built-in data with a built-in producer and report"),
+    "run": ("streammas.service", "run the long-lived service from a TOML configuration"),
+    "send": ("connectors.send", "stream a file into a ZeroMQ source (the producer side)"),
+    "inspect": ("streammas.inspect", "summarise a state directory (samples, consolidations, importance)"),
+    "evaluate": ("streammas.evaluation.cli", "task-free continual-learning benchmarks with no boundaries given"),
+    "bench": ("streammas.bench", "speed and memory benchmarks (step, importance, ingest)"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streammas",
+        description="Online learning on unlabeled streams that remembers what mattered.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command", help="one of the commands below")
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streammas")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0].startswith("-"):
+        top.parse_args(argv or ["--help"])
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        top.error(f"unknown command {name!r}; choose from {', '.join(sorted(COMMANDS))}")
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"streammas {name}", description=help_)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.run_command(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,495 @@
+"""OnlineMAS: one online step on a micro-batch of an unlabeled stream, remembering what mattered."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from streammas.buffer import HardBuffer
+from streammas.hostsync import host_read
+from streammas.importance import METHODS, hebbian_importance, output_sensitivity
+from streammas.objectives import Objective, resolve_objective
+from streammas.plateau import HOLD, PEAK, PLATEAU, PlateauConfig, PlateauDetector
+from streammas.synapses import Synapses
+
+EVENT_KINDS = ("plateau", "peak", "consolidation", "skipped_update", "rejected")
+IMPORTANCE_SOURCES = ("stream", "buffer")
+CONSOLIDATE_AT = ("plateau", "peak")
+BAD_INPUT_POLICIES = ("raise", "skip")
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something the learner noticed: a plateau, a peak, a consolidation, a skipped update, rejected input."""
+
+    kind: str
+    step: int
+    samples_seen: int
+    value: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _make_optimizer(optimizer: str | Callable, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if callable(optimizer):
+        return optimizer(params)
+    kinds = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+    if optimizer not in kinds:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'sgd', 'adam' or pass a callable")
+    try:
+        # The fused kernels can skip a step on a device-side flag (found_inf), so a non-finite loss is
+        # handled without a device-to-host synchronisation.
+        return kinds[optimizer](params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):
+        return kinds[optimizer](params, lr=lr)
+
+
+class OnlineMAS:
+    """An online learner for unlabeled streams with Memory Aware Synapses.
+
+    Each :meth:`learn_many` call scores the batch (the prequential per-sample loss, computed before the
+    update and returned to the caller), updates the model on the batch plus the hard buffer, applies the
+    regulariser as a stable proximal step, and folds the batch's output sensitivity into a running
+    importance. When the loss settles on a plateau, the important weights are consolidated: Omega absorbs
+    the regime's importance and theta* anchors the current weights. See ``DESIGN.md`` for the definitions.
+
+    Parameters
+    ----------
+    model: the module to train; the learner's state lives on its device.
+    objective: ``"reconstruction"``, ``"classification"`` (labels required) or ``(output, x, y) -> losses``.
+    optimizer: ``"sgd"``, ``"adam"`` or a callable ``params -> torch.optim.Optimizer``.
+    reg_lambda: strength of the regulariser ``lambda * sum Omega (theta - theta*)^2``; 0 disables it.
+    hard_buffer: how many high-loss samples are kept and mixed into each update; 0 disables the buffer.
+    importance_every: measure the online importance on every k-th batch.
+    importance_source: ``"stream"`` (online running average) or ``"buffer"`` (measured on the hard buffer
+        at consolidation time, the task-free paper's choice).
+    importance_method: see :func:`streammas.importance.output_sensitivity`, or ``"hebbian"`` for the local
+        rule that needs no backward pass.
+    importance_output: name of the submodule whose output sensitivity is measured (``None``: the model's).
+    consolidation: ``"mean"``, ``"sum"`` or ``"ema"``: how each regime's importance enters Omega.
+    omega_normalization: ``"mean"``, ``"max"`` or ``"none"``: rescaling of a regime's importance.
+    consolidate_at: ``"plateau"`` consolidates when a plateau is detected; ``"peak"`` keeps a snapshot of
+        theta and the importance while the plateau holds and consolidates it when the next peak arrives.
+    plateau: a :class:`~streammas.plateau.PlateauConfig`, a dict of its fields, or a detector object with
+        ``update(value) -> "plateau" | "peak" | "hold" | None`` (for example ``RiverDriftDetector``).
+    steps_per_batch: optimisation steps on each batch.
+    sync_every: the host reads device values (loss window, counters) once every this many steps.
+    on_bad_input: ``"raise"`` a ValueError naming the bad samples, or ``"skip"`` them (counted).
+    callback: called with each :class:`Event`.
+    device: where the model and all learner state live (``None``: the model's device).
+
+    >>> from streammas.models import MLPAutoencoder
+    >>> torch.manual_seed(0) and None
+    >>> learner = OnlineMAS(MLPAutoencoder(in_features=8, hidden=(16,), latent=4), lr=0.05)
+    >>> x = torch.rand(32, 8)
+    >>> first = learner.learn_many(x).mean().item()
+    >>> for _ in range(200):
+    ...     losses = learner.learn_many(x)
+    >>> losses.shape, losses.mean().item() < first
+    (torch.Size([32]), True)
+    >>> learner.learn_one({"a": 1.0, "b": 0.0, "c": 0.5, "d": 0.2, "e": 0.1, "f": 0.0, "g": 0.3, "h": 0.9}) >= 0
+    True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        objective: str | Objective = "reconstruction",
+        optimizer: str | Callable[[list[nn.Parameter]], torch.optim.Optimizer] = "sgd",
+        lr: float = 1e-2,
+        reg_lambda: float = 1.0,
+        hard_buffer: int = 16,
+        importance_every: int = 1,
+        importance_source: str = "stream",
+        importance_method: str = "auto",
+        importance_output: str | None = None,
+        consolidation: str = "mean",
+        ema_alpha: float = 0.5,
+        omega_normalization: str = "mean",
+        consolidate_at: str = "plateau",
+        plateau: PlateauConfig | Mapping | Any | None = None,
+        steps_per_batch: int = 1,
+        sync_every: int = 16,
+        on_bad_input: str = "raise",
+        callback: Callable[[Event], None] | None = None,
+        device: str | torch.device | None = None,
+        max_events: int = 1000,
+    ) -> None:
+        if reg_lambda < 0 or not math.isfinite(reg_lambda):
+            raise ValueError(f"reg_lambda must be a finite number >= 0, got {reg_lambda}")
+        if importance_source not in IMPORTANCE_SOURCES:
+            raise ValueError(f"importance_source must be one of {IMPORTANCE_SOURCES}, got {importance_source!r}")
+        if importance_source == "buffer" and hard_buffer == 0:
+            raise ValueError("importance_source='buffer' needs a hard buffer: set hard_buffer > 0")
+        if importance_method not in (*METHODS, "hebbian"):
+            raise ValueError(f"unknown importance_method {importance_method!r}")
+        if consolidate_at not in CONSOLIDATE_AT:
+            raise ValueError(f"consolidate_at must be one of {CONSOLIDATE_AT}, got {consolidate_at!r}")
+        if on_bad_input not in BAD_INPUT_POLICIES:
+            raise ValueError(f"on_bad_input must be one of {BAD_INPUT_POLICIES}, got {on_bad_input!r}")
+        for name, value in (("importance_every", importance_every), ("steps_per_batch", steps_per_batch),
+                            ("sync_every", sync_every)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if device is not None:
+            model = model.to(device)
+        first = next(model.parameters(), None)
+        if first is None:
+            raise ValueError("the model has no parameters to learn")
+        self.model = model
+        self.device = first.device
+        self.dtype = first.dtype
+        self.objective, self.needs_labels = resolve_objective(objective)
+        self.reg_lambda = float(reg_lambda)
+        self.importance_every = int(importance_every)
+        self.importance_source = importance_source
+        self.importance_method = importance_method
+        self.importance_output = importance_output
+        self.consolidate_at = consolidate_at
+        self.steps_per_batch = int(steps_per_batch)
+        self.sync_every = int(sync_every)
+        self.on_bad_input = on_bad_input
+        self.callback = callback
+
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._names = [n for n, _ in named]
+        self.optimizer = _make_optimizer(optimizer, [p for _, p in named], lr)
+        self._guarded_step = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+        index = {id(p): i for i, (_, p) in enumerate(named)}
+        self._group_indices = [[index[id(p)] for p in g["params"] if id(p) in index]
+                               for g in self.optimizer.param_groups]
+        self.synapses = Synapses(named, consolidation=consolidation, ema_alpha=ema_alpha,
+                                 normalization=omega_normalization)
+        self.buffer = HardBuffer(hard_buffer)
+        if plateau is None or isinstance(plateau, (PlateauConfig, Mapping)):
+            self.detector = PlateauDetector(plateau)
+        else:
+            self.detector = plateau
+        self._snapshot: dict[str, list[torch.Tensor]] | None = None
+
+        self.samples_seen = 0
+        self.steps = 0
+        self.sample_shape: tuple[int, ...] | None = None
+        self.feature_names: list[str] | None = None
+        self.counters: dict[str, int] = {k: 0 for k in ("plateaus", "peaks", "consolidations",
+                                                         "skipped_updates", "rejected_samples")}
+        self.events: deque[dict[str, Any]] = deque(maxlen=max_events)
+        self._pending: list[torch.Tensor] = []
+        self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)
+
+    # -- public views -----------------------------------------------------------------------------------------
+    @property
+    def consolidations(self) -> int:
+        return self.synapses.consolidations
+
+    @property
+    def importance(self) -> dict[str, torch.Tensor]:
+        """The consolidated Omega, by parameter name."""
+        return dict(zip(self._names, self.synapses.omega))
+
+    @property
+    def anchor(self) -> dict[str, torch.Tensor]:
+        """theta*, the weights consolidated last, by parameter name."""
+        return dict(zip(self._names, self.synapses.anchor))
+
+    @property
+    def running_importance(self) -> dict[str, torch.Tensor]:
+        """The importance measured since the last consolidation (not yet part of Omega)."""
+        return dict(zip(self._names, self.synapses.running))
+
+    # -- input ---------------------------------------------------------------------------------------------------
+    def _to_tensor(self, x: Any) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            if not (x.is_floating_point() or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
+                                                         torch.uint8, torch.bool)):
+                raise ValueError(f"samples must be real numbers, got a tensor of dtype {x.dtype}")
+            return x.detach()
+        array = np.asarray(x)
+        if array.dtype.kind not in "fiub":
+            raise ValueError(f"samples must be real numbers, got an array of dtype {array.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+    def _prepare(
+        self, x: Any, y: Any, labels_required: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Validate a batch; returns (x, y) on the device and the indices kept (None when all are kept)."""
+        xt = self._to_tensor(x)
+        if xt.dim() < 2:
+            raise ValueError(f"learn_many/score_many expect a batch [B, ...]; got shape {tuple(xt.shape)} "
+                             "(use learn_one for a single sample)")
+        batch = xt.shape[0]
+        yt = None
+        if y is not None:
+            yt = self._to_tensor(y).reshape(-1)
+            if yt.shape[0] != batch:
+                raise ValueError(f"got {batch} samples but {yt.shape[0]} labels")
+        elif self.needs_labels and labels_required:
+            raise ValueError("this objective needs labels: pass y")
+        shape = tuple(xt.shape[1:])
+        if self.sample_shape is not None and shape != self.sample_shape:
+            return self._reject(xt, yt, torch.zeros(batch, dtype=torch.bool),
+                                f"samples have shape {shape}, the stream's samples have shape {self.sample_shape}")
+        finite = torch.isfinite(xt.reshape(batch, -1).float()).all(dim=1)
+        if yt is not None and yt.is_floating_point():
+            finite &= torch.isfinite(yt)
+        ok = torch.tensor(host_read(finite), dtype=torch.bool) if xt.device.type != "cpu" else finite
+        if self.sample_shape is None and bool(ok.any()):
+            self.sample_shape = shape
+        if not bool(ok.all()):
+            return self._reject(xt, yt, ok, "samples contain NaN or Inf")
+        return xt.to(self.device, self.dtype), self._labels(yt), None
+
+    def _labels(self, yt: torch.Tensor | None) -> torch.Tensor | None:
+        return None if yt is None else yt.to(self.device)
+
+    def _reject(self, xt: torch.Tensor, yt: torch.Tensor | None, ok: torch.Tensor, why: str):
+        bad = (~ok).nonzero().flatten().tolist()
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        if self.on_bad_input == "raise":
+            raise ValueError(f"{len(bad)} of {xt.shape[0]} samples rejected ({why}): indices [{shown}]")
+        self.counters["rejected_samples"] += len(bad)
+        self._emit("rejected", float(len(bad)))
+        keep = ok.nonzero().flatten()
+        x_keep = xt[keep.to(xt.device)].to(self.device, self.dtype) if len(keep) else xt[:0].to(self.device)
+        y_keep = None if yt is None else self._labels(yt[keep.to(yt.device)])
+        return x_keep, y_keep, keep
+
+    def _vector(self, x: Mapping[str, Any]) -> np.ndarray:
+        if self.feature_names is None:
+            self.feature_names = list(x)
+        # Features absent from a sample are 0 (river's sparse convention); features never seen before are
+        # not part of the model's input and are left out.
+        return np.array([float(x.get(name, 0.0)) for name in self.feature_names], dtype=np.float32)
+
+    @staticmethod
+    def _spread(values: torch.Tensor, keep: torch.Tensor | None, batch: int) -> torch.Tensor:
+        if keep is None:
+            return values
+        full = torch.full((batch,), math.nan, dtype=values.dtype, device=values.device)
+        full[keep.to(values.device)] = values
+        return full
+
+    # -- learning ----------------------------------------------------------------------------------------------------
+    def learn_many(self, x: Any, y: Any = None) -> torch.Tensor:
+        """Score a batch (prequential per-sample loss, returned on the learner's device), then learn from it.
+
+        Rejected samples (``on_bad_input="skip"``) score NaN and are not learned.
+        """
+        batch = len(x)
+        xb, yb, keep = self._prepare(x, y)
+        if xb.shape[0] == 0:
+            return torch.full((batch,), math.nan, device=self.device)
+        scores = self._update(xb, yb)
+        if self.reg_lambda > 0 and self.importance_source == "stream" and self.steps % self.importance_every == 0:
+            self.synapses.accumulate(self._measure(xb), xb.shape[0])
+        self._pending.append(scores.mean())
+        self.steps += 1
+        self.samples_seen += xb.shape[0]
+        if self.steps % self.sync_every == 0:
+            self._sync()
+        return self._spread(scores, keep, batch)
+
+    def _update(self, xb: torch.Tensor, yb: torch.Tensor | None) -> torch.Tensor:
+        x_all, y_all = self.buffer.extend(xb, yb)
+        scores = None
+        for _ in range(self.steps_per_batch):
+            losses = self.objective(self.model(x_all), x_all, y_all)
+            if scores is None:
+                scores = losses[: xb.shape[0]].detach()
+            loss = losses.mean()
+            finite = torch.isfinite(loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._step(finite)
+        self.buffer.update(x_all, y_all, losses.detach())
+        return scores
+
+    def _step(self, finite: torch.Tensor) -> None:
+        """Optimizer step and proximal regulariser, both skipped when the loss is not finite."""
+        if self._guarded_step:
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.grad_scale = None
+            self.optimizer.step()
+            gate = finite.to(self.dtype)
+        else:
+            if not host_read(finite):
+                self._skipped += 1
+                return
+            self.optimizer.step()
+            gate = None
+        if self._guarded_step:
+            self._skipped += (~finite).long()
+        if self.synapses.consolidations and self.reg_lambda:
+            for group, indices in zip(self.optimizer.param_groups, self._group_indices):
+                self.synapses.proximal_step(self.reg_lambda, group["lr"], gate, indices)
+
+    def _measure(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.importance_method == "hebbian":
+            imp = hebbian_importance(self.model, x)
+        else:
+            imp = output_sensitivity(self.model, x, output=self.importance_output, method=self.importance_method)
+        return [imp[n] for n in self._names]
+
+    def score_many(self, x: Any, y: Any = None) -> torch.Tensor:
+        """Per-sample loss of a batch, with no update."""
+        batch = len(x)
+        xb, yb, keep = self._prepare(x, y)
+        if xb.shape[0] == 0:
+            return torch.full((batch,), math.nan, device=self.device)
+        with torch.no_grad():
+            return self._spread(self.objective(self.model(xb), xb, yb), keep, batch)
+
+    def predict_many(self, x: Any) -> torch.Tensor:
+        """The model's output on a batch, with no update."""
+        xb, _, _ = self._prepare(x, None, labels_required=False)
+        with torch.no_grad():
+            return self.model(xb)
+
+    def _one(self, x: Any) -> np.ndarray | torch.Tensor:
+        if isinstance(x, Mapping):
+            return self._vector(x)[None]
+        return self._to_tensor(x).unsqueeze(0)
+
+    def learn_one(self, x: Any, y: Any = None) -> float:
+        """Learn one sample (array, tensor or dict of features); returns its prequential loss."""
+        return float(host_read(self.learn_many(self._one(x), None if y is None else [y]))[0])
+
+    def score_one(self, x: Any, y: Any = None) -> float:
+        """The loss of one sample, with no update."""
+        return float(host_read(self.score_many(self._one(x), None if y is None else [y]))[0])
+
+    # -- plateaus and consolidation -------------------------------------------------------------------------------
+    def _sync(self) -> None:
+        """Read the pending device values once, feed the detector and act on what it says."""
+        if not self._pending:
+            return
+        values = host_read(torch.stack([*[v.float() for v in self._pending], self._skipped.float()]))
+        self._pending.clear()
+        skipped = int(values.pop())
+        if skipped:
+            self._skipped.zero_()
+            self.counters["skipped_updates"] += skipped
+            self._emit("skipped_update", float(skipped))
+        for value in values:
+            decision = self.detector.update(value)
+            if decision == PLATEAU:
+                self.counters["plateaus"] += 1
+                self._emit("plateau", value)
+                if self.consolidate_at == "plateau":
+                    self.consolidate()
+                else:
+                    self._take_snapshot()
+            elif decision == HOLD and self._snapshot is not None:
+                self._take_snapshot()
+            elif decision == PEAK:
+                self.counters["peaks"] += 1
+                self._emit("peak", value)
+                if self._snapshot is not None:
+                    snap, self._snapshot = self._snapshot, None
+                    self._consolidate(snap["theta"], snap["importance"])
+
+    def _take_snapshot(self) -> None:
+        theta = [p.detach() for p in self.synapses.params]
+        importance = self._buffer_importance() if self.importance_source == "buffer" else self.synapses.running
+        if self._snapshot is None:
+            self._snapshot = {"theta": [t.clone() for t in theta], "importance": [t.clone() for t in importance]}
+        else:
+            torch._foreach_copy_(self._snapshot["theta"], theta)
+            torch._foreach_copy_(self._snapshot["importance"], importance)
+
+    def _buffer_importance(self) -> list[torch.Tensor]:
+        if not len(self.buffer):
+            return [torch.zeros_like(t) for t in self.synapses.running]
+        return self._measure(self.buffer.x)
+
+    def consolidate(self) -> None:
+        """Consolidate now: Omega absorbs the current regime's importance, theta* anchors the weights."""
+        self._snapshot = None
+        importance = self._buffer_importance() if self.importance_source == "buffer" else None
+        self._consolidate(None, importance)
+
+    def _consolidate(self, theta: list[torch.Tensor] | None, importance: list[torch.Tensor] | None) -> None:
+        self.synapses.consolidate(theta, importance)
+        self.counters["consolidations"] += 1
+        self._emit("consolidation", None)
+
+    def flush(self) -> None:
+        """Process the device values not read yet (the detector sees every step's loss)."""
+        self._sync()
+
+    def _emit(self, kind: str, value: float | None) -> None:
+        event = Event(kind, self.steps, self.samples_seen, value)
+        self.events.append(event.as_dict())
+        if self.callback is not None:
+            self.callback(event)
+
+    # -- state --------------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state: model, optimizer, Omega, theta*, running importance, detector, buffer, counters.
+
+        Made of tensors, numbers, strings, lists and dicts only, so ``torch.load(..., weights_only=True)``
+        reads it back.
+        """
+        self._sync()
+        snapshot = None
+        if self._snapshot is not None:
+            snapshot = {key: dict(zip(self._names, [t.clone() for t in ts])) for key, ts in self._snapshot.items()}
+        return {
+            "format": 1,
+            "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "synapses": self.synapses.state_dict(),
+            "detector": self.detector.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "snapshot": snapshot,
+            "counters": dict(self.counters),
+            "samples_seen": self.samples_seen,
+            "steps": self.steps,
+            "sample_shape": None if self.sample_shape is None else list(self.sample_shape),
+            "feature_names": self.feature_names,
+            "events": list(self.events),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state made by :meth:`state_dict`; tensors move to this learner's device."""
+        if state.get("format") != 1:
+            raise ValueError(f"unsupported learner state format {state.get('format')!r}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.synapses.load_state_dict(state["synapses"])
+        self.detector.load_state_dict(state["detector"])
+        buffer = dict(state["buffer"])
+        for key in ("x", "y", "loss"):
+            if buffer[key] is not None:
+                buffer[key] = buffer[key].to(self.device)
+        self.buffer.load_state_dict(buffer)
+        snap = state["snapshot"]
+        self._snapshot = None if snap is None else {
+            key: [snap[key][n].to(self.device) for n in self._names] for key in ("theta", "importance")}
+        self.counters.update({k: int(v) for k, v in state["counters"].items()})
+        self.samples_seen = int(state["samples_seen"])
+        self.steps = int(state["steps"])
+        self.sample_shape = None if state["sample_shape"] is None else tuple(state["sample_shape"])
+        self.feature_names = None if state["feature_names"] is None else list(state["feature_names"])
+        self.events.clear()
+        self.events.extend(state["events"])
+        self._pending.clear()
+        self._skipped.zero_()
+
+    def state_nbytes(self) -> dict[str, int]:
+        """Bytes held by the learner beyond the model: the synapses, the hard buffer and any snapshot."""
+        snapshot = 0 if self._snapshot is None else sum(
+            t.numel() * t.element_size() for ts in self._snapshot.values() for t in ts)
+        params = sum(p.numel() * p.element_size() for p in self.synapses.params)
+        return {"parameters": params, "synapses": self.synapses.nbytes(), "buffer": self.buffer.nbytes(),
+                "snapshot": snapshot}
+
