@@ -115,7 +115,7 @@ class OnlineMAS:
         consolidation: str = "mean",
         ema_alpha: float = 0.5,
         omega_normalization: str = "mean",
-        consolidate_at: str = "plateau",
+        consolidate_at: str = "peak",
         plateau: PlateauConfig | Mapping | Any | None = None,
         steps_per_batch: int = 1,
         sync_every: int = 16,

@@ -4,14 +4,15 @@ The detector sees one value per step (the mean prequential loss of the batch) an
 of the last ``window`` values. It is *armed* at the start and after every peak. While armed it tracks the
 highest window mean (the peak) and the lowest (the best level so far). It declares a **plateau** when
 
-* the window mean has fallen at least ``min_drop`` (a fraction) below the peak since it was armed, so
-  the flat, noisy loss right after initialisation, before anything was learned, never qualifies; and
+* the window mean has stayed at least ``min_drop`` (a fraction) below the peak for ``patience`` steps in
+  a row, so the flat, noisy loss right after initialisation, before anything was learned, never
+  qualifies (a single noisy window proves nothing); and
 * the best level has not improved by more than ``tolerance`` (a fraction of itself) for ``patience``
   steps: the loss stopped going down.
 
-Then it disarms, follows the plateau's level down if the loss keeps falling, and declares a **peak** (and
-re-arms) when the window mean rises more than ``peak_rise`` (a fraction) above that level. Every test is a
-ratio of window means, so multiplying the loss by any positive constant changes no decision.
+Then it disarms, follows the plateau's level slowly (time constant: one window), and declares a **peak**
+(and re-arms) when the window mean rises more than ``peak_rise`` (a fraction) above that level. Every test
+is a ratio of window means, so multiplying the loss by any positive constant changes no decision.
 
 ``rule="absolute"`` instead uses the task-free paper's rule with thresholds in loss units: a plateau when
 the window's mean is below ``mean_threshold`` and its variance below ``var_threshold``; a peak when the
@@ -35,10 +36,10 @@ class PlateauConfig:
     """Detector settings. The defaults are relative (scale-free) and were chosen with ``streammas evaluate``."""
 
     window: int = 20
-    min_drop: float = 0.2
+    min_drop: float = 0.5
     tolerance: float = 0.02
     patience: int = 40
-    peak_rise: float = 0.5
+    peak_rise: float = 0.75
     hold_rise: float = 0.1
     rule: str = "relative"
     mean_threshold: float = 0.1
@@ -85,6 +86,7 @@ class PlateauDetector:
         self.peak = -math.inf
         self.best = math.inf
         self.since_best = 0
+        self.below = 0
         self.level = math.inf
         self.level_std = 0.0
         self.steps = 0
@@ -111,12 +113,15 @@ class PlateauDetector:
     def _relative(self, mean: float, var: float) -> str | None:
         cfg = self.config
         if self.armed:
-            self.peak = max(self.peak, mean)
-            if mean < self.best * (1.0 - cfg.tolerance):
+            if mean >= self.peak:
+                # Still rising (the start of a regime): improvement is counted from the top.
+                self.peak, self.best, self.since_best = mean, mean, 0
+            elif mean < self.best * (1.0 - cfg.tolerance):
                 self.best, self.since_best = mean, 0
             else:
                 self.since_best += 1
-            if self.since_best >= cfg.patience and mean <= (1.0 - cfg.min_drop) * self.peak:
+            self.below = self.below + 1 if mean <= (1.0 - cfg.min_drop) * self.peak else 0
+            if self.since_best >= cfg.patience and self.below >= cfg.patience:
                 self.armed = False
                 self.level, self.level_std = mean, math.sqrt(var)
                 return PLATEAU
@@ -124,7 +129,9 @@ class PlateauDetector:
         if mean > self.level * (1.0 + cfg.peak_rise):
             self._rearm(mean)
             return PEAK
-        self.level = min(self.level, mean)
+        # The plateau's level follows the window mean slowly (time constant: one window). A running minimum
+        # would be biased low by the noise and turn ordinary fluctuations into false peaks.
+        self.level += (mean - self.level) / cfg.window
         return HOLD if mean <= self.level * (1.0 + cfg.hold_rise) else None
 
     def _absolute(self, mean: float, var: float) -> str | None:
@@ -142,7 +149,7 @@ class PlateauDetector:
 
     def _rearm(self, mean: float) -> None:
         self.armed = True
-        self.peak, self.best, self.since_best = mean, mean, 0
+        self.peak, self.best, self.since_best, self.below = mean, mean, 0, 0
 
     def state_dict(self) -> dict:
         return {
@@ -152,6 +159,7 @@ class PlateauDetector:
             "peak": self.peak,
             "best": self.best,
             "since_best": self.since_best,
+            "below": self.below,
             "level": self.level,
             "level_std": self.level_std,
             "steps": self.steps,
@@ -165,6 +173,7 @@ class PlateauDetector:
         for key in ("peak", "best", "level", "level_std"):
             setattr(self, key, float(state[key]))
         self.since_best = int(state["since_best"])
+        self.below = int(state["below"])
         self.steps = int(state["steps"])
 
 

@@ -1,0 +1,161 @@
+"""The contracts every connector keeps: :class:`Batch`, :class:`Source`, :class:`Sink`, and the two
+functions that open a connector from a URI (:func:`open_source`, :func:`open_sink`).
+
+A source yields micro-batches of samples; a sink takes each batch back with one score per sample.
+Sources are not thread-safe: one consumer calls ``read`` (reading ``counters`` from another thread is
+fine). Nothing here imports ZeroMQ or touches a file; the registry imports a connector only when a URI
+asks for it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: How long one ``read`` inside ``for batch in source`` waits before checking ``finished`` again.
+ITERATION_POLL_S = 0.5
+
+
+@dataclass
+class Batch:
+    """A micro-batch: ``x`` of shape ``[B, ...]`` (float32, C-contiguous), optional labels ``y`` of shape
+    ``[B]``, and the source's ``position`` after this batch (JSON-serialisable; hand it back to
+    ``open_source(uri, position=...)`` to resume right after this batch).
+
+    >>> b = Batch(np.zeros((3, 2), dtype=np.float32), y=np.array([0, 1, 0]))
+    >>> len(b), b.x.shape, b.y.tolist(), b.position
+    (3, (3, 2), [0, 1, 0], None)
+    """
+
+    x: np.ndarray
+    y: np.ndarray | None = None
+    position: dict | None = None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+class Source(abc.ABC):
+    """Where samples come from: an iterable of :class:`Batch` that can be read with a timeout.
+
+    Subclasses implement :meth:`read` and :meth:`close`; most build on
+    :class:`connectors.batching.BatchingSource`, which adds micro-batching, counters and positions.
+    Iteration ends when a finite source is exhausted; an endless source (ZeroMQ, a followed file)
+    iterates until closed from the loop body or interrupted.
+
+    >>> class Three(Source):
+    ...     def __init__(self):
+    ...         self.left = 3
+    ...     def read(self, timeout=None):
+    ...         if not self.left:
+    ...             return None
+    ...         self.left -= 1
+    ...         return Batch(np.full((1, 2), self.left, dtype=np.float32))
+    ...     @property
+    ...     def finished(self):
+    ...         return self.left == 0
+    ...     def close(self):
+    ...         pass
+    >>> with Three() as source:
+    ...     [float(b.x[0, 0]) for b in source]
+    [2.0, 1.0, 0.0]
+    """
+
+    @abc.abstractmethod
+    def read(self, timeout: float | None = None) -> Batch | None:
+        """The next micro-batch, or ``None`` if none was ready within ``timeout`` seconds (``None``: wait
+        until one is, or until the source is finished). Returns within about ``timeout`` seconds."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release sockets and files. Idempotent."""
+
+    @property
+    def finished(self) -> bool:
+        """True once a finite source is exhausted; never true for an endless one."""
+        return False
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        """At least ``samples``, ``batches`` and ``rejected:<reason>`` per reason seen."""
+        return {"samples": 0, "batches": 0}
+
+    @property
+    def position(self) -> dict | None:
+        """Where the source stands after the last batch returned (``None``: not resumable)."""
+        return None
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            batch = self.read(timeout=ITERATION_POLL_S)
+            if batch is not None:
+                yield batch
+            elif self.finished:
+                return
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Sink(abc.ABC):
+    """Where results go: one record per sample, carrying its score and anything in ``extra``.
+
+    ``extra`` maps names to values: a numpy array whose first dimension is the batch size is split per
+    sample; any other JSON-serialisable value belongs to the batch and is attached once, to its last
+    record (an event such as a consolidation happens after the batch that caused it).
+
+    >>> class Collect(Sink):
+    ...     def __init__(self):
+    ...         self.scores = []
+    ...     def write(self, batch, scores, extra=None):
+    ...         self.scores.extend(np.asarray(scores).tolist())
+    ...     def close(self):
+    ...         pass
+    >>> with Collect() as sink:
+    ...     sink.write(Batch(np.zeros((2, 1), dtype=np.float32)), np.array([0.5, 1.5]))
+    >>> sink.scores
+    [0.5, 1.5]
+    """
+
+    @abc.abstractmethod
+    def write(self, batch: Batch, scores: np.ndarray, extra: dict | None = None) -> None:
+        """Emit one record per sample of ``batch``: ``scores[k]`` plus ``extra`` (see the class doc)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flush and release. Idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_source(
+    uri: str,
+    *,
+    batch_size: int = 32,
+    max_latency_ms: float = 50.0,
+    position: dict | None = None,
+    **options: Any,
+) -> Source:
+    """Open the source a URI names (``zmq+pull://127.0.0.1:5555``, ``csv:data.csv``, a glob, a plug-in's
+    scheme ...). See :mod:`connectors.registry` for the schemes and how plug-ins register."""
+    from connectors.registry import open_source as _open
+
+    return _open(uri, batch_size=batch_size, max_latency_ms=max_latency_ms, position=position, **options)
+
+
+def open_sink(uri: str, **options: Any) -> Sink:
+    """Open the sink a URI names (``jsonl:scores.jsonl``, ``jsonl:-`` for stdout, ``zmq+pub://...``)."""
+    from connectors.registry import open_sink as _open
+
+    return _open(uri, **options)

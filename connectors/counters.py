@@ -1,0 +1,142 @@
+"""Counting what a source took in and what it turned away, and logging rejects at a bounded rate.
+
+Bad input never stops a source: the piece at fault (a message, a line, a row, or for non-finite values
+a sample) is skipped, counted under ``"rejected:<reason>"`` and reported through :mod:`logging`, at most
+``burst`` log records at once and then one every ``interval`` seconds, with a count of what was not
+logged in between, so that a producer sending garbage at full speed cannot flood the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+#: The reason names used by the built-in connectors (third-party connectors may add their own).
+REASONS: Mapping[str, str] = {
+    "frames": "wrong number of frames in a ZeroMQ message",
+    "json": "not valid UTF-8 JSON (a header, a JSON message or a JSON Lines line)",
+    "header": "a wire header that is not an object with the fields the format requires",
+    "version": "unknown wire format version",
+    "dtype": "unknown or unsupported dtype",
+    "size": "byte count not matching the declared shape",
+    "shape": "sample shape different from the stream's, or an invalid shape",
+    "too_large": "a message over max_message_bytes",
+    "nonfinite": "NaN or infinity in a sample or label (counts samples, not messages)",
+    "schema": "JSON without a numeric 'x', or with 'y' not matching it",
+    "label": "a label that is missing or not of the label dtype",
+    "columns": "a CSV row with the wrong number of fields",
+    "parse": "a CSV field that is not a number",
+    "encoding": "a line that is not valid UTF-8",
+}
+
+
+class Reject(Exception):
+    """Raised by decoding code for input that must be skipped; the source counts it under ``reason``.
+
+    >>> err = Reject("dtype", "unknown dtype 'complex64'")
+    >>> err.reason, str(err)
+    ('dtype', "unknown dtype 'complex64'")
+    """
+
+    def __init__(self, reason: str, detail: str = "", count: int = 1) -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail or reason
+        self.count = count
+
+
+class RateLimitedLog:
+    """A token bucket in front of a logger: ``burst`` records at once, then one per ``interval`` seconds.
+
+    >>> lines = []
+    >>> log = RateLimitedLog(lines.append, burst=2, interval=60.0, clock=lambda: 0.0)
+    >>> for i in range(5):
+    ...     _ = log.emit(f"bad {i}")
+    >>> lines
+    ['bad 0', 'bad 1']
+    >>> log.suppressed
+    3
+    """
+
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        *,
+        burst: int = 10,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if burst < 1 or interval <= 0:
+            raise ValueError("burst must be >= 1 and interval > 0")
+        self._write = write
+        self._burst = burst
+        self._interval = interval
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last = clock()
+        self.suppressed = 0
+
+    def emit(self, message: str) -> bool:
+        """Write ``message`` if the bucket allows it; returns whether it was written."""
+        now = self._clock()
+        self._tokens = min(float(self._burst), self._tokens + (now - self._last) / self._interval)
+        self._last = now
+        if self._tokens < 1.0:
+            self.suppressed += 1
+            return False
+        self._tokens -= 1.0
+        if self.suppressed:
+            message = f"{message} ({self.suppressed} more rejects not logged before this one)"
+            self.suppressed = 0
+        self._write(message)
+        return True
+
+
+class Counters:
+    """Integer counters of a source: ``samples``, ``batches``, and ``rejected:<reason>`` per reason.
+
+    ``reject`` counts and logs (rate-limited) in one call. :meth:`snapshot` is a plain ``dict`` copy,
+    safe to hand to another thread (a metrics exporter) while the source keeps counting.
+
+    >>> c = Counters(logging.getLogger("doctest"), "csv:data.csv")
+    >>> c.add("samples", 32)
+    >>> c.reject(Reject("parse", "line 7: 'abc' is not a number"))
+    >>> c.snapshot()
+    {'samples': 32, 'batches': 0, 'rejected:parse': 1}
+    >>> c.rejected
+    1
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        name: str,
+        *,
+        keys: tuple[str, ...] = ("samples", "batches"),
+        burst: int = 10,
+        interval: float = 10.0,
+    ) -> None:
+        self._counts: dict[str, int] = dict.fromkeys(keys, 0)
+        self._name = name
+        self._log = RateLimitedLog(lambda m: logger.warning("%s", m), burst=burst, interval=interval)
+
+    def add(self, key: str, n: int = 1) -> None:
+        self._counts[key] = self._counts.get(key, 0) + n
+
+    def reject(self, error: Reject) -> None:
+        """Count ``error.count`` rejects under ``rejected:<reason>`` and log it at a bounded rate."""
+        key = "rejected:" + error.reason
+        self._counts[key] = self._counts.get(key, 0) + error.count
+        self._log.emit(f"{self._name}: skipped input ({error.reason}): {error.detail}")
+
+    @property
+    def rejected(self) -> int:
+        """Total rejects over all reasons."""
+        return sum(v for k, v in self._counts.items() if k.startswith("rejected:"))
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def __getitem__(self, key: str) -> int:
+        return self._counts.get(key, 0)

@@ -1,0 +1,228 @@
+"""A resumable cursor over the lines of a file that can follow it like ``tail -F``.
+
+Lines come out complete (without their ``\\n``), numbered from 1 per file, with the byte offset after
+the last one. With ``follow=True`` an unterminated last line waits for its newline, and at the end of
+the data the cursor notices
+
+* a *rotation* (the path now names another file, e.g. ``mv data.csv data.csv.1`` then a new
+  ``data.csv``): it finishes the old file, then continues with the new one from its start;
+* a *truncation* (the file shrank below what was read, e.g. ``copytruncate``): it starts again from
+  the beginning.
+
+A position records the path, the offset, the line number and a checksum of the file's first bytes, so
+that a resume continues exactly where it stopped, and starts from the beginning (with a warning) when
+the file at that path is no longer the same file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+
+_log = logging.getLogger(__name__)
+
+#: How many leading bytes identify a file across a restart.
+HEAD_BYTES = 1024
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, n, offset)
+    here = os.lseek(fd, 0, os.SEEK_CUR)  # pragma: no cover - platforms without pread
+    try:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, n)
+    finally:
+        os.lseek(fd, here, os.SEEK_SET)
+
+
+def file_head(fd: int, n: int) -> int:
+    """CRC-32 of the first ``n`` bytes of an open file."""
+    return zlib.crc32(_pread(fd, n, 0))
+
+
+class LineCursor:
+    """Lines of one path, from an optional position; see the module docstring for ``follow``.
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = pathlib.Path(d, "a.txt")
+    ...     _ = path.write_bytes(b"one\\ntwo\\nthree")
+    ...     with LineCursor(str(path)) as cur:
+    ...         print(cur.read_lines(2), cur.position())
+    ...         print(cur.read_lines(5), cur.at_end)
+    ([b'one', b'two'], 1) {'path': '...a.txt', 'offset': 8, 'line': 2, 'head': [8, ...]}
+    ([b'three'], 3) True
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        follow: bool = False,
+        position: dict | None = None,
+        read_size: int = 1 << 16,
+    ) -> None:
+        self.path = path
+        self.follow = follow
+        self._read_size = read_size
+        self._fd: int | None = None
+        self._ino: tuple[int, int] | None = None
+        self._data = b""  # bytes read and not yet consumed ...
+        self._base = 0  # ... starting at this file offset
+        self._start = 0  # index in _data of the first unconsumed byte
+        self.line = 0  # lines consumed in the current file
+        self.at_end = False  # a finite file was read to its end
+        self.generation = 0  # counts the files (or restarts of a truncated one) begun so far
+        self._head: list[int] | None = None
+        self._resume = position
+        if not follow or os.path.exists(path):
+            self._open()
+
+    @property
+    def offset(self) -> int:
+        """File offset after the last line returned."""
+        return self._base + self._start
+
+    # -- opening and closing -------------------------------------------------------------------------
+    def _open(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            if not self.follow:
+                raise
+            return False
+        st = os.fstat(fd)
+        self._fd, self._ino = fd, (st.st_dev, st.st_ino)
+        self._data, self._base, self._start, self.line, self._head = b"", 0, 0, 0, None
+        self.generation += 1
+        position, self._resume = self._resume, None
+        if position and int(position.get("offset", 0)) > 0:
+            self._seek(position, st.st_size)
+        return True
+
+    def _seek(self, position: dict, size: int) -> None:
+        offset = int(position["offset"])
+        n, crc = position.get("head") or (0, 0)
+        if size < offset or (n and file_head(self._fd, n) != crc):
+            _log.warning(
+                "%s is not the file the saved position was taken in (shorter, or other leading bytes); "
+                "reading it from the start",
+                self.path,
+            )
+            return
+        os.lseek(self._fd, offset, os.SEEK_SET)
+        self._base, self.line = offset, int(position.get("line", 0))
+
+    def _reopen(self) -> None:
+        self.close()
+        self._open()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> LineCursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading -------------------------------------------------------------------------------------
+    def _fill_buffer(self) -> bool:
+        chunk = os.read(self._fd, self._read_size)
+        if not chunk:
+            return False
+        data, start = self._data, self._start
+        self._data = data[start:] + chunk if start < len(data) else chunk
+        self._base += start
+        self._start = 0
+        return True
+
+    def _changed(self) -> str | None:
+        """In follow mode at the end of the data: ``"rotated"``, ``"truncated"`` or ``None``."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None  # moved away and not yet replaced: the writer may still append to the old one
+        if (st.st_dev, st.st_ino) != self._ino:
+            return "rotated"
+        if os.fstat(self._fd).st_size < self._base + len(self._data):
+            return "truncated"
+        return None
+
+    def read_lines(self, max_lines: int) -> tuple[list[bytes], int]:
+        """Up to ``max_lines`` complete lines of the current file, and the number of the first one.
+
+        Returns an empty list at the end of the data (``at_end`` then tells a finished finite file).
+        One call never returns lines of two files: after a rotation the next call starts the new file
+        at line 1 (``generation`` tells that it changed).
+        """
+        out: list[bytes] = []
+        if self._fd is None and not (self.follow and self._open()):
+            return out, self.line + 1
+        while len(out) < max_lines:
+            nl = self._data.find(b"\n", self._start)
+            if nl >= 0:
+                out.append(self._data[self._start : nl])
+                self._start = nl + 1
+                continue
+            if self._fill_buffer():
+                continue
+            if not self.follow:
+                if self._start < len(self._data):  # the last line of a finished file needs no newline
+                    out.append(self._data[self._start :])
+                    self._start = len(self._data)
+                self.at_end = True
+                break
+            if out:
+                break
+            change = self._changed()
+            if change is None:
+                break
+            if change == "truncated":
+                _log.warning("%s was truncated; reading it again from the start", self.path)
+                self._reopen()
+                continue
+            # Rotated: what the old file still holds comes first, its unterminated tail as a line.
+            if self._fill_buffer():
+                continue
+            if self._start < len(self._data):
+                out.append(self._data[self._start :])
+                self._start = len(self._data)
+                break
+            _log.info("%s was rotated; reading the new file", self.path)
+            self._reopen()
+            if self._fd is None:
+                break
+        first = self.line + 1
+        self.line += len(out)
+        return out, first
+
+    def first_line(self) -> bytes | None:
+        """The first line of the current file (a CSV header), read without moving the cursor."""
+        if self._fd is None:
+            return None
+        head = b""
+        while b"\n" not in head:
+            more = _pread(self._fd, 4096, len(head))
+            if not more:
+                break
+            head += more
+        return head.split(b"\n", 1)[0]
+
+    def position(self) -> dict:
+        """Where the cursor stands: JSON-serialisable, for ``LineCursor(path, position=...)``."""
+        offset = self.offset
+        if self._head is not None:
+            head = self._head
+        elif self._fd is None or offset == 0:
+            head = [0, 0]
+        else:
+            n = min(offset, HEAD_BYTES)
+            head = [n, file_head(self._fd, n)]
+            if n == HEAD_BYTES:
+                self._head = head
+        return {"path": self.path, "offset": offset, "line": self.line, "head": head}

@@ -1,0 +1,169 @@
+"""Opening connectors by URI: the built-in schemes, connectors registered at run time, and plug-ins
+installed by ``pip`` that declare an entry point in the group ``streammas.connectors``.
+
+A *connector* is any object (a module, an instance, a class with static or class methods) with an
+``open_source(uri, *, batch_size, max_latency_ms, position, **options) -> Source`` and/or an
+``open_sink(uri, **options) -> Sink``; the entry point's name is the URI scheme it serves and its value
+names that object, e.g. in a plug-in's ``pyproject.toml``::
+
+    [project.entry-points."streammas.connectors"]
+    synth = "streammas_synth:connector"
+
+Schemes are looked up in this order: :func:`register`-ed connectors, built-ins, entry points (a plug-in
+cannot silently replace a built-in). A URI without a scheme is a file path or glob whose extension names
+the scheme (``data/*.csv`` is ``csv:data/*.csv``).
+
+>>> split_uri("zmq+pull://127.0.0.1:5555")
+('zmq+pull', '//127.0.0.1:5555')
+>>> split_uri("logs/2024-*.jsonl")
+('jsonl', 'logs/2024-*.jsonl')
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+from connectors.base import Sink, Source
+
+_log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "streammas.connectors"
+
+#: scheme -> "module:attribute" of the built-in connector, imported on first use.
+BUILTIN: dict[str, str] = {
+    "zmq+pull": "connectors.zmq:PULL",
+    "zmq+sub": "connectors.zmq:SUB",
+    "zmq+pub": "connectors.zmq:PUB",
+    "csv": "connectors.files:CSV",
+    "jsonl": "connectors.files:JSONL",
+    "npy": "connectors.files:NPY",
+    "npz": "connectors.files:NPZ",
+}
+
+#: file extension -> scheme, for URIs given as bare paths.
+EXTENSIONS: dict[str, str] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".npy": "npy", ".npz": "npz"}
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]+):(.*)", re.DOTALL)
+_registered: dict[str, object] = {}
+
+
+class Connector(Protocol):
+    """What an entry point (or :func:`register`) provides; either method may be absent."""
+
+    def open_source(
+        self, uri: str, *, batch_size: int, max_latency_ms: float, position: dict | None, **options: Any
+    ) -> Source: ...
+
+    def open_sink(self, uri: str, **options: Any) -> Sink: ...
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``(scheme, rest)`` of a URI; a bare path gets the scheme its extension names.
+
+    A one-letter prefix is a Windows drive, not a scheme. Raises ``ValueError`` when no scheme can be
+    found.
+    """
+    m = _SCHEME.fullmatch(uri)
+    if m:
+        return m.group(1).lower(), m.group(2)
+    ext = os.path.splitext(uri.rstrip("/\\"))[1].lower()
+    if ext in EXTENSIONS:
+        return EXTENSIONS[ext], uri
+    raise ValueError(
+        f"cannot tell what {uri!r} is: give a scheme (e.g. csv:{uri}, zmq+pull://127.0.0.1:5555) "
+        f"or a file with one of the extensions {', '.join(EXTENSIONS)}"
+    )
+
+
+def register(scheme: str, connector: object) -> None:
+    """Serve ``scheme`` with ``connector`` in this process (ahead of built-ins and entry points)."""
+    _registered[scheme.lower()] = connector
+
+
+def unregister(scheme: str) -> None:
+    _registered.pop(scheme.lower(), None)
+
+
+def _load(spec: str) -> object:
+    module, _, attr = spec.partition(":")
+    obj: object = importlib.import_module(module)
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _entry_point(scheme: str):
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name.lower() == scheme]
+    if len({ep.value for ep in found}) > 1:
+        _log.warning(
+            "several plug-ins serve scheme %r (%s); using %s",
+            scheme,
+            ", ".join(ep.value for ep in found),
+            found[0].value,
+        )
+    return found[0] if found else None
+
+
+def find_connector(scheme: str) -> object:
+    """The connector serving ``scheme`` (raises ``ValueError`` naming the known schemes if none)."""
+    scheme = scheme.lower()
+    if scheme in _registered:
+        return _registered[scheme]
+    if scheme in BUILTIN:
+        return _load(BUILTIN[scheme])
+    ep = _entry_point(scheme)
+    if ep is None:
+        known = ", ".join(sorted(available()))
+        raise ValueError(f"no connector for scheme {scheme!r}; known schemes: {known}")
+    try:
+        return ep.load()
+    except Exception as e:  # a broken plug-in must say which one it is
+        raise ImportError(f"connector plug-in {scheme!r} ({ep.value}) failed to load: {e}") from e
+
+
+def available() -> dict[str, str]:
+    """Every scheme that can be opened, with where it comes from (``builtin``, ``registered``, or the
+    entry point's value)."""
+    out = {ep.name.lower(): ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    out.update(dict.fromkeys(BUILTIN, "builtin"))
+    out.update(dict.fromkeys(_registered, "registered"))
+    return out
+
+
+def _normalise(uri: str) -> tuple[str, str]:
+    scheme, rest = split_uri(uri)
+    return scheme, uri if _SCHEME.fullmatch(uri) else f"{scheme}:{rest}"
+
+
+def open_source(
+    uri: str,
+    *,
+    batch_size: int = 32,
+    max_latency_ms: float = 50.0,
+    position: dict | None = None,
+    **options: Any,
+) -> Source:
+    """Open the source ``uri`` names; ``options`` go to its connector (see the README's URI table)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_latency_ms < 0:
+        raise ValueError(f"max_latency_ms must be >= 0, got {max_latency_ms}")
+    scheme, uri = _normalise(uri)
+    opener = getattr(find_connector(scheme), "open_source", None)
+    if opener is None:
+        raise ValueError(f"scheme {scheme!r} names a sink only, not a source")
+    return opener(uri, batch_size=batch_size, max_latency_ms=max_latency_ms, position=position, **options)
+
+
+def open_sink(uri: str, **options: Any) -> Sink:
+    """Open the sink ``uri`` names; ``options`` go to its connector."""
+    scheme, uri = _normalise(uri)
+    opener = getattr(find_connector(scheme), "open_sink", None)
+    if opener is None:
+        raise ValueError(f"scheme {scheme!r} names a source only, not a sink")
+    return opener(uri, **options)

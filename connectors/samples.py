@@ -1,0 +1,165 @@
+"""Turning decoded numbers into a source's samples: dtypes, the stream's sample shape, non-finite rows,
+labels, and JSON samples (the slow path of the wire format and every JSON Lines line).
+
+All the checks raise or report :class:`connectors.counters.Reject`; none of them raises anything else
+on bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from connectors.counters import Reject
+
+#: Dtype names the wire format accepts, little-endian on the wire whatever the host.
+WIRE_DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(name).newbyteorder("<")
+    for name in (
+        "float32", "float64", "float16",
+        "int8", "int16", "int32", "int64",
+        "uint8", "uint16", "uint32", "uint64",
+    )
+}  # fmt: skip
+WIRE_DTYPES["bool"] = np.dtype("bool")
+
+#: Up to this many dimensions per sample.
+MAX_SAMPLE_NDIM = 8
+
+
+def as_features(x: np.ndarray) -> np.ndarray:
+    """``x`` as a C-contiguous float32 array (no copy when it already is one).
+
+    >>> as_features(np.array([[1, 2]], dtype=np.int16)).dtype
+    dtype('float32')
+    """
+    if x.dtype == np.float32 and x.flags.c_contiguous:
+        return x
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def as_labels(y: np.ndarray) -> np.ndarray:
+    """Integer and boolean labels as int64, floating labels as float32.
+
+    >>> as_labels(np.array([1, 2], dtype=np.uint8)).dtype, as_labels(np.array([0.5])).dtype
+    (dtype('int64'), dtype('float32'))
+    """
+    if y.dtype.kind in "biu":
+        return np.ascontiguousarray(y, dtype=np.int64)
+    if y.dtype.kind == "f":
+        return np.ascontiguousarray(y, dtype=np.float32)
+    raise Reject("label", f"labels of dtype {y.dtype} are not numbers")
+
+
+def drop_nonfinite(
+    x: np.ndarray, y: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Remove the samples holding a NaN or an infinity (in ``x``, or in a floating ``y``).
+
+    Returns ``(x, y, dropped)``; when every value is finite, ``x`` and ``y`` come back unchanged (one
+    vectorised test, no copy).
+
+    >>> x = np.array([[1.0, 2.0], [np.nan, 0.0], [3.0, np.inf], [4.0, 5.0]], dtype=np.float32)
+    >>> kept, _, dropped = drop_nonfinite(x)
+    >>> kept.tolist(), dropped
+    ([[1.0, 2.0], [4.0, 5.0]], 2)
+    """
+    x_ok = x.dtype.kind != "f" or bool(np.isfinite(x).all())
+    y_ok = y is None or y.dtype.kind != "f" or bool(np.isfinite(y).all())
+    if x_ok and y_ok:
+        return x, y, 0
+    keep = np.ones(x.shape[0], dtype=bool)
+    if not x_ok:
+        keep &= np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+    if not y_ok:
+        keep &= np.isfinite(y)
+    dropped = int(x.shape[0] - keep.sum())
+    return x[keep], None if y is None else y[keep], dropped
+
+
+class SampleShape:
+    """The stream's sample shape (``x.shape[1:]``): fixed up front or by the first accepted input, and
+    then enforced.
+
+    >>> s = SampleShape()
+    >>> s.check((4,))
+    >>> s.check((5,))
+    Traceback (most recent call last):
+    ...
+    connectors.counters.Reject: sample shape (5,) differs from the stream's (4,)
+    """
+
+    def __init__(self, shape: Sequence[int] | None = None) -> None:
+        self.shape: tuple[int, ...] | None = None if shape is None else tuple(int(d) for d in shape)
+
+    def check(self, shape: tuple[int, ...]) -> None:
+        if self.shape is None:
+            self.shape = tuple(shape)
+        elif shape != self.shape:
+            raise Reject("shape", f"sample shape {tuple(shape)} differs from the stream's {self.shape}")
+
+    @property
+    def ndim(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+
+def json_samples(obj: object, shape: SampleShape) -> tuple[np.ndarray, np.ndarray | None]:
+    """Samples from a decoded JSON value: ``{"x": sample}`` or ``{"x": sample, "y": label}`` for one
+    sample, ``{"x": [sample, ...], "y": [label, ...]}`` for several, or a bare ``sample`` list.
+
+    Whether ``x`` is one sample or a list of samples follows from its depth against the stream's sample
+    shape; before the shape is known, a flat list is one sample and a nested list is several vector
+    samples. Returns float32 ``x`` of shape ``[n, ...]`` and ``y`` (``None`` without labels).
+
+    >>> shape = SampleShape()
+    >>> x, y = json_samples({"x": [[1, 2], [3, 4]], "y": [0, 1]}, shape)
+    >>> x.tolist(), y.tolist(), shape.shape
+    ([[1.0, 2.0], [3.0, 4.0]], [0, 1], (2,))
+    >>> json_samples({"x": [5, 6], "y": 1}, shape)[0].tolist()
+    [[5.0, 6.0]]
+    """
+    if isinstance(obj, dict):
+        if "x" not in obj:
+            raise Reject("schema", "JSON object without an 'x' field")
+        raw_x, raw_y = obj["x"], obj.get("y")
+    elif isinstance(obj, list):
+        raw_x, raw_y = obj, None
+    else:
+        raise Reject("schema", f"expected a JSON object with 'x' or a list, got {type(obj).__name__}")
+    if not isinstance(raw_x, list):
+        raise Reject("schema", "'x' must be a list of numbers (or of lists of numbers)")
+    try:
+        x = np.array(raw_x, dtype=np.float32)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise Reject("schema", f"'x' is not a regular array of numbers ({e})") from None
+    if x.ndim == 0 or x.ndim > MAX_SAMPLE_NDIM + 1:
+        raise Reject("shape", f"'x' has {x.ndim} dimensions")
+    if shape.ndim is not None:
+        single = x.ndim == shape.ndim
+        if not single and x.ndim != shape.ndim + 1:
+            raise Reject("shape", f"'x' of shape {x.shape} fits neither one sample nor a list of {shape.shape}")
+    else:
+        single = x.ndim == 1
+    if single:
+        x = x[None]
+    shape.check(x.shape[1:])
+    y = None
+    if raw_y is not None:
+        y = _json_labels(raw_y, single, x.shape[0])
+    return np.ascontiguousarray(x), y
+
+
+def _json_labels(raw: object, single: bool, n: int) -> np.ndarray:
+    if single:
+        if isinstance(raw, list):
+            raise Reject("schema", "one sample with a list of labels")
+        raw = [raw]
+    if not isinstance(raw, list) or len(raw) != n:
+        raise Reject("schema", f"'y' must be a list of {n} labels")
+    if not all(isinstance(v, (int, float)) for v in raw):
+        raise Reject("label", "labels must be numbers")
+    try:
+        return as_labels(np.array(raw))
+    except OverflowError:
+        raise Reject("label", "label out of range") from None

@@ -1,0 +1,151 @@
+"""Wire format v1: how samples travel over ZeroMQ, in a form any language can produce. Never pickle.
+
+A message is either
+
+* **binary** (the fast path), a multipart message ``[header, payload]`` or ``[header, payload,
+  labels]``: ``header`` is UTF-8 JSON ``{"v": 1, "dtype": "float32", "shape": [B, ...]}`` with an
+  optional ``"labels_dtype"`` (default ``"int64"`` when a labels frame is present); ``payload`` is the
+  ``B x ...`` array as raw C-order little-endian bytes; ``labels`` is ``B`` raw little-endian values.
+  Unknown header keys are ignored.
+* **JSON** (the slow path, for simple producers), a single frame ``{"x": [...]}`` (one sample) or
+  ``{"x": [[...], ...], "y": [...]}`` (several, with labels); see :func:`connectors.samples.json_samples`.
+
+The frame count tells the two apart. On a topic-filtered PUB/SUB stream an extra first frame, the
+topic, precedes either form.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from connectors.counters import Reject
+from connectors.samples import MAX_SAMPLE_NDIM, WIRE_DTYPES
+
+VERSION = 1
+DEFAULT_LABELS_DTYPE = "int64"
+
+
+@dataclass(frozen=True)
+class Header:
+    """A validated binary header.
+
+    >>> h = parse_header(b'{"v": 1, "dtype": "float32", "shape": [256, 784]}')
+    >>> h.count, h.sample_shape, h.nbytes
+    (256, (784,), 802816)
+    """
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    labels_dtype: np.dtype
+
+    @property
+    def count(self) -> int:
+        return self.shape[0]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def labels_nbytes(self) -> int:
+        return self.shape[0] * self.labels_dtype.itemsize
+
+
+def load_json(raw: bytes) -> object:
+    """Decode a JSON frame, rejecting (reason ``json``) anything that is not UTF-8 JSON."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise Reject("json", f"not UTF-8 JSON ({str(e)[:80]})") from None
+
+
+def parse_header(raw: bytes) -> Header:
+    """Decode and validate a binary header frame (reasons ``json``, ``header``, ``version``, ``dtype``,
+    ``shape``)."""
+    return header_from(load_json(raw))
+
+
+def header_from(obj: object) -> Header:
+    if not isinstance(obj, dict):
+        raise Reject("header", "header is not a JSON object")
+    if "v" not in obj:
+        raise Reject("header", "header without a version 'v'")
+    if obj["v"] != VERSION or isinstance(obj["v"], bool):
+        raise Reject("version", f"unknown wire format version {obj['v']!r}")
+    dtype = _dtype(obj.get("dtype"), "dtype")
+    labels_dtype = _dtype(obj.get("labels_dtype", DEFAULT_LABELS_DTYPE), "labels_dtype")
+    shape = obj.get("shape")
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= MAX_SAMPLE_NDIM + 1
+        or not all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise Reject("shape", f"'shape' must be a list of 1 to {MAX_SAMPLE_NDIM + 1} sizes >= 0, got {shape!r}")
+    return Header(dtype, tuple(shape), labels_dtype)
+
+
+def _dtype(name: object, field: str) -> np.dtype:
+    if not isinstance(name, str) or name not in WIRE_DTYPES:
+        raise Reject("dtype", f"unknown {field} {name!r}; use one of {', '.join(WIRE_DTYPES)}")
+    return WIRE_DTYPES[name]
+
+
+def _wire_array(a: np.ndarray, what: str) -> np.ndarray:
+    a = np.asarray(a)
+    name = a.dtype.name
+    if name not in WIRE_DTYPES:
+        raise TypeError(f"{what} of dtype {a.dtype} cannot be sent; use one of {', '.join(WIRE_DTYPES)}")
+    return np.ascontiguousarray(a, dtype=WIRE_DTYPES[name])
+
+
+def encode(x: np.ndarray, y: np.ndarray | None = None, **fields: object) -> list[bytes | memoryview]:
+    """Frames of a binary message for ``x`` (``[B, ...]``) and optional labels ``y`` (``[B]``).
+
+    Extra JSON-serialisable header ``fields`` ride along (receivers ignore keys they do not know). The
+    payload frames are views of the arrays: send them before changing the arrays.
+
+    >>> frames = encode(np.zeros((2, 3), dtype=np.float32), np.array([1, 0]))
+    >>> frames[0]
+    b'{"v":1,"dtype":"float32","shape":[2,3],"labels_dtype":"int64"}'
+    >>> [len(f) for f in frames[1:]]
+    [24, 16]
+    """
+    x = _wire_array(x, "x")
+    if x.ndim < 1:
+        raise ValueError("x must have a batch dimension")
+    header: dict[str, object] = {"v": VERSION, "dtype": x.dtype.name, "shape": list(x.shape)}
+    frames: list[bytes | memoryview] = []
+    if y is not None:
+        y = _wire_array(y, "y")
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"y must have shape ({x.shape[0]},), got {y.shape}")
+        header["labels_dtype"] = y.dtype.name
+    for key, value in fields.items():
+        if key in header:
+            raise ValueError(f"header field {key!r} is reserved")
+        header[key] = value
+    frames.append(json.dumps(header, separators=(",", ":")).encode())
+    frames.append(x.data.cast("B") if x.size else b"")
+    if y is not None:
+        frames.append(y.data.cast("B") if y.size else b"")
+    return frames
+
+
+def encode_json(x: np.ndarray | list, y: np.ndarray | list | None = None) -> bytes:
+    """The single-frame JSON form (one sample when ``x`` is one sample, else several).
+
+    >>> encode_json([[1.0, 2.0]], [3])
+    b'{"x":[[1.0,2.0]],"y":[3]}'
+    """
+    msg: dict[str, object] = {"x": np.asarray(x).tolist()}
+    if y is not None:
+        msg["y"] = np.asarray(y).tolist()
+    return json.dumps(msg, separators=(",", ":"), allow_nan=False).encode()

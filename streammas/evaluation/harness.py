@@ -1,0 +1,328 @@
+"""Run methods on benchmark streams, measure them, and aggregate over seeds.
+
+:func:`run_method` is one learner on one stream (test-then-train, micro-batches, no boundary given to the
+learner except the oracle's consolidations); :func:`evaluate` runs a whole configuration and returns the
+JSON-ready results with a summary per benchmark, length and method, and the targets of issue 6.
+
+>>> cfg = EvalConfig(benchmarks=("permuted-digits",), lengths=("short",), seeds=(0,), methods=("plain",),
+...                  passes=1, eval_per_segment=1)
+>>> results = evaluate(cfg)
+>>> row = results["summary"]["permuted-digits"]["short"]["plain"]
+>>> 0.2 < row["primary"]["mean"] <= 1.0
+True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streammas.evaluation import metrics
+from streammas.evaluation.methods import METHODS, Method, NeverDetector, default_methods
+from streammas.evaluation.streams import BENCHMARKS, LENGTHS, Stream, make_stream, shuffled
+
+#: The primary metric of each kind of stream: (name, higher is better).
+PRIMARY = {
+    "classification": ("final average accuracy", True),
+    "reconstruction": ("final mean reconstruction error", False),
+    "anomaly": ("ROC AUC on the returning regime", True),
+}
+
+
+@dataclass
+class EvalConfig:
+    """What to run. ``passes`` overrides the passes per segment of every length (``--quick``)."""
+
+    benchmarks: Sequence[str] = tuple(BENCHMARKS)
+    lengths: Sequence[str] = tuple(LENGTHS)
+    seeds: Sequence[int] = (0, 1, 2)
+    methods: Sequence[str] = METHODS
+    overrides: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 10
+    eval_per_segment: int = 4
+    passes: int | None = None
+    jobs: int = 1
+    hidden: int = 128
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# -- one run -------------------------------------------------------------------------------------------------
+def build_model(stream: Stream, hidden: int = 128):
+    """The model of a benchmark: an MLP classifier, or the built-in MLP autoencoder sized from the sample."""
+    from streammas.models import MLPClassifier
+    from streammas.models import build_model as build
+
+    if stream.kind == "classification":
+        return MLPClassifier(int(np.prod(stream.sample_shape)), stream.n_classes, hidden=(hidden,))
+    return build("mlp-autoencoder", stream.sample_shape)
+
+
+def _make_learner(method: Method, model, objective: str):
+    from streammas import OnlineMAS
+
+    kwargs = dict(method.learner)
+    if method.oracle:
+        kwargs["plateau"] = NeverDetector()
+    factory = method.factory or OnlineMAS
+    return factory(model, objective=objective, **kwargs)
+
+
+def _evaluate_tests(learner, stream: Stream) -> list[float]:
+    import torch
+
+    out = []
+    for x, y in stream.tests:
+        xt = torch.from_numpy(x)
+        if stream.kind == "classification":
+            pred = learner.predict_many(xt).argmax(dim=1).cpu().numpy()
+            out.append(float((pred == y).mean()))
+        elif stream.kind == "reconstruction":
+            out.append(float(learner.score_many(xt).mean()))
+        else:
+            out.append(metrics.roc_auc(y, learner.score_many(xt).cpu().numpy()))
+    return out
+
+
+def run_method(stream: Stream, method: Method, seed: int = 0, batch_size: int = 10, eval_per_segment: int = 4,
+               hidden: int = 128) -> dict[str, Any]:
+    """One method on one stream. Deterministic for a given seed (single-threaded torch on the CPU)."""
+    import torch
+
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    model = build_model(stream, hidden)
+    objective = "classification" if stream.kind == "classification" else "reconstruction"
+    learner = _make_learner(method, model, objective)
+
+    n = len(stream.x)
+    if method.iid:
+        x, y, order = shuffled(stream, seed)
+        segments = [(0, n, -1)]
+    else:
+        x, y, order = stream.x, stream.y, np.arange(n)
+        segments = stream.segments
+    labels = y if stream.kind == "classification" else None
+    points = stream.eval_points(eval_per_segment)
+    losses = np.full(n, np.nan)
+    correct = np.zeros(n, dtype=bool) if stream.kind == "classification" else None
+    matrix: list[list[float]] = []
+    eval_samples: list[int] = []
+    next_point = 0
+    for index, (start, end, _) in enumerate(segments):
+        for b in range(start, end, batch_size):
+            e = min(b + batch_size, end)
+            xb = torch.from_numpy(x[b:e])
+            yb = None if labels is None else torch.from_numpy(labels[b:e])
+            if correct is not None:
+                correct[b:e] = (learner.predict_many(xb).argmax(dim=1) == yb).cpu().numpy()
+            losses[b:e] = learner.learn_many(xb, yb).detach().cpu().numpy()
+            while next_point < len(points) and points[next_point] <= e:
+                matrix.append(_evaluate_tests(learner, stream))
+                eval_samples.append(e)
+                next_point += 1
+        if method.oracle and index < len(segments) - 1:
+            learner.flush()
+            learner.consolidate()
+    learner.flush()
+
+    # Per-sample values back in stream order (the i.i.d. learner saw them shuffled).
+    stream_losses = np.empty(n)
+    stream_losses[order] = losses
+    result: dict[str, Any] = {
+        "benchmark": stream.name, "length": stream.length, "method": method.name, "seed": seed,
+        "kind": stream.kind, "samples": n, "eval_samples": eval_samples, "matrix": matrix,
+        "boundaries": stream.boundaries, "segments": [list(s) for s in stream.segments],
+    }
+    seen_at = _seen_at(stream, eval_samples, method.iid)
+    higher = PRIMARY[stream.kind][1]
+    result["final"] = matrix[-1]
+    result["final_average"] = metrics.final_average(matrix)
+    result["forgetting"] = metrics.forgetting(matrix, seen_at, higher_is_better=higher)
+    result["segment_loss"] = [float(np.nanmean(stream_losses[s:e])) for s, e, _ in stream.segments]
+    if correct is not None:
+        stream_correct = np.empty(n, dtype=bool)
+        stream_correct[order] = correct
+        result["online_accuracy"] = float(stream_correct.mean())
+        result["segment_accuracy"] = [float(stream_correct[s:e].mean()) for s, e, _ in stream.segments]
+    if stream.kind == "anomaly":
+        result["segment_auc"] = [metrics.roc_auc(stream.y[s:e], stream_losses[s:e]) for s, e, _ in stream.segments]
+        result["online_auc"] = metrics.roc_auc(stream.y, stream_losses)
+        result["returning_auc"] = result["segment_auc"][stream.returning]
+    result["primary"] = result["returning_auc"] if stream.kind == "anomaly" else result["final_average"]
+    result["events"] = _events(learner, stream, method)
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def _seen_at(stream: Stream, eval_samples: Sequence[int], iid: bool) -> list[int]:
+    """For each regime, the first matrix row measured after it was first shown."""
+    rows = []
+    for r in range(stream.n_regimes):
+        if iid:
+            rows.append(0)
+            continue
+        start = min(s for s, _, reg in stream.segments if reg == r)
+        rows.append(next((i for i, p in enumerate(eval_samples) if p > start), len(eval_samples) - 1))
+    return rows
+
+
+def _events(learner, stream: Stream, method: Method) -> dict[str, Any]:
+    counters = dict(getattr(learner, "counters", {}))
+    events = list(getattr(learner, "events", []))
+    out: dict[str, Any] = {k: counters.get(k, 0) for k in ("plateaus", "peaks", "consolidations", "skipped_updates")}
+    if method.iid:
+        return out
+    for kind in ("plateau", "peak", "consolidation"):
+        samples = [int(ev["samples_seen"]) for ev in events if ev["kind"] == kind]
+        where = [metrics.segment_position(s, stream.segments) for s in samples]
+        out[kind + "_samples"] = samples
+        out[kind + "_positions"] = [[i, round(p, 3)] for i, p in where]
+        out[kind + "_distance"] = metrics.event_distances(samples, stream.boundaries,
+                                                          [e for _, e, _ in stream.segments])
+    return out
+
+
+# -- a whole configuration --------------------------------------------------------------------------------------
+def _task(args: tuple) -> dict[str, Any]:
+    benchmark, length, seed, method, cfg = args
+    import torch
+
+    torch.set_num_threads(1)
+    stream = make_stream(benchmark, length, seed, passes=cfg.passes)
+    return run_method(stream, method, seed, cfg.batch_size, cfg.eval_per_segment, cfg.hidden)
+
+
+def evaluate(cfg: EvalConfig, methods: Sequence[Method] | None = None,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run every benchmark x length x seed x method of ``cfg``; return runs, summary and targets."""
+    if methods is None:
+        methods = default_methods(cfg.overrides, cfg.methods)
+    tasks = [(b, length, s, m, cfg) for b in cfg.benchmarks for length in cfg.lengths for s in cfg.seeds
+             for m in methods]
+    runs: list[dict[str, Any]] = []
+    if cfg.jobs > 1:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        with ctx.Pool(cfg.jobs) as pool:
+            for run in pool.imap(_task, tasks):
+                runs.append(run)
+                if progress:
+                    progress(_describe(run))
+    else:
+        for task in tasks:
+            run = _task(task)
+            runs.append(run)
+            if progress:
+                progress(_describe(run))
+    summary = summarise(runs)
+    return {"config": cfg.as_dict(), "methods": [_method_dict(m) for m in methods], "runs": runs,
+            "summary": summary, "targets": targets(summary), "environment": _environment()}
+
+
+def _describe(run: Mapping[str, Any]) -> str:
+    return (f"{run['benchmark']:<17} {run['length']:<5} seed {run['seed']} {run['method']:<16} "
+            f"primary {run['primary']:.4f}  consolidations {run['events']['consolidations']:>3}  "
+            f"{run['seconds']:.1f}s")
+
+
+def _method_dict(m: Method) -> dict[str, Any]:
+    learner = {k: (v if isinstance(v, (int, float, str, bool, dict, list, type(None))) else repr(v))
+               for k, v in m.learner.items()}
+    return {"name": m.name, "learner": learner, "iid": m.iid, "oracle": m.oracle,
+            "factory": None if m.factory is None else m.factory.__name__, "description": m.description}
+
+
+def _environment() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count()}
+
+
+def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean and std over seeds per benchmark, length and method, and the share of the plain-to-i.i.d. gap."""
+    grouped: dict[str, dict[str, dict[str, list]]] = {}
+    for run in runs:
+        grouped.setdefault(run["benchmark"], {}).setdefault(run["length"], {}).setdefault(run["method"], []).append(run)
+    summary: dict[str, Any] = {}
+    for bench, by_length in grouped.items():
+        summary[bench] = {}
+        for length, by_method in by_length.items():
+            rows: dict[str, Any] = {}
+            for name, rs in by_method.items():
+                kind = rs[0]["kind"]
+                row: dict[str, Any] = {"kind": kind, "seeds": [r["seed"] for r in rs]}
+                for key in ("primary", "final_average", "online_accuracy", "online_auc", "returning_auc"):
+                    if key in rs[0]:
+                        mean, std = metrics.mean_std([r[key] for r in rs])
+                        row[key] = {"mean": mean, "std": std, "values": [r[key] for r in rs]}
+                finals = np.asarray([r["final"] for r in rs], dtype=float)
+                row["final_per_regime"] = np.nanmean(finals, axis=0).tolist()
+                forget = np.asarray([r["forgetting"] for r in rs], dtype=float)
+                row["forgetting_per_regime"] = np.nanmean(forget, axis=0).tolist()
+                row["mean_forgetting"] = float(np.nanmean(forget))
+                if kind == "anomaly":
+                    row["segment_auc"] = np.nanmean(np.asarray([r["segment_auc"] for r in rs], float), 0).tolist()
+                for key in ("plateaus", "peaks", "consolidations"):
+                    row[key] = float(np.mean([r["events"][key] for r in rs]))
+                dist = [d for r in rs for d in r["events"].get("consolidation_distance", {}).get("signed", [])]
+                row["consolidation_mean_abs_distance"] = float(np.mean(np.abs(dist))) if dist else math.nan
+                row["seconds"] = float(np.mean([r["seconds"] for r in rs]))
+                rows[name] = row
+            if "plain" in rows:
+                higher = PRIMARY[rows["plain"]["kind"]][1]
+                plain = rows["plain"]["primary"]["mean"]
+                iid = rows["iid"]["primary"]["mean"] if "iid" in rows else math.nan
+                for row in rows.values():
+                    value = row["primary"]["mean"]
+                    row["vs_plain"] = value - plain
+                    row["ratio_to_plain"] = value / plain if plain else math.nan
+                    row["gap_closed"] = metrics.gap_closed(value, plain, iid, higher_is_better=higher)
+            summary[bench][length] = rows
+    return summary
+
+
+def targets(summary: Mapping[str, Any], method: str = "streammas") -> list[dict[str, Any]]:
+    """Issue 6's targets for ``method``, each with the measured value and whether it is met."""
+    out = []
+    for bench, by_length in summary.items():
+        for length, rows in by_length.items():
+            if method not in rows or "plain" not in rows:
+                continue
+            row, kind = rows[method], rows[method]["kind"]
+            plain = rows["plain"]["primary"]["mean"]
+            value = row["primary"]["mean"]
+            if length == "short":
+                if kind == "reconstruction":
+                    out.append(_target(bench, length, "error <= 1.01 x plain (do no harm)",
+                                       row["ratio_to_plain"], row["ratio_to_plain"] <= 1.01))
+                else:
+                    out.append(_target(bench, length, "no more than 1 point below plain (do no harm)",
+                                       value - plain, value - plain >= -0.01))
+                continue
+            if kind == "classification":
+                gap = row.get("gap_closed", math.nan)
+                out.append(_target(bench, length, ">= half of the plain-to-iid gap closed", gap,
+                                   bool(gap >= 0.5)))
+            elif kind == "reconstruction":
+                out.append(_target(bench, length, "final mean error <= 0.8 x plain", row["ratio_to_plain"],
+                                   row["ratio_to_plain"] <= 0.8))
+            else:
+                out.append(_target(bench, length, "returning-regime ROC AUC >= plain + 0.05", value - plain,
+                                   value - plain >= 0.05))
+    return out
+
+
+def _target(bench: str, length: str, what: str, value: float, met: bool) -> dict[str, Any]:
+    return {"benchmark": bench, "length": length, "target": what, "value": value, "met": bool(met)}

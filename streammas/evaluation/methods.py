@@ -1,0 +1,119 @@
+"""The methods compared in one ``streammas evaluate`` run.
+
+All of them are :class:`~streammas.OnlineMAS` learners on the same model, batch size and learning rate; they
+differ only in what they remember and how:
+
+* ``plain``: online SGD, nothing remembered (``reg_lambda=0, hard_buffer=0``);
+* ``buffer``: the hard buffer only (``reg_lambda=0``);
+* ``streammas``: the learner's defaults;
+* ``streammas-buffer``: importance measured on the hard buffer (the task-free paper's setting);
+* ``oracle``: the defaults, but consolidating at the true boundaries (the detector switched off), which
+  separates the quality of the detector from the quality of the regulariser;
+* ``iid``: online SGD on the same samples shuffled, the upper bound.
+
+Overrides (``--set key=value``) change the streammas family (``streammas``, ``streammas-buffer``,
+``oracle``); the keys in :data:`SHARED` (the optimiser and its learning rate) change every method, so the
+comparison stays fair.
+
+>>> [m.name for m in default_methods()]
+['plain', 'buffer', 'streammas', 'streammas-buffer', 'oracle', 'iid']
+>>> m = {m.name: m for m in default_methods({"reg_lambda": 3.0, "lr": 0.05})}
+>>> m["streammas"].learner["reg_lambda"], m["plain"].learner["reg_lambda"], m["plain"].learner["lr"]
+(3.0, 0.0, 0.05)
+>>> parse_overrides(["reg_lambda=10", "plateau.window=30", "omega_normalization=max"])
+{'reg_lambda': 10, 'plateau': {'window': 30}, 'omega_normalization': 'max'}
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Overrides that apply to every method (the comparison must share the optimiser and its step size).
+SHARED = ("lr", "optimizer", "steps_per_batch")
+METHODS = ("plain", "buffer", "streammas", "streammas-buffer", "oracle", "iid")
+TUNED = ("streammas", "streammas-buffer", "oracle")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named learner configuration.
+
+    ``learner``: keyword arguments for the learner; ``iid``: learn the shuffled stream; ``oracle``: no
+    detector, consolidate at the true boundaries; ``factory``: the learner class (``OnlineMAS`` when
+    ``None``), so that a variant can be tried without touching the library.
+    """
+
+    name: str
+    learner: dict[str, Any] = field(default_factory=dict)
+    iid: bool = False
+    oracle: bool = False
+    factory: Callable | None = None
+    description: str = ""
+
+
+class NeverDetector:
+    """A plateau detector that never fires (the oracle consolidates at the true boundaries instead)."""
+
+    def update(self, value: float) -> None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        return None
+
+
+def parse_value(text: str) -> Any:
+    """``"10"`` -> 10, ``"0.5"`` -> 0.5, ``"None"`` -> None, ``"max"`` -> ``"max"``."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["key=value", "plateau.window=30"]`` -> a dict of learner keyword arguments."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"an override is key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key, value = key.strip(), parse_value(text.strip())
+        if key.startswith("plateau."):
+            plateau = out.setdefault("plateau", {})
+            if not isinstance(plateau, dict):
+                raise ValueError("plateau.* overrides cannot be combined with plateau=...")
+            plateau[key.split(".", 1)[1]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def default_methods(overrides: Mapping[str, Any] | None = None, names: Sequence[str] = METHODS,
+                    factory: Callable | None = None) -> list[Method]:
+    """The methods of a run, with ``overrides`` applied (see the module's docstring)."""
+    overrides = dict(overrides or {})
+    shared = {k: v for k, v in overrides.items() if k in SHARED}
+    tuned = dict(overrides)
+    specs = {
+        "plain": Method("plain", {**shared, "reg_lambda": 0.0, "hard_buffer": 0},
+                        description="online SGD, nothing remembered"),
+        "buffer": Method("buffer", {**shared, "reg_lambda": 0.0,
+                                    **({"hard_buffer": overrides["hard_buffer"]} if "hard_buffer" in overrides else {})},
+                         description="hard buffer only"),
+        "streammas": Method("streammas", tuned, factory=factory, description="streammas defaults"),
+        "streammas-buffer": Method("streammas-buffer", {**tuned, "importance_source": "buffer"}, factory=factory,
+                                   description="importance on the hard buffer"),
+        "oracle": Method("oracle", tuned, oracle=True, factory=factory,
+                         description="consolidation at the true boundaries"),
+        "iid": Method("iid", {**shared, "reg_lambda": 0.0, "hard_buffer": 0}, iid=True,
+                      description="online SGD on the shuffled stream (upper bound)"),
+    }
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    return [specs[n] for n in names]

@@ -1,0 +1,251 @@
+"""Benchmark streams for task-free continual learning, made only from data that ships with installed packages.
+
+Every stream is a sequence of *segments*; each segment shows one *regime* (a pixel permutation of
+scikit-learn's ``load_digits``, a group of digit classes, a group of clusters of river's bundled
+``ImageSegments``) for a number of passes over that regime's training samples. Nothing tells the learner
+where a segment ends. Each regime also has a held-out test set, used to measure what the learner still
+knows about it at any time.
+
+Three benchmarks, each in two lengths (``"long"``: every segment shows its regime for about 10 passes, so
+that a regime is learned and then overwritten; ``"short"``: one pass):
+
+* ``permuted-digits``: 5 fixed pixel permutations of the digits, one after another; classification.
+* ``recurring-digits``: an autoencoder's stream (no labels) whose regimes are three groups of digit
+  classes, each under its own pixel permutation, shown A B C A B C: regimes come, go and come back.
+* ``anomaly-segments``: an anomaly detector's stream: three groups of ``ImageSegments`` classes shown
+  A B C, then A returns after a long absence (for one pass); 5% of the samples are planted anomalies
+  (a sample whose features are scrambled), with their flags kept for ROC AUC only.
+
+>>> s = make_stream("permuted-digits", "short", seed=0)
+>>> s.kind, s.x.shape[1], len(s.segments), s.n_regimes
+('classification', 64, 5, 5)
+>>> s.boundaries == [end for _, end, _ in s.segments[:-1]]
+True
+>>> a = make_stream("anomaly-segments", "long", seed=0)
+>>> a.kind, [r for _, _, r in a.segments], a.returning
+('anomaly', [0, 1, 2, 0], 3)
+>>> 0.03 < a.y.mean() < 0.07
+True
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+LENGTHS = {"long": 10, "short": 1}
+ANOMALY_RATE = 0.05
+
+
+@dataclass
+class Stream:
+    """A benchmark stream: samples in stream order, their regimes, and a test set per regime.
+
+    ``y`` holds class labels for a classification stream (given to the learner), anomaly flags for an
+    anomaly stream (never given to the learner, used for ROC AUC) and is ``None`` otherwise.
+    ``segments`` lists ``(start, end, regime)`` in sample indices; ``tests[r]`` is ``(x, y)`` for regime
+    ``r`` (``y``: labels, anomaly flags, or ``None``).
+    """
+
+    name: str
+    length: str
+    kind: str  # "classification" | "reconstruction" | "anomaly"
+    x: np.ndarray
+    y: np.ndarray | None
+    segments: list[tuple[int, int, int]]
+    tests: list[tuple[np.ndarray, np.ndarray | None]]
+    regime_names: list[str]
+    n_classes: int = 0
+    returning: int | None = None  # index of the segment where a regime returns after a long absence
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_regimes(self) -> int:
+        return len(self.tests)
+
+    @property
+    def boundaries(self) -> list[int]:
+        """Sample indices where a new segment starts (the true regime boundaries, never shown to a learner)."""
+        return [start for start, _, _ in self.segments[1:]]
+
+    @property
+    def regime(self) -> np.ndarray:
+        """The regime of each sample."""
+        out = np.empty(len(self.x), dtype=np.int64)
+        for start, end, r in self.segments:
+            out[start:end] = r
+        return out
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def eval_points(self, per_segment: int = 4) -> list[int]:
+        """Sample counts at which a learner is evaluated: ``per_segment`` points in each segment, its end included."""
+        points: list[int] = []
+        for start, end, _ in self.segments:
+            points += [int(round(start + (end - start) * (i + 1) / per_segment)) for i in range(per_segment)]
+        return sorted(set(points))
+
+
+# -- data from installed packages ----------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return (data.data / 16.0).astype(np.float32), data.target.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _segments_raw() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    from river import datasets
+
+    rows, labels = [], []
+    for x, y in datasets.ImageSegments():
+        rows.append([float(v) for v in x.values()])
+        labels.append(y)
+    names = tuple(sorted(set(labels)))
+    return np.asarray(rows, dtype=np.float64), np.array([names.index(v) for v in labels]), names
+
+
+def _split(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, test_share: float = 0.25):
+    """A stratified train/test split."""
+    train, test = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_test = int(round(len(idx) * test_share))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    train_idx, test_idx = np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+
+
+def _digits(rng: np.random.Generator):
+    x, y = _digits_raw()
+    return _split(x, y, rng)
+
+
+def _image_segments(rng: np.random.Generator):
+    x, y, names = _segments_raw()
+    xtr, ytr, xte, yte = _split(x, y, rng)
+    # Standardised with the training part's statistics; constant features stay 0.
+    mean, std = xtr.mean(0), xtr.std(0)
+    std[std == 0] = 1.0
+    return ((xtr - mean) / std).astype(np.float32), ytr, ((xte - mean) / std).astype(np.float32), yte, names
+
+
+def _permutations(rng: np.random.Generator, n: int, n_features: int) -> list[np.ndarray]:
+    """``n`` pixel permutations, the first of them the identity."""
+    return [np.arange(n_features)] + [rng.permutation(n_features) for _ in range(n - 1)]
+
+
+def _passes(n: int, passes: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``passes`` passes over ``n`` samples, each pass in a fresh random order."""
+    return np.concatenate([rng.permutation(n) for _ in range(passes)])
+
+
+def _scramble(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Planted anomalies: each sample's features in a random order of their own (same values, no structure)."""
+    order = np.argsort(rng.random(x.shape), axis=1)
+    return np.take_along_axis(x, order, axis=1)
+
+
+def _assemble(parts: Sequence[tuple[np.ndarray, np.ndarray | None, int]]):
+    xs, ys, segments, start = [], [], [], 0
+    for x, y, regime in parts:
+        xs.append(x)
+        ys.append(y)
+        segments.append((start, start + len(x), regime))
+        start += len(x)
+    y = None if ys[0] is None else np.concatenate(ys)
+    return np.concatenate(xs).astype(np.float32), y, segments
+
+
+# -- the benchmarks ------------------------------------------------------------------------------------------
+def permuted_digits(passes: int, seed: int, n_regimes: int = 5) -> dict:
+    rng = np.random.default_rng([seed, 1])
+    xtr, ytr, xte, yte = _digits(rng)
+    perms = _permutations(rng, n_regimes, xtr.shape[1])
+    parts = []
+    for r, perm in enumerate(perms):
+        idx = _passes(len(xtr), passes, rng)
+        parts.append((xtr[idx][:, perm], ytr[idx], r))
+    x, y, segments = _assemble(parts)
+    return dict(kind="classification", x=x, y=y, segments=segments, n_classes=10,
+                tests=[(xte[:, perm], yte) for perm in perms],
+                regime_names=["identity"] + [f"permutation {r}" for r in range(1, n_regimes)])
+
+
+DIGIT_GROUPS = ((0, 1, 2, 3), (4, 5, 6), (7, 8, 9))
+
+
+def recurring_digits(passes: int, seed: int, order: Sequence[int] = (0, 1, 2, 0, 1, 2)) -> dict:
+    rng = np.random.default_rng([seed, 2])
+    xtr, ytr, xte, yte = _digits(rng)
+    perms = _permutations(rng, len(DIGIT_GROUPS), xtr.shape[1])
+    train = [xtr[np.isin(ytr, g)][:, p] for g, p in zip(DIGIT_GROUPS, perms)]
+    tests = [(xte[np.isin(yte, g)][:, p], None) for g, p in zip(DIGIT_GROUPS, perms)]
+    parts = [(train[r][_passes(len(train[r]), passes, rng)], None, r) for r in order]
+    x, _, segments = _assemble(parts)
+    names = [f"digits {''.join(map(str, g))}" + ("" if i == 0 else f", permutation {i}")
+             for i, g in enumerate(DIGIT_GROUPS)]
+    return dict(kind="reconstruction", x=x, y=None, segments=segments, tests=tests, regime_names=names)
+
+
+SEGMENT_GROUPS = (("grass", "sky"), ("brickface", "cement", "path"), ("foliage", "window"))
+
+
+def anomaly_segments(passes: int, seed: int, order: Sequence[int] = (0, 1, 2), returning: int = 0) -> dict:
+    rng = np.random.default_rng([seed, 3])
+    xtr, ytr, xte, yte, names = _image_segments(rng)
+    groups = [[names.index(n) for n in g] for g in SEGMENT_GROUPS]
+    train = [xtr[np.isin(ytr, g)] for g in groups]
+    parts = []
+    # The returning regime comes back for one pass, whatever the length: a detector must know it at once.
+    for r, n_passes in [*((r, passes) for r in order), (returning, 1)]:
+        x = train[r][_passes(len(train[r]), n_passes, rng)]
+        flags = rng.random(len(x)) < ANOMALY_RATE
+        x = x.copy()
+        x[flags] = _scramble(x[flags], rng)
+        parts.append((x, flags.astype(np.int64), r))
+    x, y, segments = _assemble(parts)
+    tests = []
+    for g in groups:
+        normal = xte[np.isin(yte, g)]
+        n_anomalies = max(1, int(round(len(normal) * 2 * ANOMALY_RATE)))
+        anomalies = _scramble(normal[rng.choice(len(normal), n_anomalies, replace=False)], rng)
+        tests.append((np.concatenate([normal, anomalies]),
+                      np.concatenate([np.zeros(len(normal)), np.ones(n_anomalies)]).astype(np.int64)))
+    return dict(kind="anomaly", x=x, y=y, segments=segments, tests=tests, returning=len(segments) - 1,
+                regime_names=["+".join(g) for g in SEGMENT_GROUPS])
+
+
+BENCHMARKS: dict[str, Callable[..., dict]] = {
+    "permuted-digits": permuted_digits,
+    "recurring-digits": recurring_digits,
+    "anomaly-segments": anomaly_segments,
+}
+
+
+def make_stream(benchmark: str, length: str = "long", seed: int = 0, passes: int | None = None) -> Stream:
+    """Build a benchmark stream; the same ``(benchmark, length, seed, passes)`` always gives the same stream.
+
+    ``passes`` overrides the passes per segment of ``length`` (``--quick`` uses fewer).
+    """
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}")
+    if length not in LENGTHS:
+        raise ValueError(f"unknown length {length!r}; choose from {', '.join(LENGTHS)}")
+    n_passes = LENGTHS[length] if passes is None else int(passes)
+    spec = BENCHMARKS[benchmark](n_passes, seed)
+    return Stream(name=benchmark, length=length, meta={"passes": n_passes, "seed": seed}, **spec)
+
+
+def shuffled(stream: Stream, seed: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The same samples in one random order (the i.i.d. upper bound); returns x, y and the order used."""
+    order = np.random.default_rng([seed, 99]).permutation(len(stream.x))
+    return stream.x[order], None if stream.y is None else stream.y[order], order

@@ -1,0 +1,245 @@
+"""OnlineMAS end to end: the plain-SGD equivalence, bad input, skipped updates, forgetting, state."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from streammas import OnlineMAS
+from streammas.models import ConvAutoencoder, MLPAutoencoder, MLPClassifier
+
+
+def _data(n=256, d=16, seed=0):
+    return torch.rand(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_without_regulariser_and_buffer_it_is_plain_online_sgd():
+    torch.manual_seed(0)
+    model = MLPAutoencoder(16, hidden=(32,), latent=4)
+    reference = copy.deepcopy(model)
+    learner = OnlineMAS(model, lr=0.05, reg_lambda=0, hard_buffer=0)
+    opt = torch.optim.SGD(reference.parameters(), lr=0.05)
+    data = _data()
+    for i in range(200):
+        x = data[(i * 8) % 256:][:8]
+        scores = learner.learn_many(x)
+        loss = (reference(x) - x).pow(2).reshape(8, -1).mean(dim=1)
+        opt.zero_grad()
+        loss.mean().backward()
+        opt.step()
+        assert torch.equal(scores, loss.detach())
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_scores_are_prequential_and_exclude_the_regulariser():
+    torch.manual_seed(1)
+    learner = OnlineMAS(MLPAutoencoder(16, hidden=(16,), latent=4), reg_lambda=1e3, lr=0.05)
+    data = _data()
+    for i in range(50):
+        learner.learn_many(data[i:i + 8])
+    learner.consolidate()
+    x = data[:8]
+    before = learner.score_many(x)
+    scores = learner.learn_many(x)  # scored before the update, with no penalty term in it
+    assert torch.equal(scores, before)
+    assert scores.device == learner.device and scores.shape == (8,)
+
+
+def test_bad_input_raises_with_the_samples_and_the_reason():
+    learner = OnlineMAS(MLPAutoencoder(4, hidden=(8,), latent=2))
+    x = np.ones((6, 4), dtype=np.float32)
+    x[2, 1] = np.nan
+    x[5, 0] = np.inf
+    with pytest.raises(ValueError, match=r"2 of 6 samples .*NaN or Inf.*\[2, 5\]"):
+        learner.learn_many(x)
+    learner.learn_many(np.ones((3, 4)))
+    with pytest.raises(ValueError, match=r"shape \(5,\).*shape \(4,\)"):
+        learner.learn_many(np.ones((3, 5)))
+    with pytest.raises(ValueError, match="real numbers"):
+        learner.learn_many(np.array([["a", "b", "c", "d"]]))
+    with pytest.raises(ValueError, match="batch"):
+        learner.learn_many(np.ones(4))
+    assert learner.samples_seen == 3
+
+
+def test_bad_input_can_be_skipped_and_counted():
+    events = []
+    learner = OnlineMAS(MLPAutoencoder(4, hidden=(8,), latent=2), on_bad_input="skip", callback=events.append)
+    x = np.ones((5, 4), dtype=np.float32)
+    x[[1, 3]] = np.nan
+    scores = learner.learn_many(x).tolist()
+    assert math.isnan(scores[1]) and math.isnan(scores[3])
+    assert all(math.isfinite(scores[i]) for i in (0, 2, 4))
+    assert learner.samples_seen == 3
+    assert learner.counters["rejected_samples"] == 2
+    learner.learn_many(np.ones((2, 7)))  # wrong shape: all rejected, nothing learned
+    assert learner.counters["rejected_samples"] == 4 and learner.samples_seen == 3
+    assert [e.kind for e in events] == ["rejected", "rejected"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9)])
+def test_non_finite_loss_skips_the_update_and_leaves_the_model_as_it_was(optimizer):
+    def fragile(output, x, y):
+        losses = (output - x).pow(2).mean(dim=1)
+        return torch.where(x[:, 0] > 5, torch.log(-x[:, 0]), losses)  # NaN for the marked samples
+
+    torch.manual_seed(2)
+    learner = OnlineMAS(MLPAutoencoder(4, hidden=(8,), latent=2), objective=fragile, optimizer=optimizer,
+                        hard_buffer=4, sync_every=1)
+    data = _data(64, 4)
+    for i in range(20):
+        learner.learn_many(data[i:i + 4])
+    learner.consolidate()
+    for i in range(5):
+        learner.learn_many(data[i:i + 4])
+    model_before = copy.deepcopy(learner.model.state_dict())
+    opt_before = copy.deepcopy(learner.optimizer.state_dict())
+    bad = data[:4].clone()
+    bad[1, 0] = 10.0
+    learner.learn_many(bad)
+    for name, value in learner.model.state_dict().items():
+        assert torch.equal(value, model_before[name]), name
+    for key, state in learner.optimizer.state_dict()["state"].items():
+        for field, value in state.items():
+            assert torch.equal(value, opt_before["state"][key][field]), field
+    assert learner.counters["skipped_updates"] == 1
+    learner.learn_many(data[:4])  # and it goes on learning
+    assert any(not torch.equal(v, model_before[n]) for n, v in learner.model.state_dict().items())
+
+
+def _regimes(seed=0):
+    """Two pattern sets: A, and a fixed pixel permutation of A (regime B)."""
+    g = torch.Generator().manual_seed(seed)
+    a = (torch.rand(8, 64, generator=g) < 0.3).float()
+    b = a[:, torch.randperm(64, generator=g)]
+    return a, b
+
+
+def _stream(patterns, steps, g):
+    for _ in range(steps):
+        idx = torch.randint(len(patterns), (10,), generator=g)
+        yield patterns[idx] + 0.05 * torch.randn(10, patterns.shape[1], generator=g)
+
+
+def _a_then_b(steps=1000, **settings):
+    torch.manual_seed(0)
+    settings.setdefault("lr", 0.2)
+    learner = OnlineMAS(MLPAutoencoder(64, hidden=(64,), latent=8), **settings)
+    a, b = _regimes()
+    g = torch.Generator().manual_seed(3)
+    for x in _stream(a, steps, g):
+        learner.learn_many(x)
+    for x in _stream(b, steps, g):
+        learner.learn_many(x)
+    learner.flush()
+    error = (learner.score_many(a).mean().item() + learner.score_many(b).mean().item()) / 2
+    return error, learner
+
+
+def test_remembers_regime_a_after_learning_regime_b_without_being_told_where_a_ends():
+    plain, _ = _a_then_b(reg_lambda=0, hard_buffer=0)
+    mas, learner = _a_then_b()
+    assert learner.consolidations >= 1
+    assert learner.counters["plateaus"] >= 1 and learner.counters["peaks"] >= 1
+    assert mas < 0.85 * plain, (mas, plain)
+
+
+def _run(learner, data, steps, offset=0):
+    out = []
+    for i in range(offset, offset + steps):
+        out.append(learner.learn_many(data[(i * 8) % len(data):][:8]))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("settings", [{}, {"optimizer": "adam", "importance_source": "buffer"},
+                                      {"consolidate_at": "plateau", "importance_method": "hebbian"}])
+def test_state_dict_round_trip_continues_bit_for_bit(tmp_path, settings):
+    torch.manual_seed(3)
+    data = torch.cat([_data(128, 16, 1), _data(128, 16, 2) * 3])
+    make = lambda: OnlineMAS(MLPAutoencoder(16, hidden=(16,), latent=4), lr=0.05,  # noqa: E731
+                             plateau={"window": 5, "patience": 5, "min_drop": 0.3}, **settings)
+    original = make()
+    _run(original, data, 150)
+    torch.save(original.state_dict(), tmp_path / "state.pt")
+    restored = make()  # a different initialisation, overwritten by the state
+    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    a, b = _run(original, data, 150, 150), _run(restored, data, 150, 150)
+    assert torch.equal(a, b)
+    for p, q in zip(original.model.parameters(), restored.model.parameters()):
+        assert torch.equal(p, q)
+    assert original.counters == restored.counters and original.counters["consolidations"] >= 1
+    for name in original.importance:
+        assert torch.equal(original.importance[name], restored.importance[name])
+        assert torch.equal(original.anchor[name], restored.anchor[name])
+
+
+def test_learn_one_takes_dicts_arrays_and_tensors():
+    learner = OnlineMAS(MLPAutoencoder(3, hidden=(4,), latent=2))
+    assert learner.learn_one({"a": 0.1, "b": 0.2, "c": 0.3}) >= 0
+    assert learner.feature_names == ["a", "b", "c"]
+    assert learner.learn_one({"c": 0.3, "a": 0.1}) >= 0  # order does not matter; a missing feature is 0
+    assert learner.learn_one(np.array([0.1, 0.2, 0.3])) >= 0
+    assert learner.score_one(torch.tensor([0.1, 0.2, 0.3])) >= 0
+    assert learner.samples_seen == 3
+
+
+def test_classification_needs_labels_and_learns():
+    torch.manual_seed(4)
+    learner = OnlineMAS(MLPClassifier(8, n_classes=2, hidden=(16,)), objective="classification", lr=0.1)
+    with pytest.raises(ValueError, match="labels"):
+        learner.learn_many(torch.rand(4, 8))
+    x = torch.randn(400, 8)
+    y = (x[:, 0] > 0).long()
+    for i in range(0, 400, 10):
+        learner.learn_many(x[i:i + 10], y[i:i + 10])
+    accuracy = (learner.predict_many(x).argmax(1) == y).float().mean().item()
+    assert accuracy > 0.9
+
+
+@pytest.mark.parametrize("hard_buffer", [0, 1, 16])
+@pytest.mark.parametrize("steps_per_batch", [1, 3])
+def test_buffer_sizes_and_repeated_steps(hard_buffer, steps_per_batch):
+    torch.manual_seed(5)
+    learner = OnlineMAS(ConvAutoencoder(1, channels=(2, 4)), hard_buffer=hard_buffer, steps_per_batch=steps_per_batch,
+                        lr=0.05)
+    x = torch.rand(40, 1, 8, 8)
+    first = learner.score_many(x).mean().item()
+    for i in range(0, 40, 4):
+        learner.learn_many(x[i:i + 4])
+    assert len(learner.buffer) == min(hard_buffer, 4 + hard_buffer)
+    assert learner.score_many(x).mean().item() < first
+
+
+def test_buffer_keeps_the_highest_loss_samples():
+    learner = OnlineMAS(MLPAutoencoder(4, hidden=(4,), latent=2), hard_buffer=2, lr=0.0)
+    x = torch.zeros(5, 4)
+    x[3] = 5.0
+    x[1] = 3.0
+    learner.learn_many(x)
+    kept = sorted(learner.buffer.x[:, 0].tolist())
+    assert kept == [3.0, 5.0]
+
+
+def test_cpu_run_never_touches_cuda():
+    learner = OnlineMAS(MLPAutoencoder(4, hidden=(4,), latent=2))
+    for _ in range(20):
+        learner.learn_many(torch.rand(4, 4))
+    learner.consolidate()
+    learner.learn_many(torch.rand(4, 4))
+    assert learner.device.type == "cpu"
+    assert not torch.cuda.is_initialized()
+
+
+def test_invalid_settings_are_rejected():
+    model = MLPAutoencoder(4, hidden=(4,), latent=2)
+    with pytest.raises(ValueError, match="hard buffer"):
+        OnlineMAS(model, importance_source="buffer", hard_buffer=0)
+    with pytest.raises(ValueError, match="reg_lambda"):
+        OnlineMAS(model, reg_lambda=-1)
+    with pytest.raises(ValueError, match="objective"):
+        OnlineMAS(model, objective="telepathy")
+    with pytest.raises(ValueError, match="optimizer"):
+        OnlineMAS(model, optimizer="rmsprop?")

@@ -1,0 +1,81 @@
+"""Plateau and peak detection: fires after learning, never on the flat loss before it, scale-free."""
+
+import math
+import random
+
+import pytest
+
+from streammas.plateau import PlateauConfig, PlateauDetector
+
+
+def _noisy(curve, seed=0, noise=0.4):
+    rng = random.Random(seed)
+    return [v * max(0.05, rng.gauss(1.0, noise)) for v in curve]
+
+
+def _learning_curve(steps=600, start=2.0, floor=0.2, tau=60.0):
+    return [floor + (start - floor) * math.exp(-t / tau) for t in range(steps)]
+
+
+def _decisions(values, **settings):
+    detector = PlateauDetector(**settings)
+    return [(t, d) for t, v in enumerate(values) if (d := detector.update(v)) in ("plateau", "peak")]
+
+
+def test_fires_on_decreasing_then_flat_loss():
+    events = _decisions(_noisy(_learning_curve()))
+    assert [d for _, d in events] == ["plateau"]
+    # after the loss has come down (3 time constants), not before
+    assert events[0][0] > 150
+
+
+def test_does_not_fire_on_the_flat_noisy_loss_after_initialisation():
+    flat = _noisy([1.0] * 2000, seed=1, noise=0.6)
+    assert _decisions(flat) == []
+
+
+def test_rearms_on_a_peak_and_fires_again():
+    values = _noisy(_learning_curve() + _learning_curve(start=3.0, floor=0.3), seed=2)
+    events = _decisions(values)
+    assert [d for _, d in events] == ["plateau", "peak", "plateau"]
+    assert 600 <= events[1][0] < 640  # the peak is found within a window of the regime change
+    assert events[2][0] > events[1][0] + 100
+
+
+def test_no_second_plateau_without_a_peak():
+    values = _noisy(_learning_curve(steps=3000), seed=3)
+    assert [d for _, d in _decisions(values)] == ["plateau"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_scale_free(seed):
+    values = _noisy(_learning_curve() + _learning_curve(start=4.0) + [0.2] * 300, seed=seed)
+    base = _decisions(values)
+    assert base  # something happens in this stream
+    assert _decisions([v * 1000 for v in values]) == base
+    assert _decisions([v / 1000 for v in values]) == base
+
+
+def test_absolute_rule_of_the_task_free_paper():
+    values = _noisy(_learning_curve(), seed=4, noise=0.1) + [2.0] * 100
+    events = _decisions(values, rule="absolute", mean_threshold=0.3, var_threshold=0.01)
+    assert [d for _, d in events] == ["plateau", "peak"]
+    # in absolute units it never fires once the loss scale changes: the trap the relative rule avoids
+    assert _decisions([v * 1000 for v in values], rule="absolute", mean_threshold=0.3, var_threshold=0.01) == []
+
+
+def test_state_round_trip_continues_identically():
+    values = _noisy(_learning_curve() + _learning_curve(start=3.0), seed=5)
+    a = PlateauDetector()
+    first = [a.update(v) for v in values[:400]]
+    b = PlateauDetector()
+    b.load_state_dict(a.state_dict())
+    assert [a.update(v) for v in values[400:]] == [b.update(v) for v in values[400:]]
+    assert first.count("plateau") == 1
+
+
+def test_invalid_settings_are_rejected():
+    with pytest.raises(ValueError, match="window"):
+        PlateauConfig(window=1)
+    with pytest.raises(ValueError, match="rule"):
+        PlateauDetector(rule="magic")
