@@ -63,9 +63,7 @@ class MicroBatcher:
     ([0.0, 2.0, 4.0, 9.0], None, {'row': 3, 'skip': 1}, 1)
     """
 
-    def __init__(
-        self, batch_size: int, max_latency_s: float, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, batch_size: int, max_latency_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_latency_s < 0:
@@ -157,10 +155,11 @@ class MicroBatcher:
 class BatchingSource(Source):
     """Base class for sources that pull input piece by piece and hand it out in micro-batches.
 
-    Subclasses implement ``_fill(until)``, which moves input into the batcher with :meth:`_push` and
-    counts bad input with :meth:`_reject` until the batcher is ``ready``, the monotonic time ``until``
-    passes (``None``: no limit, but return once something was pushed or rejected), or a finite input
-    ends (then set ``self._exhausted = True``). ``_release()`` frees resources on :meth:`close`.
+    Subclasses implement ``_fill(until)``, which moves the input available now into the batcher with
+    :meth:`_push` (counting bad input with :meth:`_reject`) until the batcher is ``ready``, and returns
+    as soon as no more is available; only when nothing at all was available does it wait for input, up
+    to the monotonic time ``until`` (``None``: as long as it takes). At the end of a finite input it
+    sets ``self._exhausted = True``. ``_release()`` frees resources on :meth:`close`.
 
     A resumable source implements ``_reader_position()`` (where it stands after everything it consumed,
     rejected input included). A batch that empties the batcher gets that position; any other batch gets
@@ -257,9 +256,9 @@ class BatchingSource(Source):
         if not self._batcher.pending:
             position = self._reader_position()
         self._position = position
-        counts = self._counters
-        counts.add("samples", x.shape[0])
-        counts.add("batches")
+        counts = self._counters.counts
+        counts["samples"] += x.shape[0]
+        counts["batches"] += 1
         return Batch(x, y, position)
 
     @property

@@ -117,8 +117,10 @@ class Counters:
         burst: int = 10,
         interval: float = 10.0,
     ) -> None:
-        self._counts: dict[str, int] = dict.fromkeys(keys, 0)
-        self._name = name
+        #: The counts themselves; hot paths may increment ``counts[key]`` of a preset key directly.
+        self.counts: dict[str, int] = dict.fromkeys(keys, 0)
+        self._counts = self.counts
+        self.name = name
         self._log = RateLimitedLog(lambda m: logger.warning("%s", m), burst=burst, interval=interval)
 
     def add(self, key: str, n: int = 1) -> None:
@@ -128,7 +130,7 @@ class Counters:
         """Count ``error.count`` rejects under ``rejected:<reason>`` and log it at a bounded rate."""
         key = "rejected:" + error.reason
         self._counts[key] = self._counts.get(key, 0) + error.count
-        self._log.emit(f"{self._name}: skipped input ({error.reason}): {error.detail}")
+        self._log.emit(f"{self.name}: skipped input ({error.reason}): {error.detail}")
 
     @property
     def rejected(self) -> int:

@@ -24,6 +24,8 @@ _log = logging.getLogger(__name__)
 
 #: How many leading bytes identify a file across a restart.
 HEAD_BYTES = 1024
+#: Longer lines are skipped (and reported) rather than held in memory.
+MAX_LINE_BYTES = 16 << 20
 
 
 def _pread(fd: int, n: int, offset: int) -> bytes:
@@ -63,6 +65,7 @@ class LineCursor:
         follow: bool = False,
         position: dict | None = None,
         read_size: int = 1 << 16,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self.path = path
         self.follow = follow
@@ -76,6 +79,11 @@ class LineCursor:
         self.at_end = False  # a finite file was read to its end
         self.generation = 0  # counts the files (or restarts of a truncated one) begun so far
         self._head: list[int] | None = None
+        self._ends: list[int] = []
+        self.block_start = 0
+        self._discarding = False  # inside a line longer than max_line_bytes
+        self.max_line_bytes = int(max_line_bytes)
+        self.oversized: list[int] = []  # numbers of lines dropped for their length; the reader clears it
         self._resume = position
         if not follow or os.path.exists(path):
             self._open()
@@ -96,6 +104,7 @@ class LineCursor:
         st = os.fstat(fd)
         self._fd, self._ino = fd, (st.st_dev, st.st_ino)
         self._data, self._base, self._start, self.line, self._head = b"", 0, 0, 0, None
+        self._discarding = False
         self.generation += 1
         position, self._resume = self._resume, None
         if position and int(position.get("offset", 0)) > 0:
@@ -158,23 +167,38 @@ class LineCursor:
 
         Returns an empty list at the end of the data (``at_end`` then tells a finished finite file).
         One call never returns lines of two files: after a rotation the next call starts the new file
-        at line 1 (``generation`` tells that it changed).
+        at line 1 (``generation`` tells that it changed). :meth:`line_offsets` gives where each line
+        returned ends, ``block_start`` where the first one starts. A line longer than
+        ``max_line_bytes`` is never held in memory: it comes out empty and its number is added to
+        ``oversized``.
         """
         out: list[bytes] = []
+        ends: list[int] = []
+        self._ends = ends
         if self._fd is None and not (self.follow and self._open()):
             return out, self.line + 1
+        self.block_start = self.offset
         while len(out) < max_lines:
             nl = self._data.find(b"\n", self._start)
             if nl >= 0:
-                out.append(self._data[self._start : nl])
+                if self._discarding or nl - self._start > self.max_line_bytes:
+                    self._discarding = False
+                    self.oversized.append(self.line + len(out) + 1)
+                    out.append(b"")
+                else:
+                    out.append(self._data[self._start : nl])
                 self._start = nl + 1
+                ends.append(self._base + self._start)
                 continue
+            if len(self._data) - self._start > self.max_line_bytes:
+                self._discarding = True
+            if self._discarding:  # drop what is held of a line too long to keep
+                self._base += len(self._data)
+                self._data, self._start = b"", 0
             if self._fill_buffer():
                 continue
             if not self.follow:
-                if self._start < len(self._data):  # the last line of a finished file needs no newline
-                    out.append(self._data[self._start :])
-                    self._start = len(self._data)
+                self._take_tail(out, ends)  # the last line of a finished file needs no newline
                 self.at_end = True
                 break
             if out:
@@ -185,38 +209,62 @@ class LineCursor:
             if change == "truncated":
                 _log.warning("%s was truncated; reading it again from the start", self.path)
                 self._reopen()
+                self.block_start = self.offset
                 continue
             # Rotated: what the old file still holds comes first, its unterminated tail as a line.
             if self._fill_buffer():
                 continue
-            if self._start < len(self._data):
-                out.append(self._data[self._start :])
-                self._start = len(self._data)
+            if self._take_tail(out, ends):
                 break
             _log.info("%s was rotated; reading the new file", self.path)
             self._reopen()
             if self._fd is None:
                 break
+            self.block_start = self.offset
         first = self.line + 1
         self.line += len(out)
         return out, first
+
+    def _take_tail(self, out: list[bytes], ends: list[int]) -> bool:
+        """Take the unterminated rest of a file that will not grow as its last line, if any."""
+        if self._start >= len(self._data) and not self._discarding:
+            return False
+        if self._discarding or len(self._data) - self._start > self.max_line_bytes:
+            self._discarding = False
+            self.oversized.append(self.line + len(out) + 1)
+            out.append(b"")
+        else:
+            out.append(self._data[self._start :])
+        self._start = len(self._data)
+        ends.append(self._base + self._start)
+        return True
+
+    def line_offsets(self, lines: list[bytes]) -> list[int]:
+        """The file offset after each of ``lines``, the result of the last :meth:`read_lines`."""
+        assert len(lines) == len(self._ends), "line_offsets takes the lines of the last read_lines"
+        return list(self._ends)
 
     def first_line(self) -> bytes | None:
         """The first line of the current file (a CSV header), read without moving the cursor."""
         if self._fd is None:
             return None
         head = b""
-        while b"\n" not in head:
-            more = _pread(self._fd, 4096, len(head))
+        while b"\n" not in head and len(head) <= self.max_line_bytes:
+            more = _pread(self._fd, 1 << 16, len(head))
             if not more:
                 break
             head += more
-        return head.split(b"\n", 1)[0]
+        line = head.split(b"\n", 1)[0]
+        return b"" if len(line) > self.max_line_bytes else line
 
-    def position(self) -> dict:
-        """Where the cursor stands: JSON-serialisable, for ``LineCursor(path, position=...)``."""
-        offset = self.offset
-        if self._head is not None:
+    def position(self, offset: int | None = None, line: int | None = None) -> dict:
+        """Where the cursor stands (or stood at an ``offset`` and ``line`` of the current file):
+        JSON-serialisable, for ``LineCursor(path, position=...)``."""
+        if self._fd is None and self._resume:
+            return dict(self._resume)
+        offset = self.offset if offset is None else offset
+        line = self.line if line is None else line
+        if self._head is not None and offset >= HEAD_BYTES:
             head = self._head
         elif self._fd is None or offset == 0:
             head = [0, 0]
@@ -225,4 +273,4 @@ class LineCursor:
             head = [n, file_head(self._fd, n)]
             if n == HEAD_BYTES:
                 self._head = head
-        return {"path": self.path, "offset": offset, "line": self.line, "head": head}
+        return {"path": self.path, "offset": offset, "line": line, "head": head}

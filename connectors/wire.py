@@ -64,7 +64,7 @@ def load_json(raw: bytes) -> object:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise Reject("json", f"not UTF-8 JSON ({str(e)[:80]})") from None
+        raise Reject("json", f"invalid UTF-8 JSON ({str(e)[:80]})") from None
 
 
 def parse_header(raw: bytes) -> Header:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -14,7 +15,7 @@ from torch import nn
 
 from streammas.buffer import HardBuffer
 from streammas.hostsync import host_read
-from streammas.importance import METHODS, hebbian_importance, output_sensitivity
+from streammas.importance import METHODS, SensitivityProbe, hebbian_importance, output_sensitivity
 from streammas.objectives import Objective, resolve_objective
 from streammas.plateau import HOLD, PEAK, PLATEAU, PlateauConfig, PlateauDetector
 from streammas.synapses import Synapses
@@ -68,7 +69,10 @@ class OnlineMAS:
     optimizer: ``"sgd"``, ``"adam"`` or a callable ``params -> torch.optim.Optimizer``.
     reg_lambda: strength of the regulariser ``lambda * sum Omega (theta - theta*)^2``; 0 disables it.
     hard_buffer: how many high-loss samples are kept and mixed into each update; 0 disables the buffer.
-    importance_every: measure the online importance on every k-th batch.
+    importance_every: measure the online importance on every k-th batch. The running importance is a mean
+        over a whole regime, so a sample of its batches estimates it well: with 8, Omega at a boundary is
+        within 1-3% of measuring every batch (rank correlation >= 0.99) and the evaluation's results are
+        unchanged, for an eighth of the cost (``streammas bench step``).
     importance_source: ``"stream"`` (online running average) or ``"buffer"`` (measured on the hard buffer
         at consolidation time, the task-free paper's choice).
     importance_method: see :func:`streammas.importance.output_sensitivity`, or ``"hebbian"`` for the local
@@ -108,7 +112,7 @@ class OnlineMAS:
         lr: float = 1e-2,
         reg_lambda: float = 1.0,
         hard_buffer: int = 16,
-        importance_every: int = 1,
+        importance_every: int = 8,
         importance_source: str = "stream",
         importance_method: str = "auto",
         importance_output: str | None = None,
@@ -169,6 +173,11 @@ class OnlineMAS:
                                for g in self.optimizer.param_groups]
         self.synapses = Synapses(named, consolidation=consolidation, ema_alpha=ema_alpha,
                                  normalization=omega_normalization)
+        # The per-layer importance rules, set up once; the training forward serves the importance pass when the
+        # model's train-mode forward equals its eval-mode one (see SensitivityProbe.shares_forward).
+        self._probe = (SensitivityProbe(model, output=importance_output, hebbian=importance_method == "hebbian")
+                       if importance_method in ("auto", "fast", "hebbian") else None)
+        self._share_forward = True
         self.buffer = HardBuffer(hard_buffer)
         if plateau is None or isinstance(plateau, (PlateauConfig, Mapping)):
             self.detector = PlateauDetector(plateau)
@@ -238,7 +247,7 @@ class OnlineMAS:
         if self.sample_shape is not None and shape != self.sample_shape:
             return self._reject(xt, yt, torch.zeros(batch, dtype=torch.bool),
                                 f"samples have shape {shape}, the stream's samples have shape {self.sample_shape}")
-        finite = torch.isfinite(xt.reshape(batch, -1).float()).all(dim=1)
+        finite = self._finite_rows(xt.reshape(batch, -1))
         if yt is not None and yt.is_floating_point():
             finite &= torch.isfinite(yt)
         ok = torch.tensor(host_read(finite), dtype=torch.bool) if xt.device.type != "cpu" else finite
@@ -246,10 +255,29 @@ class OnlineMAS:
             self.sample_shape = shape
         if not bool(ok.all()):
             return self._reject(xt, yt, ok, "samples contain NaN or Inf")
-        return xt.to(self.device, self.dtype), self._labels(yt), None
+        return self._to_device(xt), self._labels(yt), None
+
+    def _to_device(self, xt: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A batch on the learner's device (in the model's dtype unless told). From host memory to a GPU the copy
+        goes through pinned memory and does not block: from pageable memory it waits for the device's queue."""
+        dtype = self.dtype if dtype is None else dtype
+        if self.device.type == "cuda" and xt.device.type == "cpu":
+            return xt.to(dtype).pin_memory().to(self.device, non_blocking=True)
+        return xt.to(self.device, dtype)
+
+    @staticmethod
+    def _finite_rows(rows: torch.Tensor) -> torch.Tensor:
+        """Which rows hold only finite numbers (once cast to float32, as the model will see them)."""
+        if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float16, torch.bfloat16):
+            # A row's sum is finite only if every element is; a non-finite sum may also be an overflow of
+            # finite values, so then (rarely) the exact test decides. One reduction instead of a mask.
+            finite = torch.isfinite(rows.sum(dim=1))
+            if bool(finite.all()):
+                return finite
+        return torch.isfinite(rows.float()).all(dim=1)
 
     def _labels(self, yt: torch.Tensor | None) -> torch.Tensor | None:
-        return None if yt is None else yt.to(self.device)
+        return None if yt is None else self._to_device(yt, yt.dtype)
 
     def _reject(self, xt: torch.Tensor, yt: torch.Tensor | None, ok: torch.Tensor, why: str):
         bad = (~ok).nonzero().flatten().tolist()
@@ -288,9 +316,12 @@ class OnlineMAS:
         xb, yb, keep = self._prepare(x, y)
         if xb.shape[0] == 0:
             return torch.full((batch,), math.nan, device=self.device)
-        scores = self._update(xb, yb)
-        if self.reg_lambda > 0 and self.importance_source == "stream" and self.steps % self.importance_every == 0:
-            self.synapses.accumulate(self._measure(xb), xb.shape[0])
+        measure = self.reg_lambda > 0 and self.importance_source == "stream" and self.steps % self.importance_every == 0
+        scores, measured = self._update(xb, yb, measure)
+        if measure and not measured:
+            weight = functools.partial(self.synapses.fold_weight, xb.shape[0])
+            if self._probe is None or not self._probe.measure_into(xb, self.synapses.running, weight):
+                self.synapses.accumulate(self._measure(xb), xb.shape[0])
         self._pending.append(scores.mean())
         self.steps += 1
         self.samples_seen += xb.shape[0]
@@ -298,20 +329,35 @@ class OnlineMAS:
             self._sync()
         return self._spread(scores, keep, batch)
 
-    def _update(self, xb: torch.Tensor, yb: torch.Tensor | None) -> torch.Tensor:
+    def _update(self, xb: torch.Tensor, yb: torch.Tensor | None, measure: bool = False) -> tuple[torch.Tensor, bool]:
+        """The update; returns the prequential scores and whether the batch's importance was folded in already,
+        from the last step's own forward pass (measured before that step's update, on the batch's rows only)."""
         x_all, y_all = self.buffer.extend(xb, yb)
         scores = None
-        for _ in range(self.steps_per_batch):
-            losses = self.objective(self.model(x_all), x_all, y_all)
+        measured = False
+        share = measure and self._share_forward and self._probe is not None and self._probe.shares_forward()
+        for step in range(self.steps_per_batch):
+            capture = share and step == self.steps_per_batch - 1
+            if capture:  # the probe's hooks exist only for this forward pass
+                with self._probe.capture():
+                    output = self.model(x_all)
+            else:
+                output = self.model(x_all)
+            losses = self.objective(output, x_all, y_all)
             if scores is None:
                 scores = losses[: xb.shape[0]].detach()
             loss = losses.mean()
             finite = torch.isfinite(loss)
+            if capture:
+                weight = functools.partial(self.synapses.fold_weight, xb.shape[0])
+                measured = self._probe.ready(x_all.shape[0]) and self._probe.fold(
+                    xb.shape[0], self.synapses.running, weight, retain_graph=True)
+                self._probe.release()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self._step(finite)
         self.buffer.update(x_all, y_all, losses.detach())
-        return scores
+        return scores, measured
 
     def _step(self, finite: torch.Tensor) -> None:
         """Optimizer step and proximal regulariser, both skipped when the loss is not finite."""
@@ -329,8 +375,15 @@ class OnlineMAS:
         if self._guarded_step:
             self._skipped += (~finite).long()
         if self.synapses.consolidations and self.reg_lambda:
+            # The gradients are dead after the optimizer step: their memory is the regulariser's workspace.
+            grads = [p.grad for p in self.synapses.params]
             for group, indices in zip(self.optimizer.param_groups, self._group_indices):
-                self.synapses.proximal_step(self.reg_lambda, group["lr"], gate, indices)
+                workspace = [grads[i] for i in indices]
+                if any(g is None or g.is_sparse for g in workspace):
+                    workspace = None
+                self.synapses.proximal_step(self.reg_lambda, group["lr"], gate, indices, workspace)
+            for p in self.synapses.params:
+                p.grad = None
 
     def _measure(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.importance_method == "hebbian":
@@ -379,6 +432,9 @@ class OnlineMAS:
             self._skipped.zero_()
             self.counters["skipped_updates"] += skipped
             self._emit("skipped_update", float(skipped))
+        # The weights and importance do not change while the values are read, so the snapshots a run of "hold"
+        # decisions asks for are all the same: take one, when the run ends (not one per value).
+        refresh = False
         for value in values:
             decision = self.detector.update(value)
             if decision == PLATEAU:
@@ -388,14 +444,20 @@ class OnlineMAS:
                     self.consolidate()
                 else:
                     self._take_snapshot()
+                refresh = False
             elif decision == HOLD and self._snapshot is not None:
-                self._take_snapshot()
+                refresh = True
             elif decision == PEAK:
                 self.counters["peaks"] += 1
                 self._emit("peak", value)
                 if self._snapshot is not None:
+                    if refresh:
+                        self._take_snapshot()
                     snap, self._snapshot = self._snapshot, None
                     self._consolidate(snap["theta"], snap["importance"])
+                refresh = False
+        if refresh and self._snapshot is not None:
+            self._take_snapshot()
 
     def _take_snapshot(self) -> None:
         theta = [p.detach() for p in self.synapses.params]

@@ -69,9 +69,15 @@ class Synapses:
     # -- importance of the current regime -------------------------------------------------------------
     def accumulate(self, batch_importance: list[torch.Tensor], batch_size: int) -> None:
         """Fold one batch's mean importance into the running average over all samples since consolidation."""
+        torch._foreach_lerp_(self.running, batch_importance, self.fold_weight(batch_size))
+
+    def fold_weight(self, batch_size: int) -> float:
+        """Count ``batch_size`` more samples into the running average and return the weight ``B / (n + B)`` with
+        which their mean importance enters it, ``running += (mean - running) * weight`` (for a caller that folds
+        the batch in itself, fused with measuring it: see :meth:`streammas.importance.SensitivityProbe.fold`)."""
         weight = batch_size / (self.running_count + batch_size)
-        torch._foreach_lerp_(self.running, batch_importance, weight)
         self.running_count += batch_size
+        return weight
 
     def reset_running(self) -> None:
         torch._foreach_zero_(self.running)
@@ -115,26 +121,42 @@ class Synapses:
 
     @torch.no_grad()
     def proximal_step(
-        self, reg_lambda: float, lr: float, gate: torch.Tensor | None = None, indices: list[int] | None = None
+        self,
+        reg_lambda: float,
+        lr: float,
+        gate: torch.Tensor | None = None,
+        indices: list[int] | None = None,
+        workspace: list[torch.Tensor] | None = None,
     ) -> None:
         """Apply the regulariser as its exact proximal step ``theta <- (theta + c theta*) / (1 + c)`` with
         ``c = 2 lr lambda Omega``: the minimiser of ``||theta - v||^2 / (2 lr) + penalty(theta)``.
 
         It moves each parameter a fraction ``c / (1 + c) < 1`` of the way to its anchor, so it is stable
         for any lambda (a gradient step on the penalty diverges once ``2 lr lambda max Omega > 2``).
-        ``gate`` (a 0-d device tensor, 1 or 0) lets a skipped update skip this step too without a host sync;
+        ``gate`` (a 0-d device tensor, 1 or 0) lets a skipped update skip this step too without a host sync
+        (``c`` becomes 0 and theta is left bit for bit as it was);
         ``indices`` restricts the step to some parameters (an optimizer's parameter group and its lr).
+        ``workspace``: tensors shaped like those parameters that may be overwritten (the gradients, dead after
+        the optimizer step), so that the step allocates nothing: five in-place passes, no temporaries.
         """
         if self.consolidations == 0 or reg_lambda == 0.0:
             return
         omega, anchor, params = self.omega, self.anchor, self.params
         if indices is not None:
             omega, anchor, params = ([seq[i] for i in indices] for seq in (omega, anchor, params))
-        c = torch._foreach_mul(omega, 2.0 * lr * reg_lambda)
-        weight = torch._foreach_div(c, torch._foreach_add(c, 1.0))
+        scale = 2.0 * lr * reg_lambda
         if gate is not None:
-            torch._foreach_mul_(weight, gate)
-        torch._foreach_lerp_([p.data for p in params], anchor, weight)
+            scale = gate * scale
+        if workspace is None:
+            c = torch._foreach_mul(omega, scale)
+        else:
+            c = workspace
+            torch._foreach_copy_(c, omega)
+            torch._foreach_mul_(c, scale)
+        data = [p.data for p in params]
+        torch._foreach_addcmul_(data, anchor, c)
+        torch._foreach_add_(c, 1.0)
+        torch._foreach_div_(data, c)
 
     # -- state ---------------------------------------------------------------------------------------------
     def as_dicts(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -5,7 +5,7 @@ learner except the oracle's consolidations); :func:`evaluate` runs a whole confi
 JSON-ready results with a summary per benchmark, length and method, and the targets of issue 6.
 
 >>> cfg = EvalConfig(benchmarks=("permuted-digits",), lengths=("short",), seeds=(0,), methods=("plain",),
-...                  passes=1, eval_per_segment=1)
+...                  passes={"short": 1}, eval_per_segment=1)
 >>> results = evaluate(cfg)
 >>> row = results["summary"]["permuted-digits"]["short"]["plain"]
 >>> 0.2 < row["primary"]["mean"] <= 1.0
@@ -25,33 +25,34 @@ import numpy as np
 
 from streammas.evaluation import metrics
 from streammas.evaluation.methods import METHODS, Method, NeverDetector, default_methods
-from streammas.evaluation.streams import BENCHMARKS, LENGTHS, Stream, make_stream, shuffled
+from streammas.evaluation.streams import DEFAULT_BENCHMARKS, LENGTHS, Stream, make_stream, shuffled
 
 #: The primary metric of each kind of stream: (name, higher is better).
 PRIMARY = {
     "classification": ("final average accuracy", True),
     "reconstruction": ("final mean reconstruction error", False),
-    "anomaly": ("ROC AUC on the returning regime", True),
+    "anomaly": ("ROC AUC on the returning regime when it returns", True),
 }
 
 
 @dataclass
 class EvalConfig:
-    """What to run. ``passes`` overrides the passes per segment of every length (``--quick``)."""
+    """What to run. ``passes`` maps a length to the passes per segment, overriding its default (``--quick``)."""
 
-    benchmarks: Sequence[str] = tuple(BENCHMARKS)
+    benchmarks: Sequence[str] = DEFAULT_BENCHMARKS
     lengths: Sequence[str] = tuple(LENGTHS)
     seeds: Sequence[int] = (0, 1, 2)
     methods: Sequence[str] = METHODS
     overrides: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 10
     eval_per_segment: int = 4
-    passes: int | None = None
+    passes: Mapping[str, int] | None = None
     jobs: int = 1
     hidden: int = 128
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["passes"] = None if self.passes is None else dict(self.passes)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
@@ -157,7 +158,12 @@ def run_method(stream: Stream, method: Method, seed: int = 0, batch_size: int = 
         result["segment_auc"] = [metrics.roc_auc(stream.y[s:e], stream_losses[s:e]) for s, e, _ in stream.segments]
         result["online_auc"] = metrics.roc_auc(stream.y, stream_losses)
         result["returning_auc"] = result["segment_auc"][stream.returning]
-    result["primary"] = result["returning_auc"] if stream.kind == "anomaly" else result["final_average"]
+        # What the detector still knew of the returning regime when it came back: its held-out test set
+        # (with planted anomalies) scored by the model as it was at that moment.
+        start, _, regime = stream.segments[stream.returning]
+        row = max((i for i, p in enumerate(eval_samples) if p <= start), default=None)
+        result["auc_at_return"] = math.nan if row is None else matrix[row][regime]
+    result["primary"] = result["auc_at_return"] if stream.kind == "anomaly" else result["final_average"]
     result["events"] = _events(learner, stream, method)
     result["seconds"] = time.perf_counter() - started
     return result
@@ -197,7 +203,7 @@ def _task(args: tuple) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    stream = make_stream(benchmark, length, seed, passes=cfg.passes)
+    stream = make_stream(benchmark, length, seed, passes=(cfg.passes or {}).get(length))
     return run_method(stream, method, seed, cfg.batch_size, cfg.eval_per_segment, cfg.hidden)
 
 
@@ -263,7 +269,8 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             for name, rs in by_method.items():
                 kind = rs[0]["kind"]
                 row: dict[str, Any] = {"kind": kind, "seeds": [r["seed"] for r in rs]}
-                for key in ("primary", "final_average", "online_accuracy", "online_auc", "returning_auc"):
+                for key in ("primary", "final_average", "online_accuracy", "online_auc", "returning_auc",
+                            "auc_at_return"):
                     if key in rs[0]:
                         mean, std = metrics.mean_std([r[key] for r in rs])
                         row[key] = {"mean": mean, "std": std, "values": [r[key] for r in rs]}
@@ -304,6 +311,10 @@ def targets(summary: Mapping[str, Any], method: str = "streammas") -> list[dict[
             plain = rows["plain"]["primary"]["mean"]
             value = row["primary"]["mean"]
             if length == "short":
+                if kind == "anomaly":
+                    online = row["returning_auc"]["mean"] - rows["plain"]["returning_auc"]["mean"]
+                    out.append(_target(bench, length, "prequential ROC AUC over the returning pass: no more than "
+                                       "1 point below plain", online, online >= -0.01))
                 if kind == "reconstruction":
                     out.append(_target(bench, length, "error <= 1.01 x plain (do no harm)",
                                        row["ratio_to_plain"], row["ratio_to_plain"] <= 1.01))
@@ -319,8 +330,11 @@ def targets(summary: Mapping[str, Any], method: str = "streammas") -> list[dict[
                 out.append(_target(bench, length, "final mean error <= 0.8 x plain", row["ratio_to_plain"],
                                    row["ratio_to_plain"] <= 0.8))
             else:
-                out.append(_target(bench, length, "returning-regime ROC AUC >= plain + 0.05", value - plain,
-                                   value - plain >= 0.05))
+                out.append(_target(bench, length, "ROC AUC on the returning regime when it returns >= plain + 0.05",
+                                   value - plain, value - plain >= 0.05))
+                online = row["returning_auc"]["mean"] - rows["plain"]["returning_auc"]["mean"]
+                out.append(_target(bench, length, "prequential ROC AUC over the returning pass >= plain + 0.05",
+                                   online, online >= 0.05))
     return out
 
 

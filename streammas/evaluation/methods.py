@@ -35,6 +35,8 @@ from typing import Any
 SHARED = ("lr", "optimizer", "steps_per_batch")
 METHODS = ("plain", "buffer", "streammas", "streammas-buffer", "oracle", "iid")
 TUNED = ("streammas", "streammas-buffer", "oracle")
+#: The hard buffer of the ``buffer`` and ``streammas-buffer`` methods when ``--set hard_buffer=0``.
+BUFFER_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -99,14 +101,15 @@ def default_methods(overrides: Mapping[str, Any] | None = None, names: Sequence[
     overrides = dict(overrides or {})
     shared = {k: v for k, v in overrides.items() if k in SHARED}
     tuned = dict(overrides)
+    # The two buffer methods need a buffer even where the defaults under test have none.
+    buffer_size = {"hard_buffer": overrides.get("hard_buffer") or BUFFER_SIZE} if "hard_buffer" in overrides else {}
     specs = {
         "plain": Method("plain", {**shared, "reg_lambda": 0.0, "hard_buffer": 0},
                         description="online SGD, nothing remembered"),
-        "buffer": Method("buffer", {**shared, "reg_lambda": 0.0,
-                                    **({"hard_buffer": overrides["hard_buffer"]} if "hard_buffer" in overrides else {})},
-                         description="hard buffer only"),
+        "buffer": Method("buffer", {**shared, "reg_lambda": 0.0, **buffer_size}, description="hard buffer only"),
         "streammas": Method("streammas", tuned, factory=factory, description="streammas defaults"),
-        "streammas-buffer": Method("streammas-buffer", {**tuned, "importance_source": "buffer"}, factory=factory,
+        "streammas-buffer": Method("streammas-buffer", {**tuned, **buffer_size, "importance_source": "buffer"},
+                                   factory=factory,
                                    description="importance on the hard buffer"),
         "oracle": Method("oracle", tuned, oracle=True, factory=factory,
                          description="consolidation at the true boundaries"),

@@ -1,0 +1,188 @@
+"""Sources that read samples from numpy files: ``.npy`` (memory-mapped, so a file larger than memory
+streams) and ``.npz`` (arrays ``x`` and optional labels ``y``). Never unpickles.
+
+A path, a directory or a glob (files in name order) can be given; the position is the file and the
+row, so a resume re-reads nothing and skips nothing. Samples holding a NaN or an infinity are counted
+(``nonfinite``) and skipped; a file that cannot be read as the scheme says is counted (``file``) and
+skipped, except the first, which raises so that a wrong path or option shows at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zipfile
+
+import numpy as np
+
+from connectors.batching import BatchingSource
+from connectors.counters import Reject
+from connectors.paths import FileSeries
+from connectors.samples import SampleShape, as_labels, drop_nonfinite
+
+_log = logging.getLogger(__name__)
+
+
+class ArraySource(BatchingSource):
+    """Base of the numpy-file sources: subclasses say how to open one file (``_load``)."""
+
+    def __init__(
+        self,
+        path: str,
+        extension: str,
+        *,
+        batch_size: int = 32,
+        max_latency_ms: float = 50.0,
+        position: dict | None = None,
+        follow: bool = False,
+        name: str | None = None,
+    ) -> None:
+        if follow:
+            raise ValueError(f"{extension} files cannot be followed; follow works for CSV and JSON Lines")
+        super().__init__(name or path, batch_size=batch_size, max_latency_ms=max_latency_ms, logger=_log)
+        self._files = FileSeries(path, extension)
+        self._shape = SampleShape()
+        self._x: np.ndarray | None = None
+        self._y: np.ndarray | None = None
+        self._path: str | None = None
+        self._row = 0
+        start, same = self._files.resume(position.get("path") if position else None)
+        if start is None:
+            raise FileNotFoundError(f"no file matches {path!r}")
+        self._open(start, strict=True)
+        if same and position:
+            row = int(position.get("row", 0))
+            if 0 <= row <= len(self._x):
+                self._row = row
+            else:
+                _log.warning(
+                    "%s has %d rows, fewer than the saved position's %d; reading it from the start",
+                    start,
+                    len(self._x),
+                    row,
+                )
+        elif position:
+            _log.warning("%s is gone; going on with %s", position.get("path"), start)
+
+    @property
+    def size_hint(self) -> int | None:
+        """Samples left to read (an upper bound: non-finite rows are skipped), when a single file."""
+        if self._x is None or not self._files.is_single:
+            return None
+        return len(self._x) - self._row
+
+    def _load(self, path: str) -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    def _open(self, path: str, strict: bool = False) -> bool:
+        try:
+            x, y = self._load(path)
+            if x.ndim < 1 or x.dtype.kind not in "biuf":
+                raise Reject("file", f"{path}: x must be a numeric array with a sample axis, got {x.dtype}{x.shape}")
+            if y is not None and (y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "biuf"):
+                raise Reject("file", f"{path}: y must be {len(x)} numeric labels, got {y.dtype}{y.shape}")
+            self._shape.check(x.shape[1:])
+        except Reject as e:
+            if strict:
+                raise ValueError(e.detail) from None
+            self._reject(Reject(e.reason, f"{path}: {e.detail}" if path not in e.detail else e.detail))
+            return False
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+            if strict:
+                raise
+            self._reject(Reject("file", f"{path}: {e}"))
+            return False
+        self._release()
+        self._x, self._y, self._path, self._row = x, y, path, 0
+        return True
+
+    def _fill(self, until: float | None) -> None:
+        batcher = self._batcher
+        while not batcher.ready:
+            if self._x is None or self._row >= len(self._x):
+                if not self._advance():
+                    self._exhausted = True
+                    return
+                continue
+            start = self._row
+            stop = min(len(self._x), start + max(1, batcher.room))
+            x = np.array(self._x[start:stop], dtype=np.float32, order="C")
+            y = None if self._y is None else as_labels(np.asarray(self._y[start:stop]))
+            self._row = stop
+            x2, y2, dropped = drop_nonfinite(x, y)
+            if dropped:
+                bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1)) + start
+                rows = ", ".join(map(str, bad[:5].tolist())) + (", ..." if len(bad) > 5 else "")
+                self._reject(Reject("nonfinite", f"{self._path} rows {rows}: NaN or infinity", dropped))
+            self._push(x2, y2, end={"path": self._path, "row": stop})
+            if until is not None and time.monotonic() >= until:
+                return
+
+    def _advance(self) -> bool:
+        current = self._path
+        while True:
+            nxt = self._files.after(current) if not self._files.is_single else None
+            if nxt is None:
+                return False
+            if self._open(nxt):
+                self._batcher.seal()
+                return True
+            current = nxt
+
+    def _reader_position(self) -> dict | None:
+        return {"path": self._path, "row": self._row}
+
+    def _release(self) -> None:
+        self._x = self._y = None  # drops the memory map
+
+
+class NpySource(ArraySource):
+    """Samples from ``.npy`` files, memory-mapped: row ``i`` of the array is sample ``i``.
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = str(pathlib.Path(d, "x.npy"))
+    ...     np.save(path, np.arange(10, dtype=np.float64).reshape(5, 2))
+    ...     with NpySource(path, batch_size=2) as src:
+    ...         first = src.read()
+    ...         print(first.x.tolist(), first.position["row"], sum(len(b) for b in src))
+    [[0.0, 1.0], [2.0, 3.0]] 2 3
+    """
+
+    def __init__(self, path: str, **kwargs) -> None:
+        super().__init__(path, ".npy", **kwargs)
+
+    def _load(self, path: str) -> tuple[np.ndarray, np.ndarray | None]:
+        return np.load(path, mmap_mode="r", allow_pickle=False), None
+
+
+class NpzSource(ArraySource):
+    """Samples from ``.npz`` files: array ``x_key`` (default ``"x"``, or the only array) and labels
+    ``y_key`` (default ``"y"``, used when present).
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = str(pathlib.Path(d, "d.npz"))
+    ...     np.savez(path, x=np.ones((3, 2)), y=np.array([0, 1, 0]))
+    ...     with NpzSource(path, batch_size=8) as src:
+    ...         b = src.read()
+    >>> b.x.shape, b.y.tolist()
+    ((3, 2), [0, 1, 0])
+    """
+
+    def __init__(self, path: str, *, x_key: str = "x", y_key: str | None = "y", **kwargs) -> None:
+        self._x_key, self._y_key = x_key, y_key
+        super().__init__(path, ".npz", **kwargs)
+
+    def _load(self, path: str) -> tuple[np.ndarray, np.ndarray | None]:
+        with np.load(path, allow_pickle=False) as z:
+            names = list(z.files)
+            if self._x_key in names:
+                x_name = self._x_key
+            elif len(names) == 1:
+                x_name = names[0]
+            else:
+                raise Reject("file", f"no array {self._x_key!r} among {names}")
+            x = z[x_name]
+            y = z[self._y_key] if self._y_key and self._y_key in names and self._y_key != x_name else None
+        return x, y

@@ -1,0 +1,229 @@
+"""The CSV source: a header row, numeric feature columns and an optional label column.
+
+Numeric blocks are parsed at once by numpy's C parser; a block with a bad row falls back to a row by
+row parse that names the line and the column at fault.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+
+import numpy as np
+
+from connectors.counters import Reject
+from connectors.lines import LineCursor
+from connectors.samples import SampleShape
+from connectors.text import LineSource, lines_detail
+
+#: ``label`` default of :class:`CsvSource`: the column named "label" if the header has one.
+AUTO = "auto"
+_AUTO_LABEL = "label"
+
+
+@dataclass(frozen=True)
+class _Layout:
+    ncols: int
+    usecols: list[int]  # features, then the label
+    names: list[str]
+    labelled: bool
+
+
+class CsvSource(LineSource):
+    """Samples from CSV files with a header row: numeric feature columns and an optional label column.
+
+    ``label``: the label column's name, ``None`` for none, or ``"auto"`` (the default: a column named
+    "label" if there is one). ``columns``: the feature columns (default: every other column).
+    ``label_dtype``: ``"int64"`` (class labels; the default) or ``"float32"``. A row with the wrong
+    number of fields (``columns``), a field that is not a number (``parse``), a bad label (``label``)
+    or a NaN/infinity (``nonfinite``) is skipped. Blank lines are ignored.
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = pathlib.Path(d, "data.csv")
+    ...     _ = path.write_text("a,b,label\\n1,2,0\\n3,oops,1\\n5,6,1\\n")
+    ...     with CsvSource(str(path), batch_size=8) as src:
+    ...         batch = src.read()
+    >>> batch.x.tolist(), batch.y.tolist(), src.counters["rejected:parse"]
+    ([[1.0, 2.0], [5.0, 6.0]], [0, 1], 1)
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        label: str | None = AUTO,
+        columns: list[str] | None = None,
+        delimiter: str = ",",
+        label_dtype: str = "int64",
+        **kwargs,
+    ) -> None:
+        if len(delimiter) != 1:
+            raise ValueError("delimiter must be one character")
+        if label_dtype not in ("int64", "float32"):
+            raise ValueError(f"label_dtype must be 'int64' or 'float32', got {label_dtype!r}")
+        self._label = label
+        self._columns = None if columns is None else list(columns)
+        self._delimiter = delimiter
+        self._delim_b = delimiter.encode()
+        self._label_dtype = label_dtype
+        self._layout: _Layout | Reject | None = None
+        self._shape = SampleShape()
+        super().__init__(path, ".csv", **kwargs)
+        header = self._cursor.first_line() if self._cursor is not None else None
+        if header:  # fail fast on a configuration that cannot fit the first file
+            layout = self._layout_from(header)
+            if isinstance(layout, Reject):
+                self.close()
+                raise ValueError(f"{self._cursor.path}: {layout.detail}")
+            self._shape = SampleShape()
+
+    def _new_file(self, cursor: LineCursor) -> None:
+        self._layout = None
+
+    def _layout_from(self, header: bytes) -> _Layout | Reject:
+        try:
+            text = header.decode("utf-8-sig").rstrip("\r")
+        except UnicodeDecodeError:
+            return Reject("encoding", "the header row is not UTF-8")
+        names = [n.strip() for n in next(csv.reader([text], delimiter=self._delimiter), [])]
+        if not names or names == [""]:
+            return Reject("columns", "empty header row")
+        label = self._label
+        if label == AUTO:
+            label = _AUTO_LABEL if _AUTO_LABEL in names else None
+        if label is not None and label not in names:
+            return Reject("columns", f"no label column {label!r} in the header {names}")
+        wanted = self._columns if self._columns is not None else [n for n in names if n != label]
+        missing = [c for c in wanted if c not in names]
+        if missing or not wanted:
+            return Reject("columns", f"feature columns {missing or wanted} not in the header {names}")
+        usecols = [names.index(c) for c in wanted]
+        if label is not None:
+            usecols.append(names.index(label))
+        try:
+            self._shape.check((len(wanted),))
+        except Reject as e:
+            return e
+        return _Layout(len(names), usecols, wanted, label is not None)
+
+    def _parse(self, cursor: LineCursor, lines: list[bytes], first: int) -> None:
+        if self._layout is None:
+            if first == 1:
+                self._layout = self._layout_from(lines[0])
+                lines, first = lines[1:], 2
+            else:
+                self._layout = self._layout_from(cursor.first_line() or b"")
+        layout = self._layout
+        path = cursor.path
+        if isinstance(layout, Reject):
+            numbers = [first + i for i, raw in enumerate(lines) if raw.strip()]
+            if numbers:
+                self._reject(Reject(layout.reason, lines_detail(path, numbers, layout.detail), len(numbers)))
+            return
+        delim, quote = self._delim_b, b'"'
+        good: list[bytes] = []
+        numbers: list[int] = []
+        wrong: list[int] = []
+        for i, raw in enumerate(lines):
+            if not raw.strip():
+                continue
+            if raw.count(delim) != layout.ncols - 1 and quote not in raw:
+                wrong.append(first + i)
+                continue
+            good.append(raw)
+            numbers.append(first + i)
+        if wrong:
+            self._reject(Reject("columns", lines_detail(path, wrong, f"not {layout.ncols} fields"), len(wrong)))
+        if not good:
+            return
+        parsed = self._parse_fast(good, numbers, layout)
+        if parsed is None:
+            parsed = self._parse_slow(good, numbers, layout, path)
+        x, y, numbers = parsed
+        if len(x):
+            x, y = self._drop_nonfinite(x, y, numbers, path)
+        if len(x):
+            self._push(x, y, end=cursor.position())
+
+    def _parse_fast(self, lines: list[bytes], numbers: list[int], layout: _Layout):
+        """All lines at once with numpy's C parser; ``None`` when any line needs the slow path."""
+        try:
+            text = [raw.decode() for raw in lines]
+            m = np.loadtxt(
+                text,
+                delimiter=self._delimiter,
+                dtype=np.float64 if layout.labelled else np.float32,
+                comments=None,
+                quotechar='"',
+                usecols=layout.usecols,
+                ndmin=2,
+            )
+        except (ValueError, UnicodeDecodeError, IndexError):
+            return None
+        if m.shape[0] != len(lines):
+            return None
+        nfeat = len(layout.names)
+        x = np.ascontiguousarray(m[:, :nfeat], dtype=np.float32)
+        if not layout.labelled:
+            return x, None, numbers
+        raw = m[:, nfeat]
+        if self._label_dtype == "float32":
+            return x, raw.astype(np.float32), numbers
+        if not (np.isfinite(raw) & (raw == np.round(raw)) & (np.abs(raw) < 2.0**63)).all():
+            return None
+        return x, raw.astype(np.int64), numbers
+
+    def _parse_slow(self, lines: list[bytes], numbers: list[int], layout: _Layout, path: str):
+        rows: list[list[float]] = []
+        labels: list[float | int] = []
+        kept: list[int] = []
+        nfeat = len(layout.names)
+        for raw, number in zip(lines, numbers):
+            try:
+                fields = next(csv.reader([raw.decode().rstrip("\r")], delimiter=self._delimiter))
+            except UnicodeDecodeError:
+                self._reject(Reject("encoding", lines_detail(path, [number], "not UTF-8")))
+                continue
+            except csv.Error as e:
+                self._reject(Reject("parse", lines_detail(path, [number], str(e))))
+                continue
+            if len(fields) != layout.ncols:
+                self._reject(Reject("columns", lines_detail(path, [number], f"{len(fields)} fields")))
+                continue
+            values = []
+            for name, col in zip(layout.names, layout.usecols[:nfeat]):
+                try:
+                    values.append(float(fields[col]))
+                except ValueError:
+                    detail = f"column {name!r}: {fields[col][:40]!r} is not a number"
+                    self._reject(Reject("parse", lines_detail(path, [number], detail)))
+                    break
+            else:
+                if layout.labelled:
+                    label = self._label_value(fields[layout.usecols[-1]])
+                    if label is None:
+                        detail = f"label {fields[layout.usecols[-1]][:40]!r} is not a {self._label_dtype}"
+                        self._reject(Reject("label", lines_detail(path, [number], detail)))
+                        continue
+                    labels.append(label)
+                rows.append(values)
+                kept.append(number)
+        x = np.array(rows, dtype=np.float32).reshape(len(rows), nfeat)
+        y = None
+        if layout.labelled:
+            y = np.array(labels, dtype=np.int64 if self._label_dtype == "int64" else np.float32)
+        return x, y, kept
+
+    def _label_value(self, text: str) -> float | int | None:
+        try:
+            if self._label_dtype == "float32":
+                return float(text)
+            value = float(text)
+        except ValueError:
+            return None
+        if value != value or value in (float("inf"), float("-inf")) or value != round(value):
+            return None
+        if abs(value) >= 2.0**63:
+            return None
+        return int(value)

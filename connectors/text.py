@@ -1,0 +1,170 @@
+"""The base of the sources that read samples from lines of text (:mod:`connectors.csv_source`,
+:mod:`connectors.jsonl_source`).
+
+It reads a path, a directory or a glob (files in name order), can follow a growing file like
+``tail -F`` (appends, rotation, truncation), and resumes from a position (path, byte offset, line
+number, a checksum of the file's first bytes) re-reading nothing and skipping nothing. Subclasses parse
+blocks of lines; a bad line is counted by reason, logged with its file and line number at a bounded
+rate, and skipped.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+
+import numpy as np
+
+from connectors.batching import BatchingSource
+from connectors.counters import Reject
+from connectors.lines import MAX_LINE_BYTES, LineCursor
+from connectors.paths import FileSeries
+from connectors.samples import drop_nonfinite
+
+_log = logging.getLogger(__name__)
+
+
+def lines_detail(path: str, numbers: list[int], what: str) -> str:
+    """How a reject names its lines.
+
+    >>> lines_detail("d.csv", [3, 9], "not 3 fields")
+    'd.csv lines 3, 9: not 3 fields'
+    """
+    shown = ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
+    return f"{path} line{'s' if len(numbers) > 1 else ''} {shown}: {what}"
+
+
+class LineSource(BatchingSource):
+    """Base of the line-oriented sources: files, following, positions; subclasses parse lines."""
+
+    def __init__(
+        self,
+        path: str,
+        extension: str,
+        *,
+        batch_size: int = 32,
+        max_latency_ms: float = 50.0,
+        position: dict | None = None,
+        follow: bool = False,
+        poll_interval: float = 0.1,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name or path, batch_size=batch_size, max_latency_ms=max_latency_ms, logger=_log)
+        self._max_line = int(max_line_bytes)
+        self._files = FileSeries(path, extension)
+        self._follow = bool(follow)
+        self._poll = float(poll_interval)
+        self._resume = position
+        self._skip = 0
+        self._resume_offset = 0
+        self._generation: tuple[int, int] | None = None
+        self._opened = 0
+        self._cursor: LineCursor | None = None
+        self._start_cursor()
+        if self._cursor is None and not self._follow:
+            raise FileNotFoundError(f"no file matches {path!r}")
+
+    # -- files ---------------------------------------------------------------------------------------
+    def _start_cursor(self) -> None:
+        position, self._resume = self._resume, None
+        path, same = self._files.resume(position.get("path") if position else None)
+        if path is None:
+            self._resume = position  # nothing there yet (follow mode): try again later
+            return
+        if not same:
+            position = None
+        self._skip = int(position.get("skip", 0)) if position else 0
+        self._resume_offset = int(position.get("offset", 0)) if position else 0
+        self._open_cursor(path, position)
+
+    def _open_cursor(self, path: str, position: dict | None = None) -> None:
+        self._cursor = LineCursor(path, follow=self._follow, position=position, max_line_bytes=self._max_line)
+        self._opened += 1
+
+    def _next_file(self) -> bool:
+        nxt = self._files.after(self._cursor.path)
+        if nxt is None:
+            return False
+        if not self._cursor.at_end:
+            # Followed, and a later file has appeared: this one is complete; read it to its end, an
+            # unterminated last line included, before moving on.
+            self._cursor.follow = False
+            return True
+        self._cursor.close()
+        self._open_cursor(nxt)
+        return True
+
+    # -- BatchingSource ------------------------------------------------------------------------------
+    def _fill(self, until: float | None) -> None:
+        batcher = self._batcher
+        progressed = False
+        while not batcher.ready:
+            if self._cursor is None:
+                self._start_cursor()
+            cursor = self._cursor
+            if cursor is not None:
+                lines, first = cursor.read_lines(max(1, batcher.room))
+                generation = (self._opened, cursor.generation)
+                if generation != self._generation and (lines or cursor.generation):
+                    if self._generation is not None:
+                        batcher.seal()
+                    self._generation = generation
+                    self._new_file(cursor)
+                if cursor.oversized:
+                    numbers, cursor.oversized = cursor.oversized, []
+                    detail = lines_detail(cursor.path, numbers, f"longer than {cursor.max_line_bytes} bytes")
+                    self._reject(Reject("too_large", detail, len(numbers)))
+                if lines:
+                    self._parse(cursor, lines, first)
+                    progressed = True
+                    if until is not None and time.monotonic() >= until:
+                        return  # a long run of bad lines must not hold the caller past its timeout
+                    continue
+                if (cursor.at_end or self._follow) and not self._files.is_single and self._next_file():
+                    continue
+                if cursor.at_end:
+                    self._exhausted = True
+                    return
+            if progressed:
+                return
+            now = time.monotonic()
+            if until is not None and now >= until:
+                return
+            time.sleep(self._poll if until is None else min(self._poll, until - now))
+            if until is None:
+                return
+
+    def _reader_position(self) -> dict | None:
+        if self._cursor is None:
+            return self._resume
+        position = self._cursor.position()
+        if self._skip:
+            position["skip"] = self._skip
+        return position
+
+    def _release(self) -> None:
+        if self._cursor is not None:
+            self._cursor.close()
+
+    # -- parsing -------------------------------------------------------------------------------------
+    def _new_file(self, cursor: LineCursor) -> None:
+        """A new file (or a restarted one) begins: reset per-file state."""
+
+    @abc.abstractmethod
+    def _parse(self, cursor: LineCursor, lines: list[bytes], first: int) -> None:
+        """Push the samples of ``lines`` (numbered from ``first``) and reject the bad ones."""
+
+    def _drop_nonfinite(
+        self, x: np.ndarray, y: np.ndarray | None, numbers: list[int], path: str
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        x2, y2, dropped = drop_nonfinite(x, y)
+        if dropped:
+            bad = np.ones(len(x), dtype=bool)
+            bad[np.isfinite(x.reshape(len(x), -1)).all(axis=1)] = False
+            if y is not None and y.dtype.kind == "f":
+                bad |= ~np.isfinite(y)
+            lines = [numbers[i] for i in np.flatnonzero(bad)]
+            self._reject(Reject("nonfinite", lines_detail(path, lines, "NaN or infinity"), dropped))
+        return x2, y2

@@ -1,0 +1,117 @@
+"""Building the service's model: a built-in one sized from the first sample, or a factory of the user's.
+
+A factory is named ``"package.module:function"`` and called as ``function(sample_shape, **options)`` with
+the shape of one sample (a tuple, no batch dimension); it returns a ``torch.nn.Module``. The module is
+imported from the configuration file's directory, the working directory, or the installed packages.
+:func:`resolve` imports it at start-up, so that a wrong name fails at once and not at the first sample.
+
+The :class:`ModelSpec` (what builds the model, its options, and the sample shape once known) is stored in
+every checkpoint, so a restarted service rebuilds the same model before loading its weights.
+
+>>> spec = ModelSpec(kind="mlp-autoencoder", factory=None, options={"latent": 4})
+>>> model = spec.build((8, 8))
+>>> type(model).__name__, spec.sample_shape
+('MLPAutoencoder', [8, 8])
+>>> resolve("no_such_module_xyz:make")
+Traceback (most recent call last):
+...
+streammas.factory.FactoryError: cannot import the model factory 'no_such_module_xyz:make': No module named ...
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+
+class FactoryError(Exception):
+    """The model factory cannot be imported or does not make a model."""
+
+
+def resolve(spec: str, search: Sequence[str] = ()) -> Callable[..., nn.Module]:
+    """The callable ``"package.module:function"`` names; ``search``: directories tried first."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise FactoryError(f"a model factory is \"package.module:function\", got {spec!r}")
+    added = []
+    for directory in [*search, os.getcwd()]:
+        directory = os.path.abspath(directory)
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+            added.append(directory)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or whatever the module raised while importing
+        why = str(e) if isinstance(e, ImportError) else f"{type(e).__name__}: {e}"
+        raise FactoryError(f"cannot import the model factory {spec!r}: {why}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise FactoryError(f"cannot import the model factory {spec!r}: module {module_name!r} has no "
+                               f"attribute {attr!r}") from None
+    if not callable(obj):
+        raise FactoryError(f"the model factory {spec!r} is not callable")
+    return obj
+
+
+@dataclass
+class ModelSpec:
+    """What builds the model (a built-in ``kind`` or a ``factory``), its options and the sample shape."""
+
+    kind: str | None
+    factory: str | None
+    options: dict[str, Any] = field(default_factory=dict)
+    sample_shape: list[int] | None = None
+    search: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.factory or self.kind or "mlp-autoencoder"
+
+    def check(self) -> None:
+        """Fail now (:class:`FactoryError`) if the factory cannot be imported."""
+        if self.factory is not None:
+            resolve(self.factory, self.search)
+
+    def build(self, sample_shape: Sequence[int]) -> nn.Module:
+        """The model for samples of ``sample_shape``; remembers the shape."""
+        shape = [int(s) for s in sample_shape]
+        if self.factory is not None:
+            fn = resolve(self.factory, self.search)
+            try:
+                model = fn(tuple(shape), **self.options)
+            except Exception as e:
+                raise FactoryError(f"the model factory {self.factory!r} failed for samples of shape {tuple(shape)}: "
+                                   f"{type(e).__name__}: {e}") from e
+            if not isinstance(model, nn.Module):
+                raise FactoryError(f"the model factory {self.factory!r} returned {type(model).__name__}, "
+                                   "not a torch.nn.Module")
+        else:
+            from streammas.models import build_model
+
+            try:
+                model = build_model(self.name, tuple(shape), **self.options)
+            except (TypeError, ValueError) as e:
+                raise FactoryError(f"cannot build a {self.name} for samples of shape {tuple(shape)}: {e}") from e
+        self.sample_shape = shape
+        return model
+
+    def as_meta(self) -> dict[str, Any]:
+        """The part stored in a checkpoint."""
+        return {"kind": self.kind or (None if self.factory else "mlp-autoencoder"), "factory": self.factory,
+                "options": dict(self.options), "sample_shape": self.sample_shape}
+
+    def same_model(self, meta: dict[str, Any]) -> str | None:
+        """Why a checkpoint's model (``meta``) differs from this spec, or ``None`` when they agree."""
+        mine = self.as_meta()
+        for key in ("kind", "factory", "options"):
+            if meta.get(key) != mine[key]:
+                return f"{key}: the checkpoint has {meta.get(key)!r}, the configuration {mine[key]!r}"
+        return None

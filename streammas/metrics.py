@@ -1,0 +1,169 @@
+"""Prometheus metrics of the service, served over HTTP on 127.0.0.1 by default.
+
+The service hands a plain :class:`Snapshot` to :meth:`ServiceMetrics.publish` every few batches (values it
+already read from the learner, so that scraping never touches the learner or its device); a collector turns
+the latest snapshot into metric families at scrape time. Only the step latency is observed per batch, into
+a histogram (a few hundred nanoseconds).
+
+Counters carry the lifetime of the state directory (they continue after a restart from a checkpoint):
+
+=========================================  =======================================================
+``streammas_samples_total``                samples learned
+``streammas_batches_total``                batches processed
+``streammas_rejected_samples_total``       samples turned away, by ``reason`` (``learner`` for the
+                                           learner's own rejects, the source's reasons otherwise)
+``streammas_plateaus_total`` ...           plateaus, peaks, consolidations, skipped updates
+``streammas_prequential_loss``             moving average of the prequential (per-sample) loss
+``streammas_importance``                   Omega by ``param`` and ``stat`` (mean, max), and overall
+``streammas_step_seconds``                 histogram of the time of one learning step
+``streammas_seconds_since_checkpoint``     NaN until the first checkpoint of this state directory
+``streammas_checkpoints_total``            checkpoints written by this process
+=========================================  =======================================================
+
+>>> m = ServiceMetrics()
+>>> m.publish(Snapshot(samples=640, batches=20, rejected={"json": 2}, loss=0.125, consolidations=1))
+>>> m.observe_step(0.002)
+>>> text = m.render()
+>>> 'streammas_samples_total 640.0' in text, 'streammas_rejected_samples_total{reason="json"} 2.0' in text
+(True, True)
+>>> 'streammas_prequential_loss 0.125' in text, 'streammas_step_seconds_count 1.0' in text
+(True, True)
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+try:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+except ImportError:  # the service runs without it; only serving metrics needs it
+    CollectorRegistry = None  # type: ignore[assignment,misc]
+    Metric = Any  # type: ignore[assignment,misc]
+
+STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class MetricsPortInUse(OSError):
+    """Metrics cannot be served: the port is taken or cannot be bound (or prometheus-client is missing)."""
+
+
+@dataclass
+class Snapshot:
+    """The values the metrics show, as plain numbers (read by the service at most every few batches)."""
+
+    samples: int = 0
+    batches: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    loss: float | None = None
+    plateaus: int = 0
+    peaks: int = 0
+    consolidations: int = 0
+    skipped_updates: int = 0
+    importance: dict[str, tuple[float, float]] = field(default_factory=dict)  # param -> (mean, max)
+
+
+class _Collector:
+    def __init__(self, owner: ServiceMetrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._owner.snapshot
+        yield self._counter("samples", "Samples learned.", snap.samples)
+        yield self._counter("batches", "Batches processed.", snap.batches)
+        rejected = CounterMetricFamily("streammas_rejected_samples", "Samples turned away, by reason.",
+                                       labels=["reason"])
+        for reason, count in sorted(snap.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        for name in ("plateaus", "peaks", "consolidations", "skipped_updates"):
+            yield self._counter(name, f"Learner events: {name.replace('_', ' ')}.", getattr(snap, name))
+        yield GaugeMetricFamily("streammas_prequential_loss",
+                                "Moving average of the per-sample prequential loss (before each update).",
+                                value=math.nan if snap.loss is None else snap.loss)
+        importance = GaugeMetricFamily("streammas_importance", "Consolidated importance (Omega) by parameter.",
+                                       labels=["param", "stat"])
+        for param, (mean, peak) in sorted(snap.importance.items()):
+            importance.add_metric([param, "mean"], mean)
+            importance.add_metric([param, "max"], peak)
+        if snap.importance:
+            means = [m for m, _ in snap.importance.values()]
+            importance.add_metric(["all", "mean"], sum(means) / len(means))
+            importance.add_metric(["all", "max"], max(p for _, p in snap.importance.values()))
+        yield importance
+        last = self._owner.last_checkpoint
+        yield GaugeMetricFamily("streammas_seconds_since_checkpoint", "Seconds since the last checkpoint.",
+                                value=math.nan if last is None else max(0.0, time.time() - last))
+        yield self._counter("checkpoints", "Checkpoints written by this process.", self._owner.checkpoints)
+
+    @staticmethod
+    def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+        return CounterMetricFamily(f"streammas_{name}", doc, value=value)
+
+
+class ServiceMetrics:
+    """The service's metrics in a registry of their own, optionally served over HTTP (:meth:`serve`)."""
+
+    def __init__(self) -> None:
+        self.snapshot = Snapshot()
+        self.last_checkpoint: float | None = None
+        self.checkpoints = 0
+        self._lock = threading.Lock()
+        self.registry = None
+        self._step = None
+        if CollectorRegistry is not None:
+            self.registry = CollectorRegistry(auto_describe=False)
+            self._step = Histogram("streammas_step_seconds", "Time of one learning step (score, update, importance).",
+                                   buckets=STEP_BUCKETS, registry=self.registry)
+            self.registry.register(_Collector(self))
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self.address: tuple[str, int] | None = None
+
+    def serve(self, host: str = "127.0.0.1", port: int = 9108) -> tuple[str, int]:
+        """Serve ``/metrics`` on ``host:port`` (port 0: any free port); returns the address bound."""
+        if self.registry is None:
+            raise MetricsPortInUse(0, "serving metrics needs prometheus-client: pip install 'streammas[service]'")
+        try:
+            result = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise MetricsPortInUse(e.errno, f"metrics port {host}:{port} is already in use") from None
+            raise MetricsPortInUse(e.errno, f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
+        if isinstance(result, tuple):
+            self._server, self._thread = result
+            self.address = self._server.server_address[:2]
+        else:  # pragma: no cover - prometheus-client < 0.20 returns nothing
+            self.address = (host, port)
+        return self.address
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Show ``snapshot`` from now on (a reference swap; scrapes read whole snapshots)."""
+        self.snapshot = snapshot
+
+    def observe_step(self, seconds: float) -> None:
+        if self._step is not None:
+            self._step.observe(seconds)
+
+    def checkpoint_written(self, when: float | None = None) -> None:
+        with self._lock:
+            self.checkpoints += 1
+            self.last_checkpoint = time.time() if when is None else when
+
+    def render(self) -> str:
+        """The text exposition format, as a scrape would see it."""
+        if self.registry is None:
+            raise RuntimeError("prometheus-client is not installed")
+        return generate_latest(self.registry).decode()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,84 @@
+"""`streammas bench step | importance | memory` run end to end (tiny settings) and report what they promise."""
+
+import argparse
+import json
+
+import pytest
+
+from streammas.bench import importance, memory, step, timing
+
+
+def _run(module, argv, capsys):
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    assert module.run(parser.parse_args(argv)) == 0
+    return capsys.readouterr().out
+
+
+def test_importance_bench_json(capsys):
+    out = json.loads(_run(importance, ["--quick", "--json", "--models", "mlp", "--batches", "4", "--repeats", "1",
+                                       "--block", "0.002"], capsys))
+    assert out["env"]["threads"] == 1 and out["env"]["clock"] == "cpu"
+    (case,) = out["cases"]
+    assert case["model"] == "mlp" and case["batch"] == 4
+    assert set(case["seconds_per_call"]) == {"fast", "vmap", "loop"}
+    assert case["max_abs_diff"] < 1e-5 * max(1.0, case["max_abs_value"])
+    assert set(case["targets"]) == {"vmap", "loop"} and case["speedup"]["loop"] > 0
+
+
+def test_importance_bench_table(capsys):
+    text = _run(importance, ["--quick", "--models", "conv", "--batches", "3", "--repeats", "1", "--block", "0.002"],
+                capsys)
+    assert "vmap/fast" in text and "conv AE" in text and "OMP_WAIT_POLICY" in text
+
+
+def test_step_bench_json(capsys):
+    out = json.loads(_run(step, ["--quick", "--json", "--models", "mlp", "--batches", "4", "--repeats", "1",
+                                 "--block", "0.002"], capsys))
+    (case,) = out["cases"]
+    assert set(case["vs_sgd"]) == {"sgd", "every", "defaults"} and case["vs_sgd"]["sgd"] == 1.0
+    assert case["state_bytes"]["parameters"] > 0
+    assert case["state_vs_parameters"] == pytest.approx(3.0)
+    assert all(n % 16 == 0 for name, n in case["steps_per_block"].items() if name != "sgd")
+
+
+def test_step_bench_table_with_breakdown(capsys):
+    text = _run(step, ["--models", "mlp", "--batches", "2", "--repeats", "1", "--block", "0.002", "--no-memory"],
+                capsys)
+    assert "plain SGD step" in text and "separate eval forward" in text and "state bytes" in text
+
+
+def test_memory_bench_json(capsys):
+    out = json.loads(_run(memory, ["--json", "--samples", "640", "--batch", "16", "--checkpoints", "4"], capsys))
+    stream = out["stream"]
+    assert stream["samples"] == 640 and len(stream["readings"]) >= 4
+    assert stream["rss_growth"] > -1 and "met" in stream["target"]
+
+
+def test_peak_memory_of_one_variant_in_a_fresh_process():
+    assert memory.child_peak_rss("mlp", 4, "defaults", steps=2, seed=0, threads=1) > 10 * 2**20
+
+
+def test_arguments_survive_a_trip_to_a_child_process():
+    parser = argparse.ArgumentParser()
+    step.add_arguments(parser)
+    args = parser.parse_args(["--threads", "2", "--models", "mlp", "--quick", "--block", "0.5"])
+    argv = timing.rebuild_argv(step.add_arguments, args)
+    assert vars(parser.parse_args(argv)) == vars(args)
+
+
+def test_the_dispatcher_lists_every_benchmark():
+    from streammas import bench
+
+    parser = argparse.ArgumentParser()
+    try:
+        bench.add_arguments(parser)
+    except ImportError:  # another benchmark's optional dependency is missing: ours are checked above
+        pytest.skip("a benchmark module could not be imported")
+    args = parser.parse_args(["importance", "--quick", "--models", "mlp"])
+    assert args.benchmark == "importance" and args.quick
+    assert {"step", "importance", "memory"} <= set(bench.BENCHMARKS)
+    assert "memory" in parser.format_help()  # every help text formats (argparse reads "%" as a format)
+    subparsers = parser._subparsers._group_actions[0].choices
+    for name in ("step", "importance", "memory"):
+        assert subparsers[name].format_help(), name

@@ -1,0 +1,131 @@
+"""The service configuration: schema, validation messages, overrides, and agreement with the learner's API."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+
+from streammas import OnlineMAS
+from streammas.config import (
+    SECTIONS,
+    ConfigError,
+    LearnerConfig,
+    PlateauSection,
+    describe_schema,
+    load_config,
+    parse_config,
+    parse_override,
+)
+from streammas.plateau import PlateauConfig
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "service" / "streammas.toml"
+
+
+def test_example_configuration_is_valid():
+    cfg = load_config(EXAMPLE)
+    assert cfg.source.uri == "zmq+pull://127.0.0.1:5555"
+    assert cfg.model.kind == "mlp-autoencoder"
+    assert cfg.learner.learner_kwargs() == {"objective": "reconstruction", "lr": 0.01, "reg_lambda": 1.0,
+                                            "on_bad_input": "skip"}
+    assert cfg.sink.uri == "jsonl:scores.jsonl"
+    assert (cfg.state.dir, cfg.state.every_samples, cfg.state.every_seconds, cfg.state.keep) == ("state", 10000,
+                                                                                              60.0, 3)
+    assert cfg.metrics.port == 9108 and cfg.metrics.host == "127.0.0.1"
+
+
+def test_minimal_configuration_takes_defaults():
+    cfg = parse_config('[source]\nuri = "csv:data.csv"\n')
+    assert cfg.source.batch_size == 32 and cfg.source.resume
+    assert cfg.model.name == "mlp-autoencoder"
+    assert cfg.sink.uri is None and cfg.metrics.port is None
+    assert cfg.learner.device == "auto" and cfg.learner.on_bad_input == "skip"
+    assert cfg.as_dict()["source"] == {"uri": "csv:data.csv", "batch_size": 32, "max_latency_ms": 50.0,
+                                       "resume": True, "options": {}}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[source]\nuri = "a"\nbatchsize = 1\n', "[source] unknown key 'batchsize'; accepted keys: uri, batch_size, "
+                                              "max_latency_ms, resume, options"),
+    ('[source]\nuri = "a"\n[state]\nevery = 5\n', "[state] unknown key 'every'; accepted keys: dir, every_samples"),
+    ('[source]\nuri = "a"\n[learner.plateau]\nwin = 5\n', "[learner.plateau] unknown key 'win'; accepted keys: "
+                                                          "window, min_drop"),
+    ('[source]\nuri = "a"\n[extra]\n', "unknown section [extra]; accepted sections: source, model, learner, sink, "
+                                       "state, metrics, log"),
+    ('[source]\nuri = 5\n', "[source] uri must be a string, got integer 5"),
+    ('[source]\nuri = "a"\nresume = "yes"\n', "[source] resume must be true or false, got string 'yes'"),
+    ('[source]\nuri = "a"\nbatch_size = 2.5\n', "[source] batch_size must be an integer, got number 2.5"),
+    ('[source]\nuri = "a"\nbatch_size = true\n', "[source] batch_size must be an integer, got boolean True"),
+    ('[source]\nuri = "a"\noptions = 3\n', "[source] options must be a table, got integer 3"),
+    ('[source]\nuri = "a"\n[learner]\nplateau = 3\n', "[learner.plateau] must be a table, got integer 3"),
+    ('[source]\nuri = "a"\n[learner]\nlr = nan\n', "[learner] lr must be a finite number"),
+    ('[source]\nuri = "a"\n[learner]\nlr = -1\n', "[learner] lr must be > 0; got -1.0"),
+    ('[source]\nuri = "a"\n[metrics]\nport = 70000\n', "[metrics] port must be a TCP port"),
+    ('[source]\nuri = "a"\n[log]\nformat = "xml"\n', "[log] format must be one of 'text', 'json'; got 'xml'"),
+    ('[source]\nuri = "a"\n[model]\nfactory = "nocolon"\n', '[model] factory must look like "package.module:function"'),
+    ('[source]\nuri = "a"\n[model]\nkind = "mlp-autoencoder"\nfactory = "m:f"\n', "give either kind or factory"),
+    ('[source]\nuri = "a"\n[learner]\nobjective = "classification"\n', "needs [model] factory"),
+    ('[source]\n', "[source] uri is required"),
+    ('', "[source] is required"),
+    ('source = 3\n', "[source] must be a table, got integer 3"),
+])
+def test_errors_name_the_key_and_what_it_accepts(text, message):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert message in str(info.value)
+
+
+def test_overrides_beat_the_file_and_are_validated():
+    text = '[source]\nuri = "a"\nbatch_size = 8\n[learner.plateau]\nwindow = 5\n'
+    cfg = parse_config(text, {"source.batch_size": 64, "learner.plateau.patience": 7, "learner.lr": 1})
+    assert cfg.source.batch_size == 64 and cfg.learner.lr == 1.0
+    assert cfg.learner.learner_kwargs()["plateau"] == {"window": 5, "patience": 7}
+    with pytest.raises(ConfigError, match=r"\[source\] batch_size must be an integer, got string"):
+        parse_config(text, {"source.batch_size": "many"})
+    with pytest.raises(ConfigError, match="an override names section.key"):
+        parse_config(text, {"batch_size": 3})
+    with pytest.raises(ConfigError, match="unknown key 'nope'"):
+        parse_config(text, {"state.nope": 1})
+
+
+def test_parse_override_reads_toml_values():
+    assert parse_override("learner.reg_lambda=10") == ("learner.reg_lambda", 10)
+    assert parse_override("source.resume=false") == ("source.resume", False)
+    assert parse_override('model.factory="pkg.mod:make"') == ("model.factory", "pkg.mod:make")
+    assert parse_override("model.options={hidden = [32], latent = 4}") == ("model.options",
+                                                                           {"hidden": [32], "latent": 4})
+    assert parse_override("source.uri=zmq+pull://127.0.0.1:5555") == ("source.uri", "zmq+pull://127.0.0.1:5555")
+    with pytest.raises(ConfigError):
+        parse_override("nothing")
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the configuration"):
+        load_config(tmp_path / "missing.toml")
+    (tmp_path / "latin1.toml").write_bytes(b"[source]\nuri = \"\xe9\"\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(tmp_path / "latin1.toml")
+
+
+def test_learner_keys_are_learner_arguments():
+    params = inspect.signature(OnlineMAS).parameters
+    for key in LearnerConfig().learner_kwargs():
+        assert key in params
+    service_only = {"device", "threads", "seed", "plateau"}
+    for f in dataclasses.fields(LearnerConfig):
+        assert f.name in params or f.name in service_only, f.name
+
+
+def test_plateau_keys_are_detector_settings():
+    assert {f.name for f in dataclasses.fields(PlateauSection)} == {f.name for f in dataclasses.fields(PlateauConfig)}
+
+
+def test_schema_description_lists_every_key():
+    text = describe_schema()
+    for name, cls in SECTIONS.items():
+        assert f"[{name}]" in text
+        for f in dataclasses.fields(cls):
+            assert f"  {f.name} " in text or f"[{name}.{f.name}]" in text
+    assert "[learner.plateau]" in text

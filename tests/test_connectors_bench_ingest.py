@@ -1,0 +1,58 @@
+"""`streammas bench ingest` on a tiny configuration: it runs and reports what it promises."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streammas.bench import ingest
+
+
+def test_ingest_benchmark_json(capsys: pytest.CaptureFixture) -> None:
+    argv = [
+        "--repeats",
+        "1",
+        "--messages",
+        "20",
+        "--warmup",
+        "5",
+        "--features",
+        "32",
+        "--per-message",
+        "16",
+        "--batch-size",
+        "16",
+        "--csv-rows",
+        "40",
+        "--npy-rows",
+        "200",
+        "--json",
+    ]
+    assert ingest.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    rates = result["zmq"]["samples_per_s"]
+    assert set(rates) == {"bare_copy", "bare_zerocopy", "zmq_source", "zmq_source_unchecked"}
+    assert all(r > 0 for r in rates.values())
+    assert result["zmq"]["ratio"] == pytest.approx(rates["zmq_source"] / rates["bare_copy"])
+    assert set(result["files"]) == {"csv_32", "npy_32", "csv_16", "npy_16"}
+    assert all(r["rows_per_s"] > 0 for r in result["files"].values())
+
+
+def test_ingest_benchmark_table(capsys: pytest.CaptureFixture) -> None:
+    argv = [
+        "--repeats",
+        "1",
+        "--messages",
+        "10",
+        "--warmup",
+        "2",
+        "--features",
+        "8",
+        "--per-message",
+        "4",
+        "--no-files",
+    ]
+    assert ingest.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ZmqSource / bare loop" in out and "samples/s" in out

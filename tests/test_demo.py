@@ -1,0 +1,28 @@
+"""``streammas demo`` in its reduced form: the real service, the real ZeroMQ path, the report."""
+
+from __future__ import annotations
+
+from test_service_support import streammas
+
+from streammas.demo import make_demo_stream, render_report, run_demo
+
+
+def test_demo_quick_runs_end_to_end(tmp_path):
+    result = streammas("demo", "--quick", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "streammas demo: report" in out
+    assert "consolidations" in out and "plateau" in out
+    assert "streammas  plain SGD" in out
+    assert "A: digits 0123" in out and "C: digits 789" in out
+    assert "segment 6/6 learned" in result.stderr  # progress, one line per segment off a terminal
+
+
+def test_demo_result_keeps_state_for_inspect(tmp_path):
+    result = run_demo(quick=True, state_dir=str(tmp_path / "state"), passes=1)
+    assert result.samples == len(make_demo_stream(quick=True, passes=1).x)
+    assert len(result.service_error) == len(result.plain_error) == 3
+    assert all(e > 0 for e in result.service_error + result.plain_error)
+    assert list((tmp_path / "state").glob("ckpt-*.pt"))
+    report = render_report(result)
+    assert f"streammas inspect {tmp_path / 'state'}" in report

@@ -1,0 +1,133 @@
+"""streammas.river: river's own estimator checks, pipelines, mini-batches, pickling."""
+
+from __future__ import annotations
+
+import functools
+import math
+import pickle
+
+import numpy as np
+import pytest
+from river import checks, compose, datasets, preprocessing
+
+from streammas.river import MASAutoencoder, MASClassifier
+
+
+def _anomaly_stream(n: int = 1000, seed: int = 0):
+    """Standardised normal points on a low-dimensional manifold, 5% of them far off it (label 1)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        t = rng.normal(size=2)
+        x = np.array([t[0], t[1], t[0] + t[1], t[0] - t[1], 0.5 * t[0]]) + 0.05 * rng.normal(size=5)
+        anomaly = rng.random() < 0.05
+        if anomaly:
+            x = rng.normal(size=5) * 3
+        out.append(({f"f{i}": float(v) for i, v in enumerate(x)}, int(anomaly)))
+    return out
+
+
+def _river_checks(model):
+    """river's checks for ``model``; the anomaly checks' dataset (CreditCard) is downloaded by river, so a
+    local stream stands in for it."""
+    for check in checks.yield_checks(model):
+        if isinstance(check, functools.partial) and "dataset" in check.keywords and isinstance(
+                model, MASAutoencoder):
+            n = 10_000 if check.func.__name__ == "check_bounded_memory_growth" else 1000
+            check = functools.partial(check.func, dataset=_anomaly_stream(n))
+            check.__name__ = check.func.__name__
+        yield check
+
+
+def _run_checks(model):
+    ran = []
+    for check in _river_checks(model):
+        if check.__name__ in model._unit_test_skips():
+            continue
+        check(model.clone())
+        ran.append(check.__name__)
+    return ran
+
+
+def test_river_checks_autoencoder():
+    ran = _run_checks(MASAutoencoder(seed=0))
+    assert "check_roc_auc" in ran and "check_shuffle_features_no_impact" in ran and "check_pickling" in ran
+
+
+def test_river_checks_classifier():
+    ran = _run_checks(MASClassifier(seed=0))
+    assert "check_predict_proba_one" in ran and "check_classifier_tracks_seen_labels" in ran
+
+
+def test_pipeline_detects_anomalies_and_consolidates():
+    from sklearn.metrics import roc_auc_score
+
+    model = preprocessing.StandardScaler() | MASAutoencoder(seed=0)
+    scores, labels = [], []
+    for x, y in _anomaly_stream(3000, seed=1):
+        scores.append(model.score_one(x))
+        model.learn_one(x)
+        labels.append(y)
+    assert roc_auc_score(labels[1000:], scores[1000:]) > 0.9
+    assert model["MASAutoencoder"].learner_.samples_seen >= 2990
+
+
+def test_learn_many_matches_feature_order_and_lists():
+    rows = [x for x, _ in _anomaly_stream(200)]
+    a, b = MASAutoencoder(seed=3), MASAutoencoder(seed=3)
+    a.learn_many(rows)
+    # the same samples with columns in another order, as an array after the first batch fixed the names
+    shuffled = [{k: r[k] for k in reversed(list(r))} for r in rows]
+    b.learn_many(shuffled)
+    probe = rows[:20]
+    np.testing.assert_allclose(a.score_many(probe), b.score_many(probe), rtol=1e-6)
+    np.testing.assert_allclose(a.score_many(probe), [a.score_one(x) for x in probe], rtol=1e-5)
+
+
+def test_dataframes():
+    pd = pytest.importorskip("pandas")
+    rows = [x for x, _ in _anomaly_stream(100)]
+    frame = pd.DataFrame(rows)
+    det = MASAutoencoder(seed=0)
+    det.learn_many(frame)
+    scores = det.score_many(frame)
+    assert scores.shape == (100,) and np.isfinite(scores).all()
+    clf = MASClassifier(seed=0)
+    y = pd.Series([int(r["f0"] > 0) for r in rows])
+    clf.learn_many(frame, y)
+    proba = clf.predict_proba_many(frame)
+    assert list(proba.columns) == clf.classes_
+    assert np.allclose(proba.sum(axis=1), 1.0)
+    assert len(clf.predict_many(frame)) == 100
+
+
+def test_classifier_learns_and_pickles():
+    from river import evaluate, metrics
+
+    model = preprocessing.StandardScaler() | MASClassifier(seed=0)
+    acc = evaluate.progressive_val_score(datasets.Phishing(), model, metrics.Accuracy())
+    assert acc.get() > 0.8
+    x, _ = next(iter(datasets.Phishing()))
+    restored = pickle.loads(pickle.dumps(model))
+    assert restored.predict_proba_one(x) == pytest.approx(model.predict_proba_one(x))
+    clf = model["MASClassifier"]
+    assert set(clf.predict_proba_one(x)) == {True, False}
+    assert math.isclose(sum(clf.predict_proba_one(x).values()), 1.0)
+
+
+def test_bad_inputs_are_explained():
+    det = MASAutoencoder()
+    with pytest.raises(ValueError, match="non-numeric"):
+        det.learn_one({"a": "red"})
+    with pytest.raises(ValueError, match="batch_size"):
+        MASAutoencoder(batch_size=0)
+    clf = MASClassifier(max_classes=2)
+    clf.learn_one({"a": 1.0}, "x")
+    clf.learn_one({"a": 2.0}, "y")
+    with pytest.raises(ValueError, match="max_classes"):
+        clf.learn_one({"a": 3.0}, "z")
+
+
+def test_pipeline_composes():
+    model = compose.Pipeline(preprocessing.StandardScaler(), MASAutoencoder())
+    assert isinstance(model.score_one({"a": 1.0}), float)
