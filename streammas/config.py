@@ -108,15 +108,25 @@ class ModelConfig:
 class PlateauSection:
     """``[learner.plateau]``: detector settings; keys left out keep the learner's defaults."""
 
-    window: int | None = _spec(None, help="losses in the sliding window", check=_positive)
-    min_drop: float | None = _spec(None, help="a plateau's level must be this fraction below the peak",
+    window: int | None = _spec(None, help="losses in the sliding window (its median is the statistic)",
+                               check=_positive)
+    min_drop: float | None = _spec(None, help="a plateau's median must be this fraction below the peak",
                                    check=_non_negative)
-    tolerance: float | None = _spec(None, help="improvement (a fraction) that still counts as flat",
+    patience: int | None = _spec(None, help="steps in a row the median must stay that low", check=_positive)
+    progress_steps: int | None = _spec(None, help="steps over which the remaining progress is measured",
+                                       check=_positive)
+    progress_share: float | None = _spec(None, help="a plateau: the median fell by less than this share of its drop "
+                                                    "over progress_steps", check=_non_negative)
+    peak_rise: float | None = _spec(None, help="rise (a fraction) above the plateau's level that is a peak",
                                     check=_non_negative)
-    patience: int | None = _spec(None, help="steps the plateau conditions must hold", check=_positive)
-    peak_rise: float | None = _spec(None, help="rise (a fraction) above the plateau that is a peak",
+    peak_z: float | None = _spec(None, help="a peak also rises this many of the level's standard deviations",
+                                 check=_non_negative)
+    peak_persist: int | None = _spec(None, help="steps in a row a peak's rise must last", check=_positive)
+    level_steps: int | None = _spec(None, help="time constant (steps) of the plateau level's tracking",
+                                    check=_positive)
+    hold_rise: float | None = _spec(None, help="rise (a fraction) of the latest losses while a plateau still holds",
                                     check=_non_negative)
-    hold_rise: float | None = _spec(None, help="rise (a fraction) while a plateau still holds", check=_non_negative)
+    hold_recent: int | None = _spec(None, help="latest losses the hold test averages", check=_positive)
     rule: str | None = _spec(None, help="relative (scale-free) or absolute", choices=("relative", "absolute"))
     mean_threshold: float | None = _spec(None, help="absolute rule: window mean threshold")
     var_threshold: float | None = _spec(None, help="absolute rule: window variance threshold")

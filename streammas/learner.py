@@ -80,8 +80,9 @@ class OnlineMAS:
     importance_output: name of the submodule whose output sensitivity is measured (``None``: the model's).
     consolidation: ``"mean"``, ``"sum"`` or ``"ema"``: how each regime's importance enters Omega.
     omega_normalization: ``"mean"``, ``"max"`` or ``"none"``: rescaling of a regime's importance.
-    consolidate_at: ``"plateau"`` consolidates when a plateau is detected; ``"peak"`` keeps a snapshot of
-        theta and the importance while the plateau holds and consolidates it when the next peak arrives.
+    consolidate_at: ``"plateau"`` consolidates when a plateau is detected; ``"peak"`` (the default) lets theta*
+        follow the weights while the plateau holds and merges the regime's importance into Omega when the next
+        peak arrives, so that what is anchored is the end of a regime, not a half-learned model.
     plateau: a :class:`~streammas.plateau.PlateauConfig`, a dict of its fields, or a detector object with
         ``update(value) -> "plateau" | "peak" | "hold" | None`` (for example ``RiverDriftDetector``).
     steps_per_batch: optimisation steps on each batch.
@@ -183,7 +184,7 @@ class OnlineMAS:
             self.detector = PlateauDetector(plateau)
         else:
             self.detector = plateau
-        self._snapshot: dict[str, list[torch.Tensor]] | None = None
+        self._plateau_held = False  # a plateau was found and no peak has followed yet
 
         self.samples_seen = 0
         self.steps = 0
@@ -432,9 +433,9 @@ class OnlineMAS:
             self._skipped.zero_()
             self.counters["skipped_updates"] += skipped
             self._emit("skipped_update", float(skipped))
-        # The weights and importance do not change while the values are read, so the snapshots a run of "hold"
-        # decisions asks for are all the same: take one, when the run ends (not one per value).
-        refresh = False
+        # The weights are read once, after the whole run of values: they stand for the plateau only if the
+        # detector said "hold" to every value since the plateau (or since the run began), never after a rise.
+        holding = True
         for value in values:
             decision = self.detector.update(value)
             if decision == PLATEAU:
@@ -443,30 +444,30 @@ class OnlineMAS:
                 if self.consolidate_at == "plateau":
                     self.consolidate()
                 else:
-                    self._take_snapshot()
-                refresh = False
-            elif decision == HOLD and self._snapshot is not None:
-                refresh = True
+                    self._plateau_held = True
+                    if self.importance_source == "buffer":  # the buffer holds the plateau's samples now
+                        torch._foreach_copy_(self.synapses.running, self._buffer_importance())
+                holding = True
             elif decision == PEAK:
                 self.counters["peaks"] += 1
                 self._emit("peak", value)
-                if self._snapshot is not None:
-                    if refresh:
-                        self._take_snapshot()
-                    snap, self._snapshot = self._snapshot, None
-                    self._consolidate(snap["theta"], snap["importance"])
-                refresh = False
-        if refresh and self._snapshot is not None:
-            self._take_snapshot()
+                if self._plateau_held:
+                    self._plateau_held = False
+                    # theta* already holds the weights of the plateau's last "hold": keep them.
+                    self._consolidate(None, reanchor=False)
+                holding = False
+            elif decision != HOLD:
+                holding = False
+        if holding and self._plateau_held:
+            self._follow_plateau()
 
-    def _take_snapshot(self) -> None:
-        theta = [p.detach() for p in self.synapses.params]
-        importance = self._buffer_importance() if self.importance_source == "buffer" else self.synapses.running
-        if self._snapshot is None:
-            self._snapshot = {"theta": [t.clone() for t in theta], "importance": [t.clone() for t in importance]}
-        else:
-            torch._foreach_copy_(self._snapshot["theta"], theta)
-            torch._foreach_copy_(self._snapshot["importance"], importance)
+    def _follow_plateau(self) -> None:
+        """While a plateau holds, theta* follows the weights (the previous anchor's memory lives on in Omega), and
+        with ``importance_source="buffer"`` the importance is measured on the buffer, which still holds this
+        regime's samples; both are what the next peak consolidates. Nothing is copied beyond theta itself."""
+        torch._foreach_copy_(self.synapses.anchor, [p.detach() for p in self.synapses.params])
+        if self.importance_source == "buffer":
+            torch._foreach_copy_(self.synapses.running, self._buffer_importance())
 
     def _buffer_importance(self) -> list[torch.Tensor]:
         if not len(self.buffer):
@@ -475,12 +476,12 @@ class OnlineMAS:
 
     def consolidate(self) -> None:
         """Consolidate now: Omega absorbs the current regime's importance, theta* anchors the weights."""
-        self._snapshot = None
+        self._plateau_held = False
         importance = self._buffer_importance() if self.importance_source == "buffer" else None
-        self._consolidate(None, importance)
+        self._consolidate(importance)
 
-    def _consolidate(self, theta: list[torch.Tensor] | None, importance: list[torch.Tensor] | None) -> None:
-        self.synapses.consolidate(theta, importance)
+    def _consolidate(self, importance: list[torch.Tensor] | None, reanchor: bool = True) -> None:
+        self.synapses.consolidate(importance, reanchor=reanchor)
         self.counters["consolidations"] += 1
         self._emit("consolidation", None)
 
@@ -502,9 +503,6 @@ class OnlineMAS:
         reads it back.
         """
         self._sync()
-        snapshot = None
-        if self._snapshot is not None:
-            snapshot = {key: dict(zip(self._names, [t.clone() for t in ts])) for key, ts in self._snapshot.items()}
         return {
             "format": 1,
             "model": {k: v.clone() for k, v in self.model.state_dict().items()},
@@ -512,7 +510,7 @@ class OnlineMAS:
             "synapses": self.synapses.state_dict(),
             "detector": self.detector.state_dict(),
             "buffer": self.buffer.state_dict(),
-            "snapshot": snapshot,
+            "plateau_held": self._plateau_held,
             "counters": dict(self.counters),
             "samples_seen": self.samples_seen,
             "steps": self.steps,
@@ -534,9 +532,7 @@ class OnlineMAS:
             if buffer[key] is not None:
                 buffer[key] = buffer[key].to(self.device)
         self.buffer.load_state_dict(buffer)
-        snap = state["snapshot"]
-        self._snapshot = None if snap is None else {
-            key: [snap[key][n].to(self.device) for n in self._names] for key in ("theta", "importance")}
+        self._plateau_held = bool(state["plateau_held"])
         self.counters.update({k: int(v) for k, v in state["counters"].items()})
         self.samples_seen = int(state["samples_seen"])
         self.steps = int(state["steps"])
@@ -548,10 +544,7 @@ class OnlineMAS:
         self._skipped.zero_()
 
     def state_nbytes(self) -> dict[str, int]:
-        """Bytes held by the learner beyond the model: the synapses, the hard buffer and any snapshot."""
-        snapshot = 0 if self._snapshot is None else sum(
-            t.numel() * t.element_size() for ts in self._snapshot.values() for t in ts)
+        """Bytes held by the learner beyond the model: the synapses (Omega, theta*, running importance) and the
+        hard buffer."""
         params = sum(p.numel() * p.element_size() for p in self.synapses.params)
-        return {"parameters": params, "synapses": self.synapses.nbytes(), "buffer": self.buffer.nbytes(),
-                "snapshot": snapshot}
-
+        return {"parameters": params, "synapses": self.synapses.nbytes(), "buffer": self.buffer.nbytes()}

@@ -1,18 +1,29 @@
 """When has the loss settled? Plateau and peak detection on the prequential loss, free of its scale.
 
-The detector sees one value per step (the mean prequential loss of the batch) and keeps a sliding window
-of the last ``window`` values. It is *armed* at the start and after every peak. While armed it tracks the
-highest window mean (the peak) and the lowest (the best level so far). It declares a **plateau** when
+The detector sees one value per step (the mean prequential loss of a batch) and keeps a sliding window of the
+last ``window`` values. Its statistic is the window's **median**: batch losses are heavy-tailed (one batch of
+outliers moves a window's mean by half, not its median), and a regime change moves the median within half a
+window. The detector is *armed* at the start and after every peak; while armed it tracks the highest median
+(the peak) and declares a **plateau** when
 
-* the window mean has stayed at least ``min_drop`` (a fraction) below the peak for ``patience`` steps in
-  a row, so the flat, noisy loss right after initialisation, before anything was learned, never
-  qualifies (a single noisy window proves nothing); and
-* the best level has not improved by more than ``tolerance`` (a fraction of itself) for ``patience``
-  steps: the loss stopped going down.
+* the median has stayed at least ``min_drop`` (a fraction) below the peak for ``patience`` steps in a row, so
+  the flat, noisy loss right after initialisation, before anything was learned, never qualifies; and
+* over the last ``progress_steps`` steps the median fell by less than ``progress_share`` of its whole drop
+  from the peak: most of what this regime teaches has been learned. (A test of the form "the loss stopped
+  improving by x%" never fires on a loss that keeps creeping down, as an autoencoder's does for thousands of
+  steps.)
 
-Then it disarms, follows the plateau's level slowly (time constant: one window), and declares a **peak**
-(and re-arms) when the window mean rises more than ``peak_rise`` (a fraction) above that level. Every test
-is a ratio of window means, so multiplying the loss by any positive constant changes no decision.
+Then it disarms and follows the plateau's level: the mean and the spread of log(median), with a time
+constant of ``level_steps``. A **peak** (which re-arms it) is a median above that level by more than
+``peak_rise`` (a fraction) *and* by more than ``peak_z`` of the level's own standard deviations, for
+``peak_persist`` steps in a row: the threshold adapts to how noisy the stream is, so a noisy stream does not
+raise false alarms and a quiet one is not deaf to a modest change. While the last ``hold_recent`` values stay
+within ``hold_rise`` above the level, the detector says **hold**: the plateau still holds (the learner then
+refreshes what it will consolidate at the next peak).
+
+Every test compares ratios, or differences of logarithms, so multiplying the loss by any positive constant
+changes no decision. The relative rule expects a positive loss (steps whose median is not positive are
+ignored); for a loss that can be negative use ``rule="absolute"`` or a detector of your own.
 
 ``rule="absolute"`` instead uses the task-free paper's rule with thresholds in loss units: a plateau when
 the window's mean is below ``mean_threshold`` and its variance below ``var_threshold``; a peak when the
@@ -22,6 +33,7 @@ window mean exceeds the last plateau's mean plus its standard deviation.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -33,14 +45,20 @@ HOLD = "hold"
 
 @dataclass
 class PlateauConfig:
-    """Detector settings. The defaults are relative (scale-free) and were chosen with ``streammas evaluate``."""
+    """Detector settings. The defaults are relative (scale-free) and were chosen with ``streammas evaluate``
+    and the detector's own replay of recorded loss curves (see the README's results section)."""
 
     window: int = 20
     min_drop: float = 0.5
-    tolerance: float = 0.02
-    patience: int = 40
-    peak_rise: float = 0.75
-    hold_rise: float = 0.1
+    patience: int = 20
+    progress_steps: int = 50
+    progress_share: float = 0.1
+    peak_rise: float = 0.5
+    peak_z: float = 3.5
+    peak_persist: int = 3
+    level_steps: int = 50
+    hold_rise: float = 0.5
+    hold_recent: int = 5
     rule: str = "relative"
     mean_threshold: float = 0.1
     var_threshold: float = 0.01
@@ -50,52 +68,49 @@ class PlateauConfig:
             raise ValueError(f"plateau window must be at least 2, got {self.window}")
         if self.rule not in ("relative", "absolute"):
             raise ValueError(f"plateau rule must be 'relative' or 'absolute', got {self.rule!r}")
-        for name in ("min_drop", "tolerance", "peak_rise", "hold_rise"):
-            if getattr(self, name) < 0:
+        for name in ("min_drop", "progress_share", "peak_rise", "peak_z", "hold_rise"):
+            if not getattr(self, name) >= 0:
                 raise ValueError(f"plateau {name} must be >= 0, got {getattr(self, name)}")
-        if self.patience < 1:
-            raise ValueError(f"plateau patience must be at least 1, got {self.patience}")
+        if not self.min_drop < 1:
+            raise ValueError(f"plateau min_drop must be below 1, got {self.min_drop}")
+        for name in ("patience", "progress_steps", "peak_persist", "level_steps", "hold_recent"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"plateau {name} must be at least 1, got {getattr(self, name)}")
 
 
 class PlateauDetector:
     """Detects plateaus and peaks in a stream of loss values.
 
     ``update(value)`` returns ``"plateau"`` or ``"peak"`` on the step where one is detected, ``"hold"``
-    while a detected plateau still holds (the loss has not risen more than ``hold_rise`` above its level),
-    and ``None`` otherwise.
+    while a detected plateau still holds, and ``None`` otherwise.
 
     >>> import random
     >>> rng = random.Random(0)
-    >>> detector = PlateauDetector(window=10, patience=20)
+    >>> detector = PlateauDetector()
     >>> loss = [2.0 * math.exp(-t / 30) + 0.1 for t in range(300)] + [2.0] * 50
     >>> events = [(t, e) for t, v in enumerate(loss) if (e := detector.update(v * rng.uniform(0.8, 1.2)))
     ...           in ("plateau", "peak")]
     >>> [e for _, e in events]
     ['plateau', 'peak']
-    >>> events[0][0] > 100, events[1][0] >= 300
+    >>> events[0][0] > 60, 300 <= events[1][0] < 320
     (True, True)
     """
 
     def __init__(self, config: PlateauConfig | Mapping | None = None, **settings) -> None:
-        if isinstance(config, PlateauConfig):
+        if isinstance(config, PlateauConfig) and not settings:
             self.config = config
         else:
-            self.config = PlateauConfig(**{**dict(config or {}), **settings})
+            base = asdict(config) if isinstance(config, PlateauConfig) else dict(config or {})
+            self.config = PlateauConfig(**{**base, **settings})
         self._values: deque[float] = deque(maxlen=self.config.window)
+        self._history: deque[float] = deque(maxlen=self.config.progress_steps + 1)
         self.armed = True
         self.peak = -math.inf
-        self.best = math.inf
-        self.since_best = 0
         self.below = 0
-        self.level = math.inf
-        self.level_std = 0.0
+        self.over = 0
+        self.level = math.nan  # relative rule: mean of log(median) while the plateau holds; absolute: its mean
+        self.level_var = 0.0
         self.steps = 0
-
-    def _window_stats(self) -> tuple[float, float]:
-        n = len(self._values)
-        mean = sum(self._values) / n
-        var = sum((v - mean) ** 2 for v in self._values) / max(n - 1, 1)
-        return mean, var
 
     def update(self, value: float) -> str | None:
         """Feed one loss value; non-finite values are ignored."""
@@ -105,63 +120,78 @@ class PlateauDetector:
         self._values.append(float(value))
         if len(self._values) < self.config.window:
             return None
-        mean, var = self._window_stats()
         if self.config.rule == "absolute":
-            return self._absolute(mean, var)
-        return self._relative(mean, var)
+            return self._absolute()
+        return self._relative()
 
-    def _relative(self, mean: float, var: float) -> str | None:
+    def _relative(self) -> str | None:
         cfg = self.config
+        median = statistics.median(self._values)
+        if not median > 0:
+            return None
         if self.armed:
-            if mean >= self.peak:
-                # Still rising (the start of a regime): improvement is counted from the top.
-                self.peak, self.best, self.since_best = mean, mean, 0
-            elif mean < self.best * (1.0 - cfg.tolerance):
-                self.best, self.since_best = mean, 0
-            else:
-                self.since_best += 1
-            self.below = self.below + 1 if mean <= (1.0 - cfg.min_drop) * self.peak else 0
-            if self.since_best >= cfg.patience and self.below >= cfg.patience:
-                self.armed = False
-                self.level, self.level_std = mean, math.sqrt(var)
+            self._history.append(median)
+            self.peak = max(self.peak, median)
+            self.below = self.below + 1 if median <= (1.0 - cfg.min_drop) * self.peak else 0
+            history = self._history
+            settled = (len(history) == history.maxlen
+                       and history[0] - median <= cfg.progress_share * (self.peak - median))
+            if self.below >= cfg.patience and settled:
+                logs = [math.log(v) for v in history]
+                self.level = sum(logs) / len(logs)
+                self.level_var = sum((v - self.level) ** 2 for v in logs) / len(logs)
+                self.armed, self.over = False, 0
                 return PLATEAU
             return None
-        if mean > self.level * (1.0 + cfg.peak_rise):
-            self._rearm(mean)
-            return PEAK
-        # The plateau's level follows the window mean slowly (time constant: one window). A running minimum
-        # would be biased low by the noise and turn ordinary fluctuations into false peaks.
-        self.level += (mean - self.level) / cfg.window
-        return HOLD if mean <= self.level * (1.0 + cfg.hold_rise) else None
+        rise = math.log(median) - self.level
+        if rise > max(math.log1p(cfg.peak_rise), cfg.peak_z * math.sqrt(self.level_var)):
+            self.over += 1
+            if self.over >= cfg.peak_persist:
+                self._rearm(median)
+                return PEAK
+            return None
+        self.over = 0
+        # The level and its spread follow the plateau slowly (an exponentially weighted mean and variance of
+        # log(median)), so that a loss still creeping down, or a noisier stretch, moves the threshold with it.
+        weight = 1.0 / cfg.level_steps
+        self.level += weight * rise
+        self.level_var = (1.0 - weight) * (self.level_var + weight * rise * rise)
+        recent = list(self._values)[-cfg.hold_recent:]
+        recent_mean = sum(recent) / len(recent)
+        return HOLD if recent_mean > 0 and math.log(recent_mean) - self.level <= math.log1p(cfg.hold_rise) else None
 
-    def _absolute(self, mean: float, var: float) -> str | None:
+    def _absolute(self) -> str | None:
         cfg = self.config
+        n = len(self._values)
+        mean = sum(self._values) / n
+        var = sum((v - mean) ** 2 for v in self._values) / max(n - 1, 1)
         if self.armed:
             if mean < cfg.mean_threshold and var < cfg.var_threshold:
                 self.armed = False
-                self.level, self.level_std = mean, math.sqrt(var)
+                self.level, self.level_var = mean, var
                 return PLATEAU
             return None
-        if mean > self.level + self.level_std:
+        if mean > self.level + math.sqrt(self.level_var):
             self._rearm(mean)
             return PEAK
         return HOLD
 
-    def _rearm(self, mean: float) -> None:
+    def _rearm(self, statistic: float) -> None:
         self.armed = True
-        self.peak, self.best, self.since_best, self.below = mean, mean, 0, 0
+        self.peak, self.below, self.over = statistic, 0, 0
+        self._history.clear()
 
     def state_dict(self) -> dict:
         return {
             "config": asdict(self.config),
             "values": list(self._values),
+            "history": list(self._history),
             "armed": self.armed,
             "peak": self.peak,
-            "best": self.best,
-            "since_best": self.since_best,
             "below": self.below,
+            "over": self.over,
             "level": self.level,
-            "level_std": self.level_std,
+            "level_var": self.level_var,
             "steps": self.steps,
         }
 
@@ -169,12 +199,12 @@ class PlateauDetector:
         known = {f.name for f in fields(PlateauConfig)}
         self.config = PlateauConfig(**{k: v for k, v in state["config"].items() if k in known})
         self._values = deque((float(v) for v in state["values"]), maxlen=self.config.window)
+        self._history = deque((float(v) for v in state["history"]), maxlen=self.config.progress_steps + 1)
         self.armed = bool(state["armed"])
-        for key in ("peak", "best", "level", "level_std"):
+        for key in ("peak", "level", "level_var"):
             setattr(self, key, float(state[key]))
-        self.since_best = int(state["since_best"])
-        self.below = int(state["below"])
-        self.steps = int(state["steps"])
+        for key in ("below", "over", "steps"):
+            setattr(self, key, int(state[key]))
 
 
 class RiverDriftDetector:

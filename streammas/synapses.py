@@ -93,10 +93,9 @@ class Synapses:
         return torch._foreach_div(importance, scale)
 
     # -- consolidation -----------------------------------------------------------------------------------
-    def consolidate(
-        self, theta: list[torch.Tensor] | None = None, importance: list[torch.Tensor] | None = None
-    ) -> None:
-        """Merge a regime's importance into Omega and anchor theta* (the current parameters by default)."""
+    def consolidate(self, importance: list[torch.Tensor] | None = None, *, reanchor: bool = True) -> None:
+        """Merge a regime's importance (the running one by default) into Omega and, with ``reanchor``, anchor
+        theta* at the current parameters (without it theta* stays where the caller put it)."""
         regime = self._normalized(self.running if importance is None else importance)
         self.consolidations += 1
         if self.mode == "sum":
@@ -105,7 +104,8 @@ class Synapses:
             torch._foreach_lerp_(self.omega, regime, self.ema_alpha)
         else:  # cumulative mean; the first "ema" consolidation also takes the regime as it is
             torch._foreach_lerp_(self.omega, regime, 1.0 / self.consolidations)
-        torch._foreach_copy_(self.anchor, [p.detach() for p in self.params] if theta is None else theta)
+        if reanchor:
+            torch._foreach_copy_(self.anchor, [p.detach() for p in self.params])
         self.reset_running()
 
     # -- the regulariser ---------------------------------------------------------------------------------

@@ -89,14 +89,7 @@ def bench_case(kind: str, batch: int, args: argparse.Namespace, env: dict) -> di
     ratio = {name: med[name] / med["sgd"] for name in med}
     defaults = learners["defaults"]
     state = defaults.state_nbytes()
-    state_ratio = (state["synapses"] + state["snapshot"]) / state["parameters"]
-    held = dict(state)
-    if defaults.consolidate_at == "peak" and defaults._snapshot is None:
-        # While a plateau holds, a "peak" learner also keeps a snapshot of theta and the running importance.
-        defaults._take_snapshot()
-        held = defaults.state_nbytes()
-        defaults._snapshot = None
-    held_ratio = (held["synapses"] + held["snapshot"]) / held["parameters"]
+    state_ratio = state["synapses"] / state["parameters"]
     case = {
         "model": kind,
         "model_label": timing.MODEL_LABELS[kind],
@@ -107,11 +100,8 @@ def bench_case(kind: str, batch: int, args: argparse.Namespace, env: dict) -> di
         "steps_per_block": blocks,
         "state_bytes": state,
         "state_vs_parameters": state_ratio,
-        "state_bytes_plateau_held": held,
-        "state_vs_parameters_plateau_held": held_ratio,
         "targets": {name: {"max": limit, "met": ratio[name] <= limit} for name, limit in TARGETS.items()},
-        "state_target": {"max": STATE_TARGET, "met": state_ratio <= STATE_TARGET,
-                         "met_while_plateau_holds": held_ratio <= STATE_TARGET},
+        "state_target": {"max": STATE_TARGET, "met": state_ratio <= STATE_TARGET},
         "consolidations": {name: learner.consolidations for name, learner in learners.items()},
     }
     if not args.no_memory and not args.quick:
@@ -152,21 +142,16 @@ def report(result: dict) -> str:
     peak_label = "peak alloc" if env["device"] == "cuda" else "peak +RSS"
     lines += timing.table(["model", "batch", "variant", "ms/step", "vs SGD", "target", peak_label], rows,
                           [False, True, False, True, True, False, True])
-    lines += ["", "learner state (defaults): Omega, theta*, running importance vs parameter bytes, the hard buffer "
-              "apart; while a plateau holds, a snapshot of theta and the running importance too (consolidate_at="
-              "'peak')"]
+    lines += ["", "learner state (defaults): Omega, theta* and the running importance against the parameter bytes, the "
+              "hard buffer apart (nothing else is kept, while a plateau holds too)"]
     srows = []
     for c in result["cases"]:
-        s, h = c["state_bytes"], c["state_bytes_plateau_held"]
-        srows.append([c["model_label"], c["batch"], f"{s['parameters']:,}", f"{s['synapses'] + s['snapshot']:,}",
-                      f"{c['state_vs_parameters']:.2f}x", timing.verdict(c["state_vs_parameters"], STATE_TARGET,
-                                                                          at_least=False),
-                      f"{h['synapses'] + h['snapshot']:,}", f"{c['state_vs_parameters_plateau_held']:.2f}x",
-                      timing.verdict(c["state_vs_parameters_plateau_held"], STATE_TARGET, at_least=False),
-                      f"{s['buffer']:,}"])
-    lines += timing.table(["model", "batch", "param bytes", "state bytes", "ratio", "target", "holding plateau",
-                           "ratio", "target", "buffer bytes"], srows,
-                          [False, True, True, True, True, False, True, True, False, True])
+        s = c["state_bytes"]
+        srows.append([c["model_label"], c["batch"], f"{s['parameters']:,}", f"{s['synapses']:,}",
+                      f"{c['state_vs_parameters']:.2f}x",
+                      timing.verdict(c["state_vs_parameters"], STATE_TARGET, at_least=False), f"{s['buffer']:,}"])
+    lines += timing.table(["model", "batch", "param bytes", "state bytes", "ratio", "target", "buffer bytes"], srows,
+                          [False, True, True, True, True, False, True])
     if any("peak_memory" in c for c in result["cases"]):
         what = ("the CUDA allocator's peak above what was allocated before the variant ran" if env["device"] == "cuda"
                 else "peak resident memory a fresh process gains from building the model and the variant and "
