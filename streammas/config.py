@@ -112,6 +112,8 @@ class PlateauSection:
                                check=_positive)
     min_drop: float | None = _spec(None, help="a plateau's median must be this fraction below the peak",
                                    check=_non_negative)
+    rearm_share: float | None = _spec(None, help="after a peak, recovering this share of its rise (in log) is low "
+                                                 "enough too", check=_non_negative)
     patience: int | None = _spec(None, help="steps in a row the median must stay that low", check=_positive)
     progress_steps: int | None = _spec(None, help="steps over which the remaining progress is measured",
                                        check=_positive)

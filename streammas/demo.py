@@ -40,10 +40,6 @@ log = logging.getLogger("streammas.demo")
 
 #: Passes over each regime's training samples per segment: full and ``--quick``.
 PASSES = {"full": 10, "quick": 1}
-#: Learner settings of the demo on top of the learner's defaults (``--set`` adds more). A larger step than
-#: the default lets each regime converge within its passes, and a lower peak threshold tells a regime change
-#: of these small images from noise; the plain learner gets the same step.
-DEMO_LEARNER: dict[str, Any] = {"lr": 0.1, "plateau": {"peak_rise": 0.2}}
 #: Settings the plain learner shares with the service's, so that the comparison is fair.
 SHARED = ("lr", "optimizer", "steps_per_batch")
 BENCHMARKS = {"digits": "recurring-digits", "segments": "recurring-segments"}
@@ -167,7 +163,7 @@ def run_demo(*, quick: bool = False, data: str = "auto", seed: int = 0, batch_si
              stall_seconds: float = 60.0) -> DemoResult:
     """Run the demo; returns what it measured (raises ``RuntimeError`` when the service or producer fails).
 
-    ``learner``: settings of the ``[learner]`` section on top of :data:`DEMO_LEARNER`.
+    ``learner``: settings of the ``[learner]`` section (the learner's defaults otherwise: the demo tunes nothing).
     """
     from streammas.service import Service
 
@@ -179,7 +175,7 @@ def run_demo(*, quick: bool = False, data: str = "auto", seed: int = 0, batch_si
         state_dir = temp.name
     raw: dict[str, Any] = {
         "source": {"uri": "zmq+pull://127.0.0.1:*", "batch_size": batch_size, "max_latency_ms": 20.0},
-        "learner": {**DEMO_LEARNER, **(learner or {}), "seed": seed, "threads": 1, "device": "cpu"},
+        "learner": {**(learner or {}), "seed": seed, "threads": 1, "device": "cpu"},
         "state": {"dir": state_dir, "every_samples": 10_000, "every_seconds": 30.0},
         "log": {"level": log_level, "status_every_seconds": 0.0, "progress": "never"},
     }
@@ -341,7 +337,7 @@ def _learner_settings(items: list[str]) -> dict[str, Any]:
 def _run(args: argparse.Namespace) -> int:
     try:
         settings = _learner_settings(args.set)
-        validate({"source": {"uri": "-"}, "learner": {**DEMO_LEARNER, **settings}})
+        validate({"source": {"uri": "-"}, "learner": settings})
     except ConfigError as e:
         print(f"streammas demo: {e}", file=sys.stderr)
         return 2

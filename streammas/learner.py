@@ -110,9 +110,9 @@ class OnlineMAS:
         *,
         objective: str | Objective = "reconstruction",
         optimizer: str | Callable[[list[nn.Parameter]], torch.optim.Optimizer] = "sgd",
-        lr: float = 1e-2,
-        reg_lambda: float = 1.0,
-        hard_buffer: int = 16,
+        lr: float = 0.05,
+        reg_lambda: float = 0.3,
+        hard_buffer: int = 0,
         importance_every: int = 8,
         importance_source: str = "stream",
         importance_method: str = "auto",
@@ -184,7 +184,7 @@ class OnlineMAS:
             self.detector = PlateauDetector(plateau)
         else:
             self.detector = plateau
-        self._plateau_held = False  # a plateau was found and no peak has followed yet
+        self._held_theta: list[torch.Tensor] | None = None  # the weights of a plateau that holds
 
         self.samples_seen = 0
         self.steps = 0
@@ -435,7 +435,11 @@ class OnlineMAS:
             self._emit("skipped_update", float(skipped))
         # The weights are read once, after the whole run of values: they stand for the plateau only if the
         # detector said "hold" to every value since the plateau (or since the run began), never after a rise.
+        # A peak consolidates only a plateau whose weights were taken that way: a plateau found so late that the
+        # loss rose within the same run has none, and anchoring anything else (the weights of the regime that has
+        # just begun, or those of an earlier time) would freeze weights that are good for no regime.
         holding = True
+        found = False
         for value in values:
             decision = self.detector.update(value)
             if decision == PLATEAU:
@@ -444,28 +448,30 @@ class OnlineMAS:
                 if self.consolidate_at == "plateau":
                     self.consolidate()
                 else:
-                    self._plateau_held = True
-                    if self.importance_source == "buffer":  # the buffer holds the plateau's samples now
-                        torch._foreach_copy_(self.synapses.running, self._buffer_importance())
+                    found = True
                 holding = True
             elif decision == PEAK:
                 self.counters["peaks"] += 1
                 self._emit("peak", value)
-                if self._plateau_held:
-                    self._plateau_held = False
-                    # theta* already holds the weights of the plateau's last "hold": keep them.
-                    self._consolidate(None, reanchor=False)
-                holding = False
+                if self._held_theta is not None:
+                    held, self._held_theta = self._held_theta, None
+                    self._consolidate(None, held)
+                found = holding = False
             elif decision != HOLD:
                 holding = False
-        if holding and self._plateau_held:
+        if holding and (found or self._held_theta is not None):
             self._follow_plateau()
 
     def _follow_plateau(self) -> None:
-        """While a plateau holds, theta* follows the weights (the previous anchor's memory lives on in Omega), and
-        with ``importance_source="buffer"`` the importance is measured on the buffer, which still holds this
-        regime's samples; both are what the next peak consolidates. Nothing is copied beyond theta itself."""
-        torch._foreach_copy_(self.synapses.anchor, [p.detach() for p in self.synapses.params])
+        """Keep the weights of a plateau that holds (a copy, refreshed while it holds), to be anchored at the next
+        peak; theta* stays where it is meanwhile, so that the regulariser still protects the earlier regimes.
+        The regime's importance keeps accumulating; with ``importance_source="buffer"`` it is measured on the
+        buffer now, while the buffer still holds this regime's samples."""
+        theta = [p.detach() for p in self.synapses.params]
+        if self._held_theta is None:
+            self._held_theta = [t.clone() for t in theta]
+        else:
+            torch._foreach_copy_(self._held_theta, theta)
         if self.importance_source == "buffer":
             torch._foreach_copy_(self.synapses.running, self._buffer_importance())
 
@@ -476,12 +482,12 @@ class OnlineMAS:
 
     def consolidate(self) -> None:
         """Consolidate now: Omega absorbs the current regime's importance, theta* anchors the weights."""
-        self._plateau_held = False
+        self._held_theta = None
         importance = self._buffer_importance() if self.importance_source == "buffer" else None
         self._consolidate(importance)
 
-    def _consolidate(self, importance: list[torch.Tensor] | None, reanchor: bool = True) -> None:
-        self.synapses.consolidate(importance, reanchor=reanchor)
+    def _consolidate(self, importance: list[torch.Tensor] | None, theta: list[torch.Tensor] | None = None) -> None:
+        self.synapses.consolidate(importance, theta)
         self.counters["consolidations"] += 1
         self._emit("consolidation", None)
 
@@ -510,7 +516,8 @@ class OnlineMAS:
             "synapses": self.synapses.state_dict(),
             "detector": self.detector.state_dict(),
             "buffer": self.buffer.state_dict(),
-            "plateau_held": self._plateau_held,
+            "held_theta": None if self._held_theta is None else {
+                n: t.clone() for n, t in zip(self._names, self._held_theta)},
             "counters": dict(self.counters),
             "samples_seen": self.samples_seen,
             "steps": self.steps,
@@ -532,7 +539,8 @@ class OnlineMAS:
             if buffer[key] is not None:
                 buffer[key] = buffer[key].to(self.device)
         self.buffer.load_state_dict(buffer)
-        self._plateau_held = bool(state["plateau_held"])
+        held = state["held_theta"]
+        self._held_theta = None if held is None else [held[n].to(self.device) for n in self._names]
         self.counters.update({k: int(v) for k, v in state["counters"].items()})
         self.samples_seen = int(state["samples_seen"])
         self.steps = int(state["steps"])
@@ -544,7 +552,8 @@ class OnlineMAS:
         self._skipped.zero_()
 
     def state_nbytes(self) -> dict[str, int]:
-        """Bytes held by the learner beyond the model: the synapses (Omega, theta*, running importance) and the
-        hard buffer."""
+        """Bytes held by the learner beyond the model: the synapses (Omega, theta*, running importance), the
+        weights of a plateau that holds (``consolidate_at="peak"``) and the hard buffer."""
         params = sum(p.numel() * p.element_size() for p in self.synapses.params)
-        return {"parameters": params, "synapses": self.synapses.nbytes(), "buffer": self.buffer.nbytes()}
+        held = 0 if self._held_theta is None else sum(t.numel() * t.element_size() for t in self._held_theta)
+        return {"parameters": params, "synapses": self.synapses.nbytes(), "held": held, "buffer": self.buffer.nbytes()}

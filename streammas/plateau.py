@@ -7,11 +7,14 @@ window. The detector is *armed* at the start and after every peak; while armed i
 (the peak) and declares a **plateau** when
 
 * the median has stayed at least ``min_drop`` (a fraction) below the peak for ``patience`` steps in a row, so
-  the flat, noisy loss right after initialisation, before anything was learned, never qualifies; and
+  the flat, noisy loss right after initialisation, before anything was learned, never qualifies (after a peak,
+  coming back down by ``rearm_share`` of the peak's rise, in log, also counts: a regime that raised the loss
+  2.4x and is learned back to 1.5x its old level has been learned, though it never fell by half); and
 * over the last ``progress_steps`` steps the median fell by less than ``progress_share`` of its whole drop
-  from the peak: most of what this regime teaches has been learned. (A test of the form "the loss stopped
-  improving by x%" never fires on a loss that keeps creeping down, as an autoencoder's does for thousands of
-  steps.)
+  from the peak, and that for ``patience`` steps in a row: most of what this regime teaches has been learned.
+  (A test of the form "the loss stopped improving by x%" never fires on a loss that keeps creeping down, as an
+  autoencoder's does for thousands of steps; asking the plateau to last keeps a one-pass regime, cut off as
+  soon as it is learned, from being consolidated half-learned.)
 
 Then it disarms and follows the plateau's level: the mean and the spread of log(median), with a time
 constant of ``level_steps``. A **peak** (which re-arms it) is a median above that level by more than
@@ -50,6 +53,7 @@ class PlateauConfig:
 
     window: int = 20
     min_drop: float = 0.5
+    rearm_share: float = 0.5
     patience: int = 20
     progress_steps: int = 50
     progress_share: float = 0.1
@@ -68,7 +72,7 @@ class PlateauConfig:
             raise ValueError(f"plateau window must be at least 2, got {self.window}")
         if self.rule not in ("relative", "absolute"):
             raise ValueError(f"plateau rule must be 'relative' or 'absolute', got {self.rule!r}")
-        for name in ("min_drop", "progress_share", "peak_rise", "peak_z", "hold_rise"):
+        for name in ("min_drop", "rearm_share", "progress_share", "peak_rise", "peak_z", "hold_rise"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"plateau {name} must be >= 0, got {getattr(self, name)}")
         if not self.min_drop < 1:
@@ -107,9 +111,11 @@ class PlateauDetector:
         self.armed = True
         self.peak = -math.inf
         self.below = 0
+        self.settled = 0
         self.over = 0
         self.level = math.nan  # relative rule: mean of log(median) while the plateau holds; absolute: its mean
         self.level_var = 0.0
+        self.previous_level = math.nan  # log level of the plateau before the last peak
         self.steps = 0
 
     def update(self, value: float) -> str | None:
@@ -132,11 +138,12 @@ class PlateauDetector:
         if self.armed:
             self._history.append(median)
             self.peak = max(self.peak, median)
-            self.below = self.below + 1 if median <= (1.0 - cfg.min_drop) * self.peak else 0
+            self.below = self.below + 1 if median <= self._low_enough() else 0
             history = self._history
             settled = (len(history) == history.maxlen
                        and history[0] - median <= cfg.progress_share * (self.peak - median))
-            if self.below >= cfg.patience and settled:
+            self.settled = self.settled + 1 if settled else 0
+            if self.below >= cfg.patience and self.settled >= cfg.patience:
                 logs = [math.log(v) for v in history]
                 self.level = sum(logs) / len(logs)
                 self.level_var = sum((v - self.level) ** 2 for v in logs) / len(logs)
@@ -147,6 +154,7 @@ class PlateauDetector:
         if rise > max(math.log1p(cfg.peak_rise), cfg.peak_z * math.sqrt(self.level_var)):
             self.over += 1
             if self.over >= cfg.peak_persist:
+                self.previous_level = self.level
                 self._rearm(median)
                 return PEAK
             return None
@@ -159,6 +167,15 @@ class PlateauDetector:
         recent = list(self._values)[-cfg.hold_recent:]
         recent_mean = sum(recent) / len(recent)
         return HOLD if recent_mean > 0 and math.log(recent_mean) - self.level <= math.log1p(cfg.hold_rise) else None
+
+    def _low_enough(self) -> float:
+        """How low the median must be to count as learned: ``min_drop`` below the peak; after a peak, recovering
+        ``rearm_share`` of the rise (in log) suffices too, since that rise was itself certified as a change."""
+        low = (1.0 - self.config.min_drop) * self.peak
+        if math.isfinite(self.previous_level):
+            share = self.config.rearm_share
+            low = max(low, math.exp((1.0 - share) * math.log(self.peak) + share * self.previous_level))
+        return low
 
     def _absolute(self) -> str | None:
         cfg = self.config
@@ -178,7 +195,7 @@ class PlateauDetector:
 
     def _rearm(self, statistic: float) -> None:
         self.armed = True
-        self.peak, self.below, self.over = statistic, 0, 0
+        self.peak, self.below, self.settled, self.over = statistic, 0, 0, 0
         self._history.clear()
 
     def state_dict(self) -> dict:
@@ -189,9 +206,11 @@ class PlateauDetector:
             "armed": self.armed,
             "peak": self.peak,
             "below": self.below,
+            "settled": self.settled,
             "over": self.over,
             "level": self.level,
             "level_var": self.level_var,
+            "previous_level": self.previous_level,
             "steps": self.steps,
         }
 
@@ -201,9 +220,9 @@ class PlateauDetector:
         self._values = deque((float(v) for v in state["values"]), maxlen=self.config.window)
         self._history = deque((float(v) for v in state["history"]), maxlen=self.config.progress_steps + 1)
         self.armed = bool(state["armed"])
-        for key in ("peak", "level", "level_var"):
+        for key in ("peak", "level", "level_var", "previous_level"):
             setattr(self, key, float(state[key]))
-        for key in ("below", "over", "steps"):
+        for key in ("below", "settled", "over", "steps"):
             setattr(self, key, int(state[key]))
 
 

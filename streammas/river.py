@@ -25,6 +25,7 @@ True
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -32,10 +33,13 @@ import numpy as np
 import torch
 from river import base
 
+from streammas.learner import OnlineMAS
+
 __all__ = ["MASAutoencoder", "MASClassifier"]
 
-#: Detector settings of the estimators, chosen with ``streammas evaluate`` (see the README's results).
-PLATEAU = (("window", 10), ("peak_rise", 0.35))
+#: The learner's defaults (chosen with ``streammas evaluate``, see the README's results): the estimators take
+#: theirs from here, so that the two cannot drift apart.
+_DEFAULTS = {name: p.default for name, p in inspect.signature(OnlineMAS.__init__).parameters.items()}
 
 
 def _as_float(name: Hashable, value: Any) -> float:
@@ -122,8 +126,6 @@ class _MASEstimator:
             self.features_ = _ordered(x)
 
     def _build(self, n_features: int) -> None:
-        from streammas import OnlineMAS
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0 if self.seed is None else self.seed)
             model = self._make_model(n_features)
@@ -202,8 +204,8 @@ class MASAutoencoder(_MASEstimator, base.AnomalyDetector):
     reg_lambda
         Strength of the memory (0: plain online SGD).
     hard_buffer
-        How many high-loss samples are replayed in each update (0: none; the evaluation found the buffer
-        hurts classification and can make SGD diverge on heavy-tailed features).
+        How many high-loss samples are replayed in each update (0, the default: none; the evaluation found
+        that the buffer does harm on one-pass streams).
     batch_size
         Samples per update: ``learn_one`` collects this many before learning them together.
     optimizer
@@ -230,12 +232,12 @@ class MASAutoencoder(_MASEstimator, base.AnomalyDetector):
         self,
         hidden: int | None = None,
         latent: int | None = None,
-        lr: float = 0.05,
-        reg_lambda: float = 0.1,
-        hard_buffer: int = 0,
+        lr: float = _DEFAULTS["lr"],
+        reg_lambda: float = _DEFAULTS["reg_lambda"],
+        hard_buffer: int = _DEFAULTS["hard_buffer"],
         batch_size: int = 10,
         optimizer: str = "sgd",
-        plateau: tuple | None = PLATEAU,
+        plateau: tuple | None = None,
         learner_params: tuple | None = None,
         seed: int | None = 0,
     ) -> None:
@@ -302,8 +304,8 @@ class MASClassifier(_MASEstimator, base.MiniBatchClassifier):
     reg_lambda
         Strength of the memory (0: plain online SGD).
     hard_buffer
-        How many high-loss samples are replayed in each update (0: none; the evaluation found the buffer
-        hurts classification and can make SGD diverge on heavy-tailed features).
+        How many high-loss samples are replayed in each update (0, the default: none; the evaluation found
+        that the buffer does harm on one-pass streams).
     batch_size
         Samples per update: ``learn_one`` collects this many before learning them together.
     optimizer
@@ -330,12 +332,12 @@ class MASClassifier(_MASEstimator, base.MiniBatchClassifier):
         self,
         hidden: int = 64,
         max_classes: int = 16,
-        lr: float = 0.05,
-        reg_lambda: float = 0.1,
-        hard_buffer: int = 0,
+        lr: float = _DEFAULTS["lr"],
+        reg_lambda: float = _DEFAULTS["reg_lambda"],
+        hard_buffer: int = _DEFAULTS["hard_buffer"],
         batch_size: int = 10,
         optimizer: str = "sgd",
-        plateau: tuple | None = PLATEAU,
+        plateau: tuple | None = None,
         learner_params: tuple | None = None,
         seed: int | None = 0,
     ) -> None:

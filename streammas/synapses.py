@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 CONSOLIDATION_MODES = ("mean", "sum", "ema")
-NORMALIZATIONS = ("mean", "max", "none")
+NORMALIZATIONS = ("mean", "max", "tensor", "none")
 
 
 class Synapses:
@@ -86,6 +86,10 @@ class Synapses:
     def _normalized(self, importance: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.normalization == "none":
             return importance
+        if self.normalization == "tensor":
+            scales = [t.mean().reshape(1) for t in importance]
+            scales = [torch.where(sc > 0, sc, torch.ones_like(sc)) for sc in scales]
+            return torch._foreach_div(importance, scales)
         flat = torch.cat([t.reshape(-1) for t in importance])
         scale = flat.mean() if self.normalization == "mean" else flat.max()
         # An all-zero importance (nothing measured) stays zero instead of becoming NaN; no host sync.
@@ -93,9 +97,11 @@ class Synapses:
         return torch._foreach_div(importance, scale)
 
     # -- consolidation -----------------------------------------------------------------------------------
-    def consolidate(self, importance: list[torch.Tensor] | None = None, *, reanchor: bool = True) -> None:
-        """Merge a regime's importance (the running one by default) into Omega and, with ``reanchor``, anchor
-        theta* at the current parameters (without it theta* stays where the caller put it)."""
+    def consolidate(
+        self, importance: list[torch.Tensor] | None = None, theta: list[torch.Tensor] | None = None
+    ) -> None:
+        """Merge a regime's importance (the running one by default) into Omega and anchor theta* (at the current
+        parameters by default)."""
         regime = self._normalized(self.running if importance is None else importance)
         self.consolidations += 1
         if self.mode == "sum":
@@ -104,8 +110,7 @@ class Synapses:
             torch._foreach_lerp_(self.omega, regime, self.ema_alpha)
         else:  # cumulative mean; the first "ema" consolidation also takes the regime as it is
             torch._foreach_lerp_(self.omega, regime, 1.0 / self.consolidations)
-        if reanchor:
-            torch._foreach_copy_(self.anchor, [p.detach() for p in self.params])
+        torch._foreach_copy_(self.anchor, [p.detach() for p in self.params] if theta is None else theta)
         self.reset_running()
 
     # -- the regulariser ---------------------------------------------------------------------------------

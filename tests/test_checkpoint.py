@@ -21,7 +21,7 @@ from streammas.models import MLPAutoencoder
 def _learner(seed: int = 0) -> OnlineMAS:
     torch.manual_seed(seed)
     return OnlineMAS(MLPAutoencoder(in_features=6, hidden=(8,), latent=3), lr=0.05, consolidate_at="plateau",
-                     plateau={"window": 5, "patience": 5, "progress_steps": 10})
+                     plateau={"window": 5, "patience": 3, "progress_steps": 5})
 
 
 def _train(learner: OnlineMAS, steps: int, seed: int = 1) -> list[float]:

@@ -83,7 +83,7 @@ def test_plateaus_peaks_and_consolidations_need_no_extra_reads(hidden_reads):
     """Detector decisions, snapshots and consolidations all happen on the host at sync time."""
     torch.manual_seed(1)
     learner = OnlineMAS(MLPAutoencoder(32, hidden=(16,), latent=4), lr=0.05,
-                        plateau={"window": 5, "patience": 5, "min_drop": 0.3, "progress_steps": 10})
+                        plateau={"window": 5, "patience": 3, "min_drop": 0.3, "progress_steps": 5})
     steps = 40 * learner.sync_every
     first = list(_batches(steps // 2, seed=1))
     second = [3.0 * x for x in _batches(steps // 2, seed=2)]  # a new regime: the loss jumps

@@ -154,13 +154,13 @@ def _run(learner, data, steps, offset=0):
     return torch.cat(out)
 
 
-@pytest.mark.parametrize("settings", [{}, {"optimizer": "adam", "importance_source": "buffer"},
+@pytest.mark.parametrize("settings", [{}, {"optimizer": "adam", "importance_source": "buffer", "hard_buffer": 16},
                                       {"consolidate_at": "plateau", "importance_method": "hebbian"}])
 def test_state_dict_round_trip_continues_bit_for_bit(tmp_path, settings):
     torch.manual_seed(3)
     data = torch.cat([_data(128, 16, 1), _data(128, 16, 2) * 3])
     make = lambda: OnlineMAS(MLPAutoencoder(16, hidden=(16,), latent=4), lr=0.05,  # noqa: E731
-                             plateau={"window": 5, "patience": 5, "min_drop": 0.3, "progress_steps": 10}, **settings)
+                             plateau={"window": 5, "patience": 3, "min_drop": 0.3, "progress_steps": 5}, **settings)
     original = make()
     _run(original, data, 150)
     torch.save(original.state_dict(), tmp_path / "state.pt")

@@ -22,6 +22,7 @@ consolidate_at = "plateau"
 [learner.plateau]
 window = 10
 patience = 10
+progress_steps = 20
 [state]
 dir = "state"
 every_samples = 0

@@ -90,6 +90,9 @@ def bench_case(kind: str, batch: int, args: argparse.Namespace, env: dict) -> di
     defaults = learners["defaults"]
     state = defaults.state_nbytes()
     state_ratio = state["synapses"] / state["parameters"]
+    # While a plateau holds, a learner that consolidates at the peak (the default) also keeps the plateau's weights.
+    held = state["parameters"] if defaults.consolidate_at == "peak" else 0
+    held_ratio = (state["synapses"] + held) / state["parameters"]
     case = {
         "model": kind,
         "model_label": timing.MODEL_LABELS[kind],
@@ -101,7 +104,9 @@ def bench_case(kind: str, batch: int, args: argparse.Namespace, env: dict) -> di
         "state_bytes": state,
         "state_vs_parameters": state_ratio,
         "targets": {name: {"max": limit, "met": ratio[name] <= limit} for name, limit in TARGETS.items()},
-        "state_target": {"max": STATE_TARGET, "met": state_ratio <= STATE_TARGET},
+        "state_vs_parameters_plateau_held": held_ratio,
+        "state_target": {"max": STATE_TARGET, "met": state_ratio <= STATE_TARGET,
+                         "met_while_plateau_holds": held_ratio <= STATE_TARGET},
         "consolidations": {name: learner.consolidations for name, learner in learners.items()},
     }
     if not args.no_memory and not args.quick:
@@ -143,15 +148,18 @@ def report(result: dict) -> str:
     lines += timing.table(["model", "batch", "variant", "ms/step", "vs SGD", "target", peak_label], rows,
                           [False, True, False, True, True, False, True])
     lines += ["", "learner state (defaults): Omega, theta* and the running importance against the parameter bytes, the "
-              "hard buffer apart (nothing else is kept, while a plateau holds too)"]
+              "hard buffer apart; while a plateau holds, also the plateau's weights (consolidate_at='peak')"]
     srows = []
     for c in result["cases"]:
         s = c["state_bytes"]
         srows.append([c["model_label"], c["batch"], f"{s['parameters']:,}", f"{s['synapses']:,}",
                       f"{c['state_vs_parameters']:.2f}x",
-                      timing.verdict(c["state_vs_parameters"], STATE_TARGET, at_least=False), f"{s['buffer']:,}"])
-    lines += timing.table(["model", "batch", "param bytes", "state bytes", "ratio", "target", "buffer bytes"], srows,
-                          [False, True, True, True, True, False, True])
+                      timing.verdict(c["state_vs_parameters"], STATE_TARGET, at_least=False),
+                      f"{c['state_vs_parameters_plateau_held']:.2f}x",
+                      timing.verdict(c["state_vs_parameters_plateau_held"], STATE_TARGET, at_least=False),
+                      f"{s['buffer']:,}"])
+    lines += timing.table(["model", "batch", "param bytes", "state bytes", "ratio", "target", "plateau held",
+                           "target", "buffer bytes"], srows, [False, True, True, True, True, False, True, False, True])
     if any("peak_memory" in c for c in result["cases"]):
         what = ("the CUDA allocator's peak above what was allocated before the variant ran" if env["device"] == "cuda"
                 else "peak resident memory a fresh process gains from building the model and the variant and "

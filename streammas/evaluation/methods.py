@@ -35,7 +35,8 @@ from typing import Any
 SHARED = ("lr", "optimizer", "steps_per_batch")
 METHODS = ("plain", "buffer", "streammas", "streammas-buffer", "oracle", "iid")
 TUNED = ("streammas", "streammas-buffer", "oracle")
-#: The hard buffer of the ``buffer`` and ``streammas-buffer`` methods when ``--set hard_buffer=0``.
+#: The hard buffer of the ``buffer`` and ``streammas-buffer`` methods, unless ``--set hard_buffer=N`` (N > 0) says
+#: otherwise: the learner's default has none (see the README's results), and these two methods are about one.
 BUFFER_SIZE = 16
 
 
@@ -102,7 +103,7 @@ def default_methods(overrides: Mapping[str, Any] | None = None, names: Sequence[
     shared = {k: v for k, v in overrides.items() if k in SHARED}
     tuned = dict(overrides)
     # The two buffer methods need a buffer even where the defaults under test have none.
-    buffer_size = {"hard_buffer": overrides.get("hard_buffer") or BUFFER_SIZE} if "hard_buffer" in overrides else {}
+    buffer_size = {"hard_buffer": overrides.get("hard_buffer") or BUFFER_SIZE}
     specs = {
         "plain": Method("plain", {**shared, "reg_lambda": 0.0, "hard_buffer": 0},
                         description="online SGD, nothing remembered"),
