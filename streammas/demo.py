@@ -265,6 +265,16 @@ def _settings_text(settings: dict[str, Any], prefix: str = "") -> str:
     return ", ".join(p for p in parts if p)
 
 
+def _learner_text(settings: dict[str, Any]) -> str:
+    from streammas.learner import learner_defaults
+
+    defaults = learner_defaults()
+    shown = {k: defaults[k] for k in ("lr", "reg_lambda", "hard_buffer", "consolidate_at")}
+    given = _settings_text(settings)
+    return (f"{given}; the learner's defaults otherwise" if given else
+            "the learner's defaults, untuned: " + _settings_text(shown) + ", ...")
+
+
 def render_report(result: DemoResult) -> str:
     """The short report printed at the end of the demo."""
     order = " ".join(LETTERS[r] for _, _, r in result.segments)
@@ -272,7 +282,7 @@ def render_report(result: DemoResult) -> str:
              f"stream       {result.samples:,} samples in regimes {order} (no boundaries given), "
              f"learned through ZeroMQ in {result.seconds:.1f} s ({result.samples / max(result.seconds, 1e-9):,.0f}"
              " samples/s)",
-             f"learner      {_settings_text(result.settings)} (the learner's defaults otherwise)",
+             f"learner      {_learner_text(result.settings)}",
              f"detector     {result.counters.get('plateaus', 0)} plateaus, {result.counters.get('peaks', 0)} peaks, "
              f"{result.consolidations} consolidations"]
     for e in result.events:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -37,6 +38,16 @@ class Event:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def learner_defaults() -> dict[str, Any]:
+    """The default settings of :class:`OnlineMAS`, by keyword.
+
+    >>> learner_defaults()["reg_lambda"]
+    0.3
+    """
+    signature = inspect.signature(OnlineMAS.__init__)
+    return {name: p.default for name, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
 
 
 def _make_optimizer(optimizer: str | Callable, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:

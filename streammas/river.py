@@ -25,7 +25,6 @@ True
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -33,13 +32,13 @@ import numpy as np
 import torch
 from river import base
 
-from streammas.learner import OnlineMAS
+from streammas.learner import OnlineMAS, learner_defaults
 
 __all__ = ["MASAutoencoder", "MASClassifier"]
 
 #: The learner's defaults (chosen with ``streammas evaluate``, see the README's results): the estimators take
 #: theirs from here, so that the two cannot drift apart.
-_DEFAULTS = {name: p.default for name, p in inspect.signature(OnlineMAS.__init__).parameters.items()}
+_DEFAULTS = learner_defaults()
 
 
 def _as_float(name: Hashable, value: Any) -> float:

@@ -17,7 +17,8 @@ from streammas.service import Service
 def _config(tmp_path, **sections):
     raw = {
         "source": {"uri": f"npy:{tmp_path / 'x.npy'}", "batch_size": 32},
-        "learner": {"lr": 0.05, "consolidate_at": "plateau", "plateau": {"window": 10, "patience": 10, "progress_steps": 20}},
+        "learner": {"lr": 0.05, "consolidate_at": "plateau",
+                    "plateau": {"window": 10, "patience": 10, "progress_steps": 20}},
         "state": {"dir": str(tmp_path / "state"), "every_samples": 2000},
         "log": {"status_every_seconds": 0.0},
     }
