@@ -152,11 +152,13 @@ class LearnerConfig:
     ema_alpha: float | None = _spec(None, help="weight of a new regime with consolidation = \"ema\"",
                                     check=_positive)
     omega_normalization: str | None = _spec(None, help="rescaling of a regime's importance",
-                                            choices=("mean", "max", "none"))
+                                            choices=("mean", "max", "tensor", "none"))
     consolidate_at: str | None = _spec(None, help="consolidate at the plateau or at the next peak",
                                        choices=("plateau", "peak"))
     steps_per_batch: int | None = _spec(None, help="optimisation steps per batch", check=_positive)
     sync_every: int | None = _spec(None, help="the learner reads device values every this many steps",
+                                   check=_positive)
+    prox_every: int | None = _spec(None, help="apply the regulariser's proximal step every this many steps",
                                    check=_positive)
     on_bad_input: str = _spec("skip", help="skip (and count) or raise on bad samples", choices=("skip", "raise"))
     device: str = _spec("auto", help="auto (cuda when there is one), cpu, cuda, cuda:1")

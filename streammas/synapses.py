@@ -129,7 +129,7 @@ class Synapses:
         self,
         reg_lambda: float,
         lr: float,
-        gate: torch.Tensor | None = None,
+        steps: float | torch.Tensor = 1.0,
         indices: list[int] | None = None,
         workspace: list[torch.Tensor] | None = None,
     ) -> None:
@@ -138,8 +138,9 @@ class Synapses:
 
         It moves each parameter a fraction ``c / (1 + c) < 1`` of the way to its anchor, so it is stable
         for any lambda (a gradient step on the penalty diverges once ``2 lr lambda max Omega > 2``).
-        ``gate`` (a 0-d device tensor, 1 or 0) lets a skipped update skip this step too without a host sync
-        (``c`` becomes 0 and theta is left bit for bit as it was);
+        ``steps`` multiplies the step size: one proximal step for that many optimizer steps (the learner's
+        ``prox_every``); as a 0-d device tensor it lets a skipped update skip this step too, without a host
+        sync (0 leaves theta bit for bit as it was).
         ``indices`` restricts the step to some parameters (an optimizer's parameter group and its lr).
         ``workspace``: tensors shaped like those parameters that may be overwritten (the gradients, dead after
         the optimizer step), so that the step allocates nothing: five in-place passes, no temporaries.
@@ -149,9 +150,7 @@ class Synapses:
         omega, anchor, params = self.omega, self.anchor, self.params
         if indices is not None:
             omega, anchor, params = ([seq[i] for i in indices] for seq in (omega, anchor, params))
-        scale = 2.0 * lr * reg_lambda
-        if gate is not None:
-            scale = gate * scale
+        scale = steps * (2.0 * lr * reg_lambda)
         if workspace is None:
             c = torch._foreach_mul(omega, scale)
         else:

@@ -122,6 +122,20 @@ def test_plateau_keys_are_detector_settings():
     assert {f.name for f in dataclasses.fields(PlateauSection)} == {f.name for f in dataclasses.fields(PlateauConfig)}
 
 
+def test_learner_keys_are_learner_settings():
+    """The [learner] table knows every OnlineMAS setting that makes sense in a file, with the same choices."""
+    from streammas.config import LearnerConfig
+    from streammas.learner import learner_defaults
+    from streammas.synapses import NORMALIZATIONS
+
+    service_only = {"device", "threads", "seed"}
+    in_python_only = {"callback", "max_events", "device"}  # [learner] device is the service's own key
+    keys = {f.name for f in dataclasses.fields(LearnerConfig)} - service_only
+    assert keys == set(learner_defaults()) - in_python_only
+    field = next(f for f in dataclasses.fields(LearnerConfig) if f.name == "omega_normalization")
+    assert tuple(field.metadata["choices"]) == NORMALIZATIONS
+
+
 def test_schema_description_lists_every_key():
     text = describe_schema()
     for name, cls in SECTIONS.items():

@@ -19,10 +19,9 @@ import sys
 import torch
 
 from streammas.bench import timing
+from streammas.bench.step import LR  # the step benchmark's, for the per-variant peaks
 
 TOLERANCE = 0.05
-LR = 0.01  # the step benchmark's, for the per-variant peaks
-STREAM_LR = 0.1  # the long stream's: its regimes are learned, so plateaus, peaks and consolidations happen
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +126,7 @@ def stream(args: argparse.Namespace, env: dict) -> dict:
     samples = args.samples if not (args.quick and args.samples == 1_000_000) else 50_000
     steps = max(1, samples // args.batch)
     model = timing.make_model(args.model, args.device, args.seed)
-    learner = OnlineMAS(model, lr=STREAM_LR)
+    learner = OnlineMAS(model)  # the defaults: plateaus, peaks and consolidations happen
     pools = _regime_batches(args.model, args.batch, args.regimes, args.device, args.seed + 1)
     every = max(1, steps // args.checkpoints)
     per_regime = -(-steps // args.regimes)
@@ -166,7 +165,7 @@ def stream(args: argparse.Namespace, env: dict) -> dict:
 
 def report(result: dict) -> str:
     r = result["stream"]
-    lines = [f"streammas bench memory: {r['samples']:,} samples through OnlineMAS (defaults, lr {STREAM_LR}), "
+    lines = [f"streammas bench memory: {r['samples']:,} samples through OnlineMAS (defaults), "
              f"{r['model_label']}, batch {r['batch']}, {result['regimes']} regimes",
              *timing.describe(result["env"])[:2], ""]
     rows = []

@@ -20,9 +20,9 @@ import sys
 import torch
 
 from streammas.bench import timing
-from streammas.learner import OnlineMAS
+from streammas.learner import OnlineMAS, learner_defaults
 
-LR = 0.01
+LR = learner_defaults()["lr"]  # the learner's; the baseline takes the same step size
 TARGETS = {"every": 1.5, "defaults": 1.15}
 STATE_TARGET = 3.0
 
@@ -34,9 +34,10 @@ VARIANTS: dict[str, tuple[str, dict, bool, bool]] = {
 #: Where the time goes, measured unless --quick.
 BREAKDOWN: dict[str, tuple[str, dict, bool, bool]] = {
     "every_separate": ("  importance every batch, separate eval forward", {"importance_every": 1}, False, True),
+    "prox_each": ("  defaults, proximal step on every update", {"prox_every": 1}, True, True),
     "defaults_fresh": ("  defaults, before the first consolidation", {}, True, False),
     "no_reg": ("  no regulariser (no importance, no proximal step)", {"reg_lambda": 0.0}, True, False),
-    "bare": ("  no regulariser, no hard buffer", {"reg_lambda": 0.0, "hard_buffer": 0}, True, False),
+    "buffer": ("  defaults with a hard buffer of 16", {"hard_buffer": 16}, True, True),
 }
 
 

@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--out", default="evaluation-results", help="output folder (default: evaluation-results)")
     parser.add_argument("--benchmarks", type=_csv(tuple(BENCHMARKS)), default=DEFAULT_BENCHMARKS,
-                        help=f"comma-separated, from {', '.join(BENCHMARKS)} (default: the first three)")
-    parser.add_argument("--lengths", type=_csv(tuple(LENGTHS)), default=tuple(LENGTHS), help="long, short or both")
+                        help=f"comma-separated, from {', '.join(BENCHMARKS)} (default: all of them)")
+    parser.add_argument("--lengths", type=_csv(tuple(LENGTHS)), default=tuple(LENGTHS),
+                        help="comma-separated: long, short, or long,short (default: both)")
     parser.add_argument("--methods", type=_csv(METHODS), default=METHODS,
                         help=f"comma-separated subset of {', '.join(METHODS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
