@@ -51,8 +51,9 @@ def main() -> None:
         print(f"segment {segment + 1}: regime {'ABC'[r]}, last batch's mean score {scores.mean().item():.4f}, "
               f"consolidations so far {learner.consolidations}")
     learner.flush()
+    per_segment = BATCH * STEPS_PER_SEGMENT
     for e in events:
-        print(f"consolidated after {e.samples_seen:,} samples (segment {e.samples_seen // (BATCH * STEPS_PER_SEGMENT) + 1})")
+        print(f"consolidated after {e.samples_seen:,} samples (segment {e.samples_seen // per_segment + 1})")
 
     print("\nmean reconstruction error per regime at the end (lower is better)")
     for r, p in enumerate(protos):
