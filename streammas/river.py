@@ -93,6 +93,14 @@ class _MASEstimator:
         kwargs.update(dict(self.learner_params or {}))
         return kwargs
 
+    def _set_shared(self, lr, reg_lambda, hard_buffer, batch_size, optimizer, plateau, learner_params, seed) -> None:
+        """The parameters both estimators take (river reads them back by name, for ``clone``)."""
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.lr, self.reg_lambda, self.hard_buffer, self.batch_size = lr, reg_lambda, hard_buffer, batch_size
+        self.optimizer, self.plateau, self.learner_params, self.seed = optimizer, plateau, learner_params, seed
+        self._init_state()
+
     def _init_state(self) -> None:
         self.features_: list[Hashable] | None = None
         self.learner_ = None
@@ -242,17 +250,7 @@ class MASAutoencoder(_MASEstimator, base.AnomalyDetector):
     ) -> None:
         self.hidden = hidden
         self.latent = latent
-        self.lr = lr
-        self.reg_lambda = reg_lambda
-        self.hard_buffer = hard_buffer
-        self.batch_size = batch_size
-        self.optimizer = optimizer
-        self.plateau = plateau
-        self.learner_params = learner_params
-        self.seed = seed
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self._init_state()
+        self._set_shared(lr, reg_lambda, hard_buffer, batch_size, optimizer, plateau, learner_params, seed)
 
     def _make_model(self, n_features: int):
         from streammas.models import MLPAutoencoder, autoencoder_sizes
@@ -342,19 +340,9 @@ class MASClassifier(_MASEstimator, base.MiniBatchClassifier):
     ) -> None:
         self.hidden = hidden
         self.max_classes = max_classes
-        self.lr = lr
-        self.reg_lambda = reg_lambda
-        self.hard_buffer = hard_buffer
-        self.batch_size = batch_size
-        self.optimizer = optimizer
-        self.plateau = plateau
-        self.learner_params = learner_params
-        self.seed = seed
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if int(max_classes) < 2:
             raise ValueError(f"max_classes must be at least 2, got {max_classes}")
-        self._init_state()
+        self._set_shared(lr, reg_lambda, hard_buffer, batch_size, optimizer, plateau, learner_params, seed)
         self.classes_: list[Hashable] = []
 
     @property

@@ -157,7 +157,12 @@ def test_quick_numbers_are_sane(quick):
     _, results = quick
     for run in results["runs"]:
         finals = np.asarray(run["final"], dtype=float)
-        if run["kind"] == "reconstruction":
+        if run["kind"] == "reconstruction" and "segments" in run["benchmark"]:
+            # standardised features: an error above 1 is possible; online SGD with a hard buffer can diverge
+            # there (the reason the default has none), and the other methods must not
+            assert np.all(finals[np.isfinite(finals)] > 0)
+            assert run["method"] == "buffer" or run["method"] == "streammas-buffer" or np.all(np.isfinite(finals))
+        elif run["kind"] == "reconstruction":  # pixels and prototypes in [0, 1]
             assert np.all(finals > 0) and np.all(finals < 1)
         else:
             assert np.all(finals >= 0) and np.all(finals <= 1)
