@@ -6,8 +6,8 @@ anomalies (a quarter of their pixels scrambled). Every detector scores each samp
 (test-then-train) and is measured with river's ROC AUC, over the whole stream and on the returning regime,
 where a detector that forgot the first regime raises false alarms on all of it.
 
-    python examples/river_anomaly.py            # about 15 seconds on one core
-    python examples/river_anomaly.py --passes 1 # the short version
+    python examples/river_anomaly.py            # about 40 seconds on one core
+    python examples/river_anomaly.py --passes 1 # the short version (about 15 seconds)
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class PlateauConfig:
     patience: int = 20
     progress_steps: int = 50
     progress_share: float = 0.1
-    peak_rise: float = 0.5
+    peak_rise: float = 0.35
     peak_z: float = 3.5
     peak_persist: int = 3
     level_steps: int = 50
