@@ -89,10 +89,11 @@ class OnlineMAS:
         rule that needs no backward pass.
     importance_output: name of the submodule whose output sensitivity is measured (``None``: the model's).
     consolidation: ``"mean"``, ``"sum"`` or ``"ema"``: how each regime's importance enters Omega.
-    omega_normalization: ``"mean"``, ``"max"`` or ``"none"``: rescaling of a regime's importance.
-    consolidate_at: ``"plateau"`` consolidates when a plateau is detected; ``"peak"`` (the default) lets theta*
-        follow the weights while the plateau holds and merges the regime's importance into Omega when the next
-        peak arrives, so that what is anchored is the end of a regime, not a half-learned model.
+    omega_normalization: ``"mean"``, ``"max"``, ``"tensor"`` or ``"none"``: rescaling of a regime's importance
+        (see :class:`~streammas.synapses.Synapses`).
+    consolidate_at: ``"plateau"`` consolidates when a plateau is detected; ``"peak"`` (the default) keeps a copy
+        of the weights, refreshed while the plateau holds, and when the next peak arrives merges the regime's
+        importance into Omega and anchors theta* at that copy: the end of the regime, not a half-learned model.
     plateau: a :class:`~streammas.plateau.PlateauConfig`, a dict of its fields, or a detector object with
         ``update(value) -> "plateau" | "peak" | "hold" | None`` (for example ``RiverDriftDetector``).
     steps_per_batch: optimisation steps on each batch.
@@ -423,7 +424,7 @@ class OnlineMAS:
             p.grad = None
 
     def _settle_regulariser(self) -> None:
-        """Apply the proximal steps still owed (before Omega and theta* change, or the state is saved)."""
+        """Apply the proximal steps still owed, before Omega and theta* change."""
         if self.synapses.consolidations and self.reg_lambda and self._prox_due:
             self._proximal(self._prox_owed, [None] * len(self.synapses.params))
         self._prox_owed, self._prox_due = 0, 0

@@ -22,8 +22,8 @@ class Synapses:
     ``consolidation`` chooses how each regime's importance enters Omega: ``"mean"`` (the cumulative mean
     over the consolidations so far), ``"sum"``, or ``"ema"`` (exponential averaging with ``ema_alpha``).
     ``normalization`` rescales a regime's importance before it enters Omega (``"mean"``: its mean over all
-    parameters becomes 1; ``"max"``: its maximum becomes 1), so that lambda means the same thing whatever
-    the size of the model's output.
+    parameters becomes 1; ``"max"``: its maximum becomes 1; ``"tensor"``: each parameter tensor's mean becomes
+    1), so that lambda means the same thing whatever the size of the model's output.
 
     >>> w = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
     >>> syn = Synapses([("w", w)], normalization="none")
