@@ -266,8 +266,14 @@ class OnlineMAS:
             return self._reject(xt, yt, torch.zeros(batch, dtype=torch.bool),
                                 f"samples have shape {shape}, the stream's samples have shape {self.sample_shape}")
         finite = self._finite_rows(xt.reshape(batch, -1))
+        if finite is None and (yt is None or not yt.is_floating_point()):  # the common case: nothing to look at
+            if self.sample_shape is None:
+                self.sample_shape = shape
+            return self._to_device(xt), self._labels(yt), None
+        if finite is None:
+            finite = torch.ones(batch, dtype=torch.bool, device=xt.device)
         if yt is not None and yt.is_floating_point():
-            finite &= torch.isfinite(yt)
+            finite &= torch.isfinite(yt.to(finite.device))
         ok = torch.tensor(host_read(finite), dtype=torch.bool) if xt.device.type != "cpu" else finite
         if self.sample_shape is None and bool(ok.any()):
             self.sample_shape = shape
@@ -284,14 +290,16 @@ class OnlineMAS:
         return xt.to(self.device, dtype)
 
     @staticmethod
-    def _finite_rows(rows: torch.Tensor) -> torch.Tensor:
-        """Which rows hold only finite numbers (once cast to float32, as the model will see them)."""
-        if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float16, torch.bfloat16):
-            # A row's sum is finite only if every element is; a non-finite sum may also be an overflow of
-            # finite values, so then (rarely) the exact test decides. One reduction instead of a mask.
-            finite = torch.isfinite(rows.sum(dim=1))
-            if bool(finite.all()):
-                return finite
+    def _finite_rows(rows: torch.Tensor) -> torch.Tensor | None:
+        """Which rows hold only finite numbers (once cast to float32, as the model will see them); ``None``
+        when they all do, as far as host-side input can tell at the price of one reduction."""
+        if rows.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool):
+            return None
+        # The sum is finite only if every element is; a non-finite sum may also be an overflow of finite values,
+        # so then (rarely) the exact test decides. One reduction instead of a mask.
+        if (rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float16, torch.bfloat16)
+                and math.isfinite(float(rows.sum(dtype=torch.float32)))):
+            return None
         return torch.isfinite(rows.float()).all(dim=1)
 
     def _labels(self, yt: torch.Tensor | None) -> torch.Tensor | None:
