@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from streammas.buffer import HardBuffer
+from streammas.fused import FusedChain
 from streammas.hostsync import host_read
 from streammas.importance import METHODS, SensitivityProbe, hebbian_importance, output_sensitivity
 from streammas.objectives import Objective, resolve_objective
@@ -100,6 +101,9 @@ class OnlineMAS:
     sync_every: the host reads device values (loss window, counters) once every this many steps.
     prox_every: apply the regulariser's proximal step once every this many steps, for all of them: as stable,
         that many times cheaper, and with 16 the evaluation's results are those of one step per update.
+    fused_step: where the model is a chain of linear layers and activations trained by plain SGD on the
+        reconstruction error, take the hand-derived step of :class:`~streammas.fused.FusedChain` (autograd's
+        numbers up to rounding, with the importance in the same backward pass); ``False``: always autograd.
     on_bad_input: ``"raise"`` a ValueError naming the bad samples, or ``"skip"`` them (counted).
     callback: called with each :class:`Event`.
     device: where the model and all learner state live (``None``: the model's device).
@@ -138,6 +142,7 @@ class OnlineMAS:
         steps_per_batch: int = 1,
         sync_every: int = 16,
         prox_every: int = 16,
+        fused_step: bool = True,
         on_bad_input: str = "raise",
         callback: Callable[[Event], None] | None = None,
         device: str | torch.device | None = None,
@@ -194,6 +199,10 @@ class OnlineMAS:
         self._probe = (SensitivityProbe(model, output=importance_output, hebbian=importance_method == "hebbian")
                        if importance_method in ("auto", "fast", "hebbian") else None)
         self._share_forward = True
+        self._fused = FusedChain.build(model, self.objective, self.optimizer) if fused_step else None
+        if self._fused is not None:
+            position = {id(p): i for i, p in enumerate(self.synapses.params)}
+            self._fused_index = [position[id(p)] for p in self._fused.parameters()]
         self.buffer = HardBuffer(hard_buffer)
         if plateau is None or isinstance(plateau, (PlateauConfig, Mapping)):
             self.detector = PlateauDetector(plateau)
@@ -364,6 +373,9 @@ class OnlineMAS:
         scores = score_mean = None
         measured = False
         share = measure and self._share_forward and self._probe is not None and self._probe.shares_forward()
+        if self._fused is not None and self._fused.applicable(x_all):
+            return self._fused_update(xb, x_all, y_all, share and self.importance_output is None
+                                      and self.importance_method != "hebbian")
         for step in range(self.steps_per_batch):
             capture = share and step == self.steps_per_batch - 1
             if capture:  # the probe's hooks exist only for this forward pass
@@ -387,6 +399,28 @@ class OnlineMAS:
             loss.backward()
             self._step(finite)
         self.buffer.update(x_all, y_all, losses.detach())
+        return scores, score_mean, measured
+
+    def _fused_update(self, xb: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor | None,
+                      measure: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """:meth:`_update` by the hand-derived step; the importance, when asked for, comes from the last step."""
+        scores = score_mean = None
+        measured = False
+        for step in range(self.steps_per_batch):
+            fold = None
+            if measure and step == self.steps_per_batch - 1:
+                running = self.synapses.running
+                fold = ([running[i] for i in self._fused_index],
+                        functools.partial(self.synapses.fold_weight, xb.shape[0]))
+            result = self._fused.step(x_all, xb.shape[0], fold)
+            if scores is None:
+                scores = result.losses[: xb.shape[0]]
+                score_mean = result.mean if x_all is xb else scores.mean()
+            measured = measured or result.measured
+            self._skipped += ~result.finite
+            if self.synapses.consolidations and self.reg_lambda:
+                self._regularise(result.finite.to(self.dtype))
+        self.buffer.update(x_all, y_all, result.losses)
         return scores, score_mean, measured
 
     def _step(self, finite: torch.Tensor) -> None:

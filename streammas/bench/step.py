@@ -38,7 +38,12 @@ BREAKDOWN: dict[str, tuple[str, dict, bool, bool]] = {
     "defaults_fresh": ("  defaults, before the first consolidation", {}, True, False),
     "no_reg": ("  no regulariser (no importance, no proximal step)", {"reg_lambda": 0.0}, True, False),
     "buffer": ("  defaults with a hard buffer of 16", {"hard_buffer": 16}, True, True),
+    "every_autograd": ("  importance every batch, autograd step", {"importance_every": 1, "fused_step": False},
+                       True, True),
+    "defaults_autograd": ("  defaults, autograd step", {"fused_step": False}, True, True),
 }
+#: Variants that only differ where the model takes the hand-derived step (streammas.fused).
+FUSED_ONLY = ("every_autograd", "defaults_autograd")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +74,14 @@ def bench_case(kind: str, batch: int, args: argparse.Namespace, env: dict) -> di
     base = timing.make_model(kind, args.device, args.seed)
     batches = timing.stream_batches(kind, batch, 32, args.device, args.seed + 1)
     variants = {"sgd": timing.cycle(timing.plain_sgd_step(copy.deepcopy(base), LR), batches)}
+    if not (args.quick or args.no_breakdown):
+        floor = timing.plain_sgd_step(copy.deepcopy(base), LR, second_backward=True)
+        variants["sgd_floor"] = timing.cycle(floor, batches)
     learners: dict[str, OnlineMAS] = {}
+    fused = make_learner(copy.deepcopy(base), {}, True)._fused is not None
     for name, (_, settings, share, consolidate) in _variants(args).items():
+        if name in FUSED_ONLY and not fused:
+            continue
         learner = make_learner(copy.deepcopy(base), settings, share)
         for x in batches:  # warm-up: the buffer fills, the sample shape is known
             learner.learn_many(x)
@@ -83,7 +94,7 @@ def bench_case(kind: str, batch: int, args: argparse.Namespace, env: dict) -> di
     sync_every = learners["defaults"].sync_every
     # A learner's block is a whole number of sync periods, so that it pays its share of host reads.
     blocks = {name: timing.calibrate(fn, seconds=seconds, sync=sync, clock=env["clock"],
-                                     multiple=1 if name == "sgd" else sync_every)
+                                     multiple=1 if name.startswith("sgd") else sync_every)
               for name, fn in variants.items()}
     runs = timing.interleaved(variants, blocks, repeats=args.repeats, sync=sync, clock=env["clock"])
     med = {name: timing.median(r) for name, r in runs.items()}
@@ -109,6 +120,7 @@ def bench_case(kind: str, batch: int, args: argparse.Namespace, env: dict) -> di
         "state_target": {"max": STATE_TARGET, "met": state_ratio <= STATE_TARGET,
                          "met_while_plateau_holds": held_ratio <= STATE_TARGET},
         "consolidations": {name: learner.consolidations for name, learner in learners.items()},
+        "fused_step": fused,
     }
     if not args.no_memory and not args.quick:
         case["peak_memory"] = peak_memory(kind, batch, args)
@@ -131,11 +143,17 @@ def report(result: dict) -> str:
     env = result["env"]
     lines = ["streammas bench step: OnlineMAS.learn_many against a plain hand-written torch SGD step "
              f"(lr {LR}, same model, same data)", *timing.describe(env),
-             "learners consolidated once before timing (the regulariser runs every step), unless noted", ""]
+             "learners consolidated once before timing (the regulariser runs every step), unless noted"]
+    fused = sorted({c["model_label"] for c in result["cases"] if c["fused_step"]})
+    if fused:
+        lines.append(f"hand-derived step (streammas.fused, autograd's numbers up to rounding): {', '.join(fused)}; "
+                     "the other models: autograd")
+    lines.append("")
     rows = []
     for c in result["cases"]:
         sec, ratio = c["seconds_per_step"], c["vs_sgd"]
         labels = {"sgd": "plain SGD step (baseline)",
+                  "sgd_floor": "  plain SGD step + a second backward (a floor for exact importance)",
                   **{n: v[0] for n, v in {**VARIANTS, **BREAKDOWN}.items()}}
         peaks = c.get("peak_memory", {})
         for name in sec:

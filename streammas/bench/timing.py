@@ -253,15 +253,25 @@ def stream_batches(kind: str, batch: int, count: int, device: str, seed: int = 0
     return [b.pin_memory() for b in batches] if device == "cuda" else batches
 
 
-def plain_sgd_step(model: torch.nn.Module, lr: float) -> Callable[[torch.Tensor], torch.Tensor]:
+def plain_sgd_step(model: torch.nn.Module, lr: float, *,
+                   second_backward: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """The baseline: a hand-written online SGD step on the per-sample reconstruction error (the batch is moved
-    to the model's device first, as the learner does)."""
+    to the model's device first, as the learner does).
+
+    ``second_backward``: also one more backward pass through the same graph, from another output gradient (that
+    of ``sum_k ||F(x_k)||^2``), to every parameter. Exact importance needs at least that much more work (the
+    deltas of its own seed, and one weight-shaped product per layer), so this variant is a floor for it.
+    """
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    device = next(model.parameters()).device
+    params = list(model.parameters())
+    device = params[0].device
 
     def step(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device, non_blocking=True)
-        losses = (model(x) - x).pow(2).reshape(x.shape[0], -1).mean(dim=1)
+        out = model(x)
+        losses = (out - x).pow(2).reshape(x.shape[0], -1).mean(dim=1)
+        if second_backward:
+            torch.autograd.grad(out, params, grad_outputs=2.0 * out.detach(), retain_graph=True)
         opt.zero_grad(set_to_none=True)
         losses.mean().backward()
         opt.step()

@@ -1,0 +1,277 @@
+"""A hand-derived training step for models that are a chain of linear layers and elementwise activations.
+
+Autograd records a graph on every forward pass and replays it backwards, materialises every gradient, and
+leaves the update to an optimizer that reads them back. For a chain of ``nn.Linear`` layers and elementwise
+activations trained by plain SGD on the reconstruction error the backward pass is short enough to write out,
+and writing it out lets one step
+
+- update each weight in place with one ``addmm_``: the gradient is never stored;
+- carry the importance seed ``2 F(x)`` (DESIGN.md, step 3) through the same backward pass as the training
+  seed, stacked under it, so that both share each product with ``W``;
+- fold ``|Delta|^T |A| / B`` into the running importance with one more ``addmm_`` per layer.
+
+The numbers are autograd's up to float rounding (``tests/test_fused.py`` compares them step by step). How a
+model is read as a chain is a registry keyed by module type (:func:`register_chain`), and so is the
+derivative of each activation (:func:`register_activation`); anything else keeps the autograd step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from streammas.models import MLPAutoencoder
+from streammas.objectives import reconstruction
+
+#: activation type -> derivative from the activation's output (the forward's own tensor, no recomputation)
+ACTIVATIONS: dict[type[nn.Module], Callable[[nn.Module, torch.Tensor], torch.Tensor | None]] = {}
+#: container type -> (its modules in order, or None; whether it flattens each sample and restores its shape)
+CHAINS: dict[type[nn.Module], Callable[[nn.Module], tuple[list[nn.Module], bool] | None]] = {}
+
+
+def register_activation(*types: type[nn.Module]):
+    """Register ``derivative(module, output) -> tensor | None`` (``None``: the identity) for activation types."""
+
+    def decorate(rule):
+        for t in types:
+            ACTIVATIONS[t] = rule
+        return rule
+
+    return decorate
+
+
+def register_chain(*types: type[nn.Module]):
+    """Register ``chain(module) -> (modules, flattens) | None`` for container types."""
+
+    def decorate(rule):
+        for t in types:
+            CHAINS[t] = rule
+        return rule
+
+    return decorate
+
+
+@register_activation(nn.ReLU)
+def _relu(module: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    return out > 0
+
+
+@register_activation(nn.LeakyReLU)
+def _leaky_relu(module: nn.LeakyReLU, out: torch.Tensor) -> torch.Tensor | None:
+    if module.negative_slope < 0:  # the sign of the output no longer tells the side
+        raise _Unsupported
+    return torch.where(out > 0, 1.0, module.negative_slope).to(out.dtype)
+
+
+@register_activation(nn.Tanh)
+def _tanh(module: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    return 1.0 - out * out
+
+
+@register_activation(nn.Sigmoid)
+def _sigmoid(module: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    return out * (1.0 - out)
+
+
+@register_activation(nn.Identity)
+def _identity(module: nn.Module, out: torch.Tensor) -> None:
+    return None
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _modules_of(container: nn.Module) -> list[nn.Module]:
+    out: list[nn.Module] = []
+    for child in container.children():
+        if type(child) is nn.Sequential:
+            out += _modules_of(child)
+        elif isinstance(child, nn.Linear) or type(child) in ACTIVATIONS:
+            out.append(child)
+        else:
+            raise _Unsupported
+    return out
+
+
+@register_chain(nn.Sequential)
+def _sequential(model: nn.Sequential) -> tuple[list[nn.Module], bool]:
+    return _modules_of(model), False
+
+
+@register_chain(MLPAutoencoder)
+def _mlp_autoencoder(model: MLPAutoencoder) -> tuple[list[nn.Module], bool]:
+    return _modules_of(model.encoder) + _modules_of(model.decoder), True
+
+
+@dataclass
+class FusedResult:
+    """One step's per-sample losses (all rows, detached) and their mean, whether that mean was finite (a device
+    tensor: the update was applied), and whether the first rows' importance was folded into the running one."""
+
+    losses: torch.Tensor
+    mean: torch.Tensor
+    finite: torch.Tensor
+    measured: bool
+
+
+class FusedChain:
+    """The hand-derived step of a chain model, or ``None`` from :meth:`build` where it does not apply.
+
+    It applies to a model that the :data:`CHAINS` registry reads as linear layers and registered activations,
+    whose parameters are all trained, with the built-in reconstruction objective and a plain SGD optimizer (no
+    momentum, weight decay, Nesterov or maximisation). The update is skipped, without a host sync, when the
+    loss is not finite.
+
+    >>> torch.manual_seed(0) and None
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> step = FusedChain.build(model, reconstruction, optimizer)
+    >>> x = torch.rand(16, 4)
+    >>> first = step.step(x, x.shape[0]).losses.mean()
+    >>> for _ in range(100):
+    ...     result = step.step(x, x.shape[0])
+    >>> bool(result.losses.mean() < first), bool(result.finite)
+    (True, True)
+    """
+
+    def __init__(self, model: nn.Module, modules: list[nn.Module], flattens: bool,
+                 lr_of: list[Callable[[], float]]) -> None:
+        self.model = model
+        self.modules = modules
+        self.flattens = flattens
+        self._lr_of = lr_of  # per linear layer
+        self.linears = [m for m in modules if isinstance(m, nn.Linear)]
+
+    @classmethod
+    def build(cls, model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer) -> FusedChain | None:
+        rule = CHAINS.get(type(model))
+        if rule is None or objective is not reconstruction or type(optimizer) is not torch.optim.SGD:
+            return None
+        try:
+            found = rule(model)
+        except _Unsupported:
+            return None
+        if found is None:
+            return None
+        modules, flattens = found
+        linears = [m for m in modules if isinstance(m, nn.Linear)]
+        if not linears or len({id(m) for m in linears}) != len(linears):
+            return None
+        chain_params = [p for m in linears for p in (m.weight, m.bias) if p is not None]
+        if {id(p) for p in chain_params} != {id(p) for p in model.parameters()}:
+            return None  # parameters outside the chain, or a weight shared between layers
+        if not all(p.requires_grad and not p.is_sparse for p in chain_params):
+            return None
+        group_of: dict[int, dict] = {}
+        for group in optimizer.param_groups:
+            if (group.get("momentum", 0) or group.get("weight_decay", 0) or group.get("nesterov")
+                    or group.get("maximize") or group.get("differentiable")):
+                return None
+            for p in group["params"]:
+                group_of[id(p)] = group
+        lr_of = []
+        for m in linears:
+            groups = {id(group_of.get(id(p))) for p in (m.weight, m.bias) if p is not None}
+            group = group_of.get(id(m.weight))
+            if group is None or len(groups) != 1:
+                return None
+            lr_of.append(lambda g=group: float(g["lr"]))
+        return cls(model, modules, flattens, lr_of)
+
+    def applicable(self, x: torch.Tensor) -> bool:
+        """Whether this step computes what ``model(x)`` would: no hook on any module, and a batch the chain takes
+        as it is (a bare ``Sequential`` takes ``[B, features]`` only)."""
+        if not self.flattens and x.dim() != 2:
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in self.modules)
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, batch: int,
+             fold: tuple[Sequence[torch.Tensor], Callable[[], float]] | None = None) -> FusedResult:
+        """One SGD step on all rows of ``x``; with ``fold = (running, weight)``, also fold the importance of the
+        first ``batch`` rows, measured before the update, into ``running`` (aligned with :meth:`parameters`)
+        with ``running += (mean - running) * weight()``."""
+        rows = x.shape[0]
+        a = x.reshape(rows, -1) if self.flattens else x
+        inputs: list[torch.Tensor] = []  # each linear layer's input
+        trail: list[tuple[nn.Module, torch.Tensor]] = []  # (module, its output), in forward order
+        for m in self.modules:
+            if isinstance(m, nn.Linear):
+                inputs.append(a)
+                a = F.linear(a, m.weight, m.bias)
+            else:
+                a = m(a)
+            trail.append((m, a))
+        out = a
+        diff = out - (x.reshape(rows, -1) if self.flattens else x)
+        losses = diff.pow(2).mean(dim=1)
+        mean = losses.mean()
+        finite = torch.isfinite(mean)
+        # A non-finite loss must leave the model untouched: a zero seed and zeroed activations make every product
+        # below exactly zero (0 * inf would be NaN).
+        seed = torch.where(finite, diff.mul_(2.0 / diff.numel()), 0.0)
+        measure = fold is not None
+        if measure:
+            seed = torch.cat([seed, torch.where(finite, out[:batch] * 2.0, 0.0)])
+        safe: dict[int, torch.Tensor] = {id(inputs[0]): inputs[0]}  # the input was validated finite
+
+        def gated(t: torch.Tensor) -> torch.Tensor:
+            if id(t) not in safe:
+                safe[id(t)] = torch.where(finite, t, 0.0)
+            return safe[id(t)]
+
+        deltas: list[torch.Tensor] = []
+        d = seed
+        linear_index = len(self.linears)
+        for i in range(len(trail) - 1, -1, -1):
+            m, _ = trail[i]
+            if isinstance(m, nn.Linear):
+                linear_index -= 1
+                deltas.append(d)
+                if linear_index > 0:
+                    d = d @ m.weight
+            else:
+                derivative = ACTIVATIONS[type(m)](m, gated(trail[i][1]))
+                if derivative is not None:
+                    d = _times(d, derivative, rows, batch, measure)
+        deltas.reverse()
+        weight = float(fold[1]()) if measure else 0.0
+        targets = iter(fold[0]) if measure else None
+        for layer, a_in, d, lr_of in zip(self.linears, inputs, deltas, self._lr_of):
+            a_in = gated(a_in)
+            lr = lr_of()
+            train = d[:rows]
+            if measure:  # before the update: the importance is the one of the weights the batch was scored on
+                imp = d[rows:].abs()
+                w_target = next(targets)
+                w_target.addmm_(imp.t(), a_in[:batch].abs(), beta=1.0 - weight, alpha=weight / batch)
+                if layer.bias is not None:
+                    b_target = next(targets)
+                    b_target.lerp_(imp.mean(dim=0), weight)
+            layer.weight.addmm_(train.t(), a_in, alpha=-lr)
+            if layer.bias is not None:
+                layer.bias.add_(train.sum(dim=0), alpha=-lr)
+        return FusedResult(losses, mean, finite, measure)
+
+    def parameters(self) -> Iterable[nn.Parameter]:
+        """The chain's parameters in the order :meth:`step` folds their importance: weight, then bias, by layer."""
+        for m in self.linears:
+            yield m.weight
+            if m.bias is not None:
+                yield m.bias
+
+
+def _times(d: torch.Tensor, derivative: torch.Tensor, rows: int, batch: int, stacked: bool) -> torch.Tensor:
+    """``d * derivative`` where ``d`` may be the training rows with the importance rows (the first ``batch``
+    samples again) stacked under them."""
+    if not stacked:
+        return d * derivative
+    out = torch.empty_like(d)
+    torch.mul(d[:rows], derivative, out=out[:rows])
+    torch.mul(d[rows:], derivative[:batch], out=out[rows:])
+    return out

@@ -1,0 +1,135 @@
+"""The hand-derived step (streammas.fused) against autograd: same updates, same importance, same skipped steps,
+and the autograd step wherever the hand-derived one does not apply."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from streammas import OnlineMAS
+from streammas.fused import FusedChain
+from streammas.importance import output_sensitivity
+from streammas.models import ConvAutoencoder, MLPAutoencoder
+from streammas.objectives import reconstruction
+
+
+def _chains():
+    return {
+        "mlp-autoencoder": lambda: MLPAutoencoder(12, hidden=(24,), latent=4),
+        "tanh-sigmoid": lambda: nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Sequential(nn.Linear(16, 6),
+                                              nn.Sigmoid()), nn.Linear(6, 12, bias=False)),
+        "leaky-identity": lambda: nn.Sequential(nn.Linear(12, 10), nn.LeakyReLU(0.1), nn.Identity(),
+                                                nn.Linear(10, 12)),
+    }
+
+
+def _pair(make, **settings):
+    torch.manual_seed(0)
+    model = make()
+    fused = OnlineMAS(copy.deepcopy(model), fused_step=True, **settings)
+    reference = OnlineMAS(copy.deepcopy(model), fused_step=False, **settings)
+    assert fused._fused is not None and reference._fused is None
+    return fused, reference
+
+
+def _close(a, b, tol=2e-5):
+    return all(torch.allclose(p, q, rtol=tol, atol=tol) for p, q in zip(a, b))
+
+
+@pytest.mark.parametrize("settings", [
+    {"importance_every": 1, "prox_every": 1},
+    {"hard_buffer": 6},
+    {"steps_per_batch": 2, "importance_every": 3},
+    {},
+], ids=["every-batch", "buffer", "two-steps", "defaults"])
+@pytest.mark.parametrize("name", list(_chains()))
+def test_it_follows_the_autograd_step(name, settings):
+    fused, reference = _pair(_chains()[name], **settings)
+    data = torch.rand(400, 12, generator=torch.Generator().manual_seed(1))
+    for i in range(150):
+        x = data[(i * 8) % 400:][:8]
+        assert torch.allclose(fused.learn_many(x), reference.learn_many(x), rtol=1e-5, atol=1e-6)
+        if i == 60:  # the regulariser (the proximal step) runs from here on
+            fused.consolidate()
+            reference.consolidate()
+    assert fused.synapses.running_count == reference.synapses.running_count > 0
+    assert _close(fused.model.parameters(), reference.model.parameters())
+    assert _close(fused.synapses.running, reference.synapses.running)
+    assert _close(fused.synapses.omega, reference.synapses.omega)
+    moved = [not torch.equal(p, q) for p, q in zip(fused.model.parameters(), fused.synapses.anchor)]
+    assert any(moved)  # it did learn after the consolidation
+
+
+@pytest.mark.parametrize("name", list(_chains()))
+def test_its_importance_is_the_exact_per_sample_importance(name):
+    torch.manual_seed(3)
+    model = _chains()[name]()
+    step = FusedChain.build(model, reconstruction, torch.optim.SGD(model.parameters(), lr=0.1))
+    x = torch.randn(7, 12)
+    expected = output_sensitivity(model, x, method="loop")  # measured before the step's update
+    running = [torch.full_like(p, 5.0) for p in step.parameters()]
+    result = step.step(torch.cat([x, torch.rand(3, 12)]), 7, (running, lambda: 1.0))  # 3 more rows: a buffer
+    assert result.measured
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p, got in zip(step.parameters(), running):
+        assert torch.allclose(got, expected[names[id(p)]], atol=1e-6), names[id(p)]
+
+
+def test_a_non_finite_loss_leaves_the_model_and_the_importance_as_they_were():
+    torch.manual_seed(4)
+    learner = OnlineMAS(MLPAutoencoder(12, hidden=(24,), latent=4), importance_every=1, sync_every=1)
+    data = torch.rand(64, 12)
+    for i in range(20):
+        learner.learn_many(data[i:i + 4])
+    learner.consolidate()
+    learner.learn_many(data[:4])
+    before = copy.deepcopy(learner.model.state_dict())
+    huge = data[:4] * 1e30  # finite samples whose squared error overflows
+    scores = learner.learn_many(huge)
+    assert not torch.isfinite(scores).all()
+    for name, value in learner.model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert all(torch.isfinite(r).all() for r in learner.synapses.running)
+    assert learner.counters["skipped_updates"] == 1
+    learner.learn_many(data[:4])  # and it goes on learning
+    assert any(not torch.equal(v, before[n]) for n, v in learner.model.state_dict().items())
+
+
+@pytest.mark.parametrize("case", ["conv", "adam", "momentum", "custom-objective", "frozen", "unknown-module"])
+def test_it_applies_only_where_it_computes_the_same_thing(case):
+    model = MLPAutoencoder(12, hidden=(24,), latent=4)
+    settings = {}
+    if case == "conv":
+        model = ConvAutoencoder(1, channels=(4, 8))
+    elif case == "adam":
+        settings["optimizer"] = "adam"
+    elif case == "momentum":
+        settings["optimizer"] = lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    elif case == "custom-objective":
+        settings["objective"] = lambda out, x, y: (out - x).abs().mean(dim=1)
+    elif case == "frozen":
+        model.encoder[0].bias.requires_grad_(False)
+    elif case == "unknown-module":
+        model = nn.Sequential(nn.Linear(12, 8), nn.GELU(), nn.Linear(8, 12))
+    assert OnlineMAS(model, **settings)._fused is None
+
+
+def test_a_hook_on_the_model_sends_the_step_through_autograd():
+    torch.manual_seed(5)
+    learner = OnlineMAS(MLPAutoencoder(12, hidden=(24,), latent=4))
+    assert learner._fused is not None
+    seen = []
+    handle = learner.model.encoder[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    learner.learn_many(torch.rand(5, 12))
+    assert seen == [5]  # the model's own forward ran, with its hook
+    handle.remove()
+    learner.learn_many(torch.rand(5, 12))
+    assert seen == [5]
+
+
+def test_a_bare_sequential_takes_only_flat_batches():
+    model = nn.Sequential(nn.Linear(4, 4))
+    step = FusedChain.build(model, reconstruction, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert step.applicable(torch.rand(3, 4))
+    assert not step.applicable(torch.rand(3, 2, 4))  # nn.Linear would act on the last dimension only
