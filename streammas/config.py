@@ -162,6 +162,8 @@ class LearnerConfig:
                                    check=_positive)
     fused_step: bool | None = _spec(None, help="the hand-derived step for chains of linear layers and activations "
                                     "(false: always autograd)")
+    compact_state: bool | None = _spec(None, help="keep Omega and a plateau's weights in bfloat16 (false: in the "
+                                       "parameters' dtype)")
     on_bad_input: str = _spec("skip", help="skip (and count) or raise on bad samples", choices=("skip", "raise"))
     device: str = _spec("auto", help="auto (cuda when there is one), cpu, cuda, cuda:1")
     threads: int = _spec(1, help="torch CPU threads (0: torch's default, one per core; micro-batches of a small "

@@ -88,10 +88,10 @@ class _Unsupported(Exception):
 
 def _modules_of(container: nn.Module) -> list[nn.Module]:
     out: list[nn.Module] = []
-    for child in container.children():
+    for child in container._modules.values():  # as Sequential.forward runs them: a module used twice appears twice
         if type(child) is nn.Sequential:
             out += _modules_of(child)
-        elif isinstance(child, nn.Linear) or type(child) in ACTIVATIONS:
+        elif type(child) is nn.Linear or type(child) in ACTIVATIONS:  # a subclass may have its own forward
             out.append(child)
         else:
             raise _Unsupported
@@ -119,6 +119,32 @@ class FusedResult:
     measured: bool
 
 
+def read_chain(model: nn.Module) -> tuple[list[nn.Module], bool] | None:
+    """The model as a chain: its modules in order and whether it flattens each sample (``None``: not a chain the
+    :data:`CHAINS` registry knows, or one with parameters outside its linear layers or shared between them)."""
+    rule = CHAINS.get(type(model))
+    if rule is None:
+        return None
+    try:
+        found = rule(model)
+    except _Unsupported:
+        return None
+    if found is None:
+        return None
+    modules, flattens = found
+    linears = [m for m in modules if isinstance(m, nn.Linear)]
+    if not linears or len({id(m) for m in linears}) != len(linears):
+        return None
+    chain_params = [p for m in linears for p in (m.weight, m.bias) if p is not None]
+    if len({id(p) for p in chain_params}) != len(chain_params):
+        return None
+    if {id(p) for p in chain_params} != {id(p) for p in model.parameters()}:
+        return None
+    if any(p.is_sparse for p in chain_params):
+        return None
+    return modules, flattens
+
+
 class FusedChain:
     """The hand-derived step of a chain model, or ``None`` from :meth:`build` where it does not apply.
 
@@ -140,7 +166,7 @@ class FusedChain:
     """
 
     def __init__(self, model: nn.Module, modules: list[nn.Module], flattens: bool,
-                 lr_of: list[Callable[[], float]]) -> None:
+                 lr_of: list[Callable[[], float]] | None = None) -> None:
         self.model = model
         self.modules = modules
         self.flattens = flattens
@@ -149,23 +175,14 @@ class FusedChain:
 
     @classmethod
     def build(cls, model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer) -> FusedChain | None:
-        rule = CHAINS.get(type(model))
-        if rule is None or objective is not reconstruction or type(optimizer) is not torch.optim.SGD:
+        if objective is not reconstruction or type(optimizer) is not torch.optim.SGD:
             return None
-        try:
-            found = rule(model)
-        except _Unsupported:
-            return None
+        found = read_chain(model)
         if found is None:
             return None
         modules, flattens = found
         linears = [m for m in modules if isinstance(m, nn.Linear)]
-        if not linears or len({id(m) for m in linears}) != len(linears):
-            return None
-        chain_params = [p for m in linears for p in (m.weight, m.bias) if p is not None]
-        if {id(p) for p in chain_params} != {id(p) for p in model.parameters()}:
-            return None  # parameters outside the chain, or a weight shared between layers
-        if not all(p.requires_grad and not p.is_sparse for p in chain_params):
+        if not all(p.requires_grad for p in model.parameters()):
             return None
         group_of: dict[int, dict] = {}
         for group in optimizer.param_groups:
@@ -184,11 +201,45 @@ class FusedChain:
         return cls(model, modules, flattens, lr_of)
 
     def applicable(self, x: torch.Tensor) -> bool:
-        """Whether this step computes what ``model(x)`` would: no hook on any module, and a batch the chain takes
+        """Whether this chain computes what ``model(x)`` would: no hook on any module, and a batch the chain takes
         as it is (a bare ``Sequential`` takes ``[B, features]`` only)."""
         if not self.flattens and x.dim() != 2:
             return False
         return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in self.modules)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The flat input, each linear layer's input, and each module's output (in forward order)."""
+        a = flat = x.reshape(x.shape[0], -1) if self.flattens else x
+        inputs: list[torch.Tensor] = []
+        outputs: list[torch.Tensor] = []
+        for m in self.modules:
+            if isinstance(m, nn.Linear):
+                inputs.append(a)
+                a = F.linear(a, m.weight, m.bias)
+            else:
+                a = m(a)
+            outputs.append(a)
+        return flat, inputs, outputs
+
+    def _backward(self, seed: torch.Tensor, outputs: list[torch.Tensor], rows: int, batch: int,
+                  stacked: bool, gated: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        """Each linear layer's output gradient (in forward order) from the output gradient ``seed``."""
+        deltas: list[torch.Tensor] = []
+        d = seed
+        linear_index = len(self.linears)
+        for i in range(len(self.modules) - 1, -1, -1):
+            m = self.modules[i]
+            if isinstance(m, nn.Linear):
+                linear_index -= 1
+                deltas.append(d)
+                if linear_index > 0:  # the network's input needs no gradient
+                    d = d @ m.weight
+            else:
+                derivative = ACTIVATIONS[type(m)](m, gated(outputs[i]))
+                if derivative is not None:
+                    d = _times(d, derivative, rows, batch, stacked)
+        deltas.reverse()
+        return deltas
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, batch: int,
@@ -197,18 +248,9 @@ class FusedChain:
         first ``batch`` rows, measured before the update, into ``running`` (aligned with :meth:`parameters`)
         with ``running += (mean - running) * weight()``."""
         rows = x.shape[0]
-        a = x.reshape(rows, -1) if self.flattens else x
-        inputs: list[torch.Tensor] = []  # each linear layer's input
-        trail: list[tuple[nn.Module, torch.Tensor]] = []  # (module, its output), in forward order
-        for m in self.modules:
-            if isinstance(m, nn.Linear):
-                inputs.append(a)
-                a = F.linear(a, m.weight, m.bias)
-            else:
-                a = m(a)
-            trail.append((m, a))
-        out = a
-        diff = out - (x.reshape(rows, -1) if self.flattens else x)
+        flat, inputs, outputs = self._forward(x)
+        out = outputs[-1]
+        diff = out - flat
         losses = diff.pow(2).mean(dim=1)
         mean = losses.mean()
         finite = torch.isfinite(mean)
@@ -218,28 +260,14 @@ class FusedChain:
         measure = fold is not None
         if measure:
             seed = torch.cat([seed, torch.where(finite, out[:batch] * 2.0, 0.0)])
-        safe: dict[int, torch.Tensor] = {id(inputs[0]): inputs[0]}  # the input was validated finite
+        safe: dict[int, torch.Tensor] = {id(flat): flat}  # the input was validated finite
 
         def gated(t: torch.Tensor) -> torch.Tensor:
             if id(t) not in safe:
                 safe[id(t)] = torch.where(finite, t, 0.0)
             return safe[id(t)]
 
-        deltas: list[torch.Tensor] = []
-        d = seed
-        linear_index = len(self.linears)
-        for i in range(len(trail) - 1, -1, -1):
-            m, _ = trail[i]
-            if isinstance(m, nn.Linear):
-                linear_index -= 1
-                deltas.append(d)
-                if linear_index > 0:
-                    d = d @ m.weight
-            else:
-                derivative = ACTIVATIONS[type(m)](m, gated(trail[i][1]))
-                if derivative is not None:
-                    d = _times(d, derivative, rows, batch, measure)
-        deltas.reverse()
+        deltas = self._backward(seed, outputs, rows, batch, measure, gated)
         weight = float(fold[1]()) if measure else 0.0
         targets = iter(fold[0]) if measure else None
         for layer, a_in, d, lr_of in zip(self.linears, inputs, deltas, self._lr_of):
@@ -258,12 +286,44 @@ class FusedChain:
                 layer.bias.add_(train.sum(dim=0), alpha=-lr)
         return FusedResult(losses, mean, finite, measure)
 
+    @torch.no_grad()
+    def importance(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The mean exact per-sample importance over ``x``, aligned with :meth:`parameters`; no update."""
+        _, inputs, outputs = self._forward(x)
+        deltas = self._backward(outputs[-1] * 2.0, outputs, x.shape[0], x.shape[0], False, lambda t: t)
+        result = []
+        for layer, a_in, d in zip(self.linears, inputs, deltas):
+            d_abs = d.abs()
+            result.append(d_abs.t().mul(1.0 / x.shape[0]).mm(a_in.abs()))
+            if layer.bias is not None:
+                result.append(d_abs.mean(dim=0))
+        return result
+
     def parameters(self) -> Iterable[nn.Parameter]:
         """The chain's parameters in the order :meth:`step` folds their importance: weight, then bias, by layer."""
         for m in self.linears:
             yield m.weight
             if m.bias is not None:
                 yield m.bias
+
+
+def chain_importance(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """Exact per-sample importance (DESIGN.md, step 3) of a chain model's trained parameters by the hand-derived
+    backward pass, or ``None`` where the model is not a chain (see :func:`read_chain`).
+
+    >>> torch.manual_seed(0) and None
+    >>> model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+    >>> sorted(chain_importance(model, torch.randn(4, 3)))
+    ['0.bias', '0.weight', '2.bias', '2.weight']
+    """
+    found = read_chain(model)
+    if found is None:
+        return None
+    chain = FusedChain(model, *found)
+    if not chain.applicable(x):
+        return None
+    by_id = {id(p): t for p, t in zip(chain.parameters(), chain.importance(x))}
+    return {n: by_id[id(p)] for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _times(d: torch.Tensor, derivative: torch.Tensor, rows: int, batch: int, stacked: bool) -> torch.Tensor:

@@ -101,6 +101,9 @@ class OnlineMAS:
     sync_every: the host reads device values (loss window, counters) once every this many steps.
     prox_every: apply the regulariser's proximal step once every this many steps, for all of them: as stable,
         that many times cheaper, and with 16 the evaluation's results are those of one step per update.
+    compact_state: keep Omega, and the weights of a plateau that holds (as their difference from theta*), in
+        bfloat16: the state is 2.5x the parameters' bytes, 3x while a plateau holds, instead of 3x and 4x;
+        the running importance and theta* stay in the parameters' dtype. Applies to float32 and float64 models.
     fused_step: where the model is a chain of linear layers and activations trained by plain SGD on the
         reconstruction error, take the hand-derived step of :class:`~streammas.fused.FusedChain` (autograd's
         numbers up to rounding, with the importance in the same backward pass); ``False``: always autograd.
@@ -143,6 +146,7 @@ class OnlineMAS:
         sync_every: int = 16,
         prox_every: int = 16,
         fused_step: bool = True,
+        compact_state: bool = True,
         on_bad_input: str = "raise",
         callback: Callable[[Event], None] | None = None,
         device: str | torch.device | None = None,
@@ -192,8 +196,10 @@ class OnlineMAS:
         index = {id(p): i for i, (_, p) in enumerate(named)}
         self._group_indices = [[index[id(p)] for p in g["params"] if id(p) in index]
                                for g in self.optimizer.param_groups]
+        wide = self.dtype in (torch.float32, torch.float64)
+        self._held_dtype = torch.bfloat16 if compact_state and wide else self.dtype
         self.synapses = Synapses(named, consolidation=consolidation, ema_alpha=ema_alpha,
-                                 normalization=omega_normalization)
+                                 normalization=omega_normalization, omega_dtype=self._held_dtype)
         # The per-layer importance rules, set up once; the training forward serves the importance pass when the
         # model's train-mode forward equals its eval-mode one (see SensitivityProbe.shares_forward).
         self._probe = (SensitivityProbe(model, output=importance_output, hebbian=importance_method == "hebbian")
@@ -208,7 +214,8 @@ class OnlineMAS:
             self.detector = PlateauDetector(plateau)
         else:
             self.detector = plateau
-        self._held_theta: list[torch.Tensor] | None = None  # the weights of a plateau that holds
+        # the weights of a plateau that holds, as their difference from theta* (which stays put meanwhile)
+        self._held_delta: list[torch.Tensor] | None = None
 
         self.samples_seen = 0
         self.steps = 0
@@ -538,13 +545,13 @@ class OnlineMAS:
             elif decision == PEAK:
                 self.counters["peaks"] += 1
                 self._emit("peak", value)
-                if self._held_theta is not None:
-                    held, self._held_theta = self._held_theta, None
-                    self._consolidate(None, held)
+                if self._held_delta is not None:
+                    held, self._held_delta = self._held_delta, None
+                    self._consolidate(None, shift=held)
                 found = holding = False
             elif decision != HOLD:
                 holding = False
-        if holding and (found or self._held_theta is not None):
+        if holding and (found or self._held_delta is not None):
             self._follow_plateau()
 
     def _follow_plateau(self) -> None:
@@ -552,11 +559,12 @@ class OnlineMAS:
         peak; theta* stays where it is meanwhile, so that the regulariser still protects the earlier regimes.
         The regime's importance keeps accumulating; with ``importance_source="buffer"`` it is measured on the
         buffer now, while the buffer still holds this regime's samples."""
-        theta = [p.detach() for p in self.synapses.params]
-        if self._held_theta is None:
-            self._held_theta = [t.clone() for t in theta]
-        else:
-            torch._foreach_copy_(self._held_theta, theta)
+        params, anchor = self.synapses.params, self.synapses.anchor
+        if self._held_delta is None:
+            self._held_delta = [torch.empty_like(p, dtype=self._held_dtype, memory_format=torch.contiguous_format)
+                                for p in params]
+        for held, p, a in zip(self._held_delta, params, anchor):
+            torch.sub(p.detach(), a, out=held)  # no full-size temporary: the difference is rounded as it is written
         if self.importance_source == "buffer":
             torch._foreach_copy_(self.synapses.running, self._buffer_importance())
 
@@ -567,13 +575,13 @@ class OnlineMAS:
 
     def consolidate(self) -> None:
         """Consolidate now: Omega absorbs the current regime's importance, theta* anchors the weights."""
-        self._held_theta = None
+        self._held_delta = None
         importance = self._buffer_importance() if self.importance_source == "buffer" else None
         self._consolidate(importance)
 
-    def _consolidate(self, importance: list[torch.Tensor] | None, theta: list[torch.Tensor] | None = None) -> None:
+    def _consolidate(self, importance: list[torch.Tensor] | None, *, shift: list[torch.Tensor] | None = None) -> None:
         self._settle_regulariser()
-        self.synapses.consolidate(importance, theta)
+        self.synapses.consolidate(importance, shift=shift)
         self.counters["consolidations"] += 1
         self._emit("consolidation", None)
 
@@ -602,8 +610,8 @@ class OnlineMAS:
             "synapses": self.synapses.state_dict(),
             "detector": self.detector.state_dict(),
             "buffer": self.buffer.state_dict(),
-            "held_theta": None if self._held_theta is None else {
-                n: t.clone() for n, t in zip(self._names, self._held_theta)},
+            "held_delta": None if self._held_delta is None else {
+                n: d.clone() for n, d in zip(self._names, self._held_delta)},
             "prox_owed": float(host_read(torch.as_tensor(self._prox_owed))),
             "prox_due": self._prox_due,
             "counters": dict(self.counters),
@@ -630,8 +638,12 @@ class OnlineMAS:
         owed = float(state["prox_owed"])
         self._prox_owed = torch.tensor(owed, dtype=self.dtype, device=self.device) if self._guarded_step else owed
         self._prox_due = int(state["prox_due"])
-        held = state["held_theta"]
-        self._held_theta = None if held is None else [held[n].to(self.device) for n in self._names]
+        self._held_delta = None
+        if state.get("held_delta") is not None:
+            self._held_delta = [state["held_delta"][n].to(self.device, self._held_dtype) for n in self._names]
+        elif state.get("held_theta") is not None:  # written before the weights were kept as a difference
+            self._held_delta = [(state["held_theta"][n].to(self.device, a.dtype) - a).to(self._held_dtype)
+                                for n, a in zip(self._names, self.synapses.anchor)]
         self.counters.update({k: int(v) for k, v in state["counters"].items()})
         self.samples_seen = int(state["samples_seen"])
         self.steps = int(state["steps"])
@@ -644,7 +656,12 @@ class OnlineMAS:
 
     def state_nbytes(self) -> dict[str, int]:
         """Bytes held by the learner beyond the model: the synapses (Omega, theta*, running importance), the
-        weights of a plateau that holds (``consolidate_at="peak"``) and the hard buffer."""
+        weights of a plateau that holds (``consolidate_at="peak"``: ``held`` now, ``held_max`` while one holds) and
+        the hard buffer."""
         params = sum(p.numel() * p.element_size() for p in self.synapses.params)
-        held = 0 if self._held_theta is None else sum(t.numel() * t.element_size() for t in self._held_theta)
-        return {"parameters": params, "synapses": self.synapses.nbytes(), "held": held, "buffer": self.buffer.nbytes()}
+        held = 0 if self._held_delta is None else sum(t.numel() * t.element_size() for t in self._held_delta)
+        held_max = 0
+        if self.consolidate_at == "peak":
+            held_max = sum(p.numel() for p in self.synapses.params) * self._held_dtype.itemsize
+        return {"parameters": params, "synapses": self.synapses.nbytes(), "held": held, "held_max": held_max,
+                "buffer": self.buffer.nbytes()}

@@ -419,7 +419,9 @@ class MASClassifier(_MASEstimator, base.MiniBatchClassifier):
 
 def _to_numpy(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().numpy().copy()
+        t = obj.detach().cpu()
+        # numpy has no bfloat16; float32 holds every bfloat16 exactly, and loading narrows it back
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy().copy()
     if isinstance(obj, dict):
         return {k: _to_numpy(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -24,6 +24,9 @@ class Synapses:
     ``normalization`` rescales a regime's importance before it enters Omega (``"mean"``: its mean over all
     parameters becomes 1; ``"max"``: its maximum becomes 1; ``"tensor"``: each parameter tensor's mean becomes
     1), so that lambda means the same thing whatever the size of the model's output.
+    ``omega_dtype`` stores Omega in another dtype than the parameters' (``torch.bfloat16`` halves its memory:
+    Omega weighs the penalty, and three significant digits weigh it as well as seven); arithmetic on it is
+    done in the parameters' dtype.
 
     >>> w = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
     >>> syn = Synapses([("w", w)], normalization="none")
@@ -47,6 +50,7 @@ class Synapses:
         consolidation: str = "mean",
         ema_alpha: float = 0.5,
         normalization: str = "mean",
+        omega_dtype: torch.dtype | None = None,
     ) -> None:
         if consolidation not in CONSOLIDATION_MODES:
             raise ValueError(f"consolidation must be one of {CONSOLIDATION_MODES}, got {consolidation!r}")
@@ -60,9 +64,10 @@ class Synapses:
         self.mode = consolidation
         self.ema_alpha = float(ema_alpha)
         self.normalization = normalization
-        self.omega = [torch.zeros_like(p, memory_format=torch.contiguous_format).detach() for p in self.params]
+        self.omega = [torch.zeros_like(p, dtype=omega_dtype or p.dtype, memory_format=torch.contiguous_format)
+                      .detach() for p in self.params]
         self.anchor = [p.detach().clone() for p in self.params]
-        self.running = [torch.zeros_like(o) for o in self.omega]
+        self.running = [torch.zeros_like(p, memory_format=torch.contiguous_format).detach() for p in self.params]
         self.running_count = 0
         self.consolidations = 0
 
@@ -98,20 +103,33 @@ class Synapses:
 
     # -- consolidation -----------------------------------------------------------------------------------
     def consolidate(
-        self, importance: list[torch.Tensor] | None = None, theta: list[torch.Tensor] | None = None
+        self, importance: list[torch.Tensor] | None = None, theta: list[torch.Tensor] | None = None, *,
+        shift: list[torch.Tensor] | None = None,
     ) -> None:
-        """Merge a regime's importance (the running one by default) into Omega and anchor theta* (at the current
-        parameters by default)."""
+        """Merge a regime's importance (the running one by default) into Omega and anchor theta*: at ``theta``,
+        at ``theta* + shift`` (weights kept as their difference from theta*), or at the current parameters."""
         regime = self._normalized(self.running if importance is None else importance)
         self.consolidations += 1
+        omega = self._full(self.omega)
         if self.mode == "sum":
-            torch._foreach_add_(self.omega, regime)
+            torch._foreach_add_(omega, regime)
         elif self.mode == "ema" and self.consolidations > 1:
-            torch._foreach_lerp_(self.omega, regime, self.ema_alpha)
+            torch._foreach_lerp_(omega, regime, self.ema_alpha)
         else:  # cumulative mean; the first "ema" consolidation also takes the regime as it is
-            torch._foreach_lerp_(self.omega, regime, 1.0 / self.consolidations)
-        torch._foreach_copy_(self.anchor, [p.detach() for p in self.params] if theta is None else theta)
+            torch._foreach_lerp_(omega, regime, 1.0 / self.consolidations)
+        if omega is not self.omega:
+            torch._foreach_copy_(self.omega, omega)
+        if shift is not None:
+            torch._foreach_add_(self.anchor, shift)
+        else:
+            torch._foreach_copy_(self.anchor, [p.detach() for p in self.params] if theta is None else theta)
         self.reset_running()
+
+    def _full(self, stored: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``stored`` in the parameters' dtypes: the same list where it already is, else converted copies."""
+        if all(t.dtype == p.dtype for t, p in zip(stored, self.params)):
+            return stored
+        return [t.to(p.dtype) for t, p in zip(stored, self.params)]
 
     # -- the regulariser ---------------------------------------------------------------------------------
     def penalty(self, reg_lambda: float) -> torch.Tensor:
@@ -122,7 +140,7 @@ class Synapses:
     def penalty_grad(self, reg_lambda: float) -> list[torch.Tensor]:
         """The penalty's gradient ``2 lambda Omega (theta - theta*)``."""
         diff = torch._foreach_sub([p.detach() for p in self.params], self.anchor)
-        return torch._foreach_mul(torch._foreach_mul(diff, self.omega), 2.0 * reg_lambda)
+        return torch._foreach_mul(torch._foreach_mul(diff, self._full(self.omega)), 2.0 * reg_lambda)
 
     @torch.no_grad()
     def proximal_step(
@@ -152,8 +170,8 @@ class Synapses:
             omega, anchor, params = ([seq[i] for i in indices] for seq in (omega, anchor, params))
         scale = steps * (2.0 * lr * reg_lambda)
         if workspace is None:
-            c = torch._foreach_mul(omega, scale)
-        else:
+            c = torch._foreach_mul([o.to(p.dtype) for o, p in zip(omega, params)], scale)
+        else:  # a copy from a narrower Omega widens it
             c = workspace
             torch._foreach_copy_(c, omega)
             torch._foreach_mul_(c, scale)

@@ -96,7 +96,13 @@ def test_a_non_finite_loss_leaves_the_model_and_the_importance_as_they_were():
     assert any(not torch.equal(v, before[n]) for n, v in learner.model.state_dict().items())
 
 
-@pytest.mark.parametrize("case", ["conv", "adam", "momentum", "custom-objective", "frozen", "unknown-module"])
+class _Scaled(nn.Linear):
+    def forward(self, x):
+        return 2.0 * super().forward(x)
+
+
+@pytest.mark.parametrize("case", ["conv", "adam", "momentum", "custom-objective", "frozen", "unknown-module",
+                                  "module-run-twice", "linear-subclass"])
 def test_it_applies_only_where_it_computes_the_same_thing(case):
     model = MLPAutoencoder(12, hidden=(24,), latent=4)
     settings = {}
@@ -112,6 +118,11 @@ def test_it_applies_only_where_it_computes_the_same_thing(case):
         model.encoder[0].bias.requires_grad_(False)
     elif case == "unknown-module":
         model = nn.Sequential(nn.Linear(12, 8), nn.GELU(), nn.Linear(8, 12))
+    elif case == "module-run-twice":
+        layer = nn.Linear(12, 12)
+        model = nn.Sequential(layer, nn.Tanh(), layer)
+    elif case == "linear-subclass":
+        model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), _Scaled(8, 12))
     assert OnlineMAS(model, **settings)._fused is None
 
 

@@ -247,3 +247,31 @@ def test_invalid_settings_are_rejected():
         OnlineMAS(model, objective="telepathy")
     with pytest.raises(ValueError, match="optimizer"):
         OnlineMAS(model, optimizer="rmsprop?")
+
+
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "wide"])
+def test_a_plateau_that_holds_is_kept_compactly_and_anchored_at_the_peak(compact):
+    torch.manual_seed(0)
+    learner = OnlineMAS(MLPAutoencoder(64, hidden=(64,), latent=8), lr=0.2, compact_state=compact)
+    old_anchor = [a.clone() for a in learner.synapses.anchor]
+    a, b = _regimes()
+    g = torch.Generator().manual_seed(3)
+    snapshots, held_bytes = [], []
+    for x in [*_stream(a, 1000, g), *_stream(b, 400, g)]:
+        learner.learn_many(x)
+        if learner.steps % learner.sync_every == 0 and learner._held_delta is not None:
+            snapshots.append([p.detach().clone() for p in learner.model.parameters()])
+            held_bytes.append(learner.state_nbytes())
+        if learner.consolidations:
+            break
+    assert learner.consolidations == 1 and learner.counters["peaks"] >= 1 and snapshots
+    state = held_bytes[-1]
+    assert (state["synapses"] + state["held"]) / state["parameters"] == (3.0 if compact else 4.0)
+    assert state["held"] == state["held_max"]
+    assert all(o.dtype == (torch.bfloat16 if compact else torch.float32) for o in learner.synapses.omega)
+    # theta* is the plateau's weights: one of the copies taken while it held, up to bfloat16's rounding of the
+    # difference from the old anchor (3 significant digits)
+    drift = max((s - o).abs().max().item() for snap in snapshots for s, o in zip(snap, old_anchor))
+    error = min(max((t - s).abs().max().item() for t, s in zip(learner.synapses.anchor, snap)) for snap in snapshots)
+    assert error <= (drift / 256 if compact else 1e-6), (error, drift)
+    assert drift > 0.01

@@ -103,8 +103,7 @@ def bench_case(kind: str, batch: int, args: argparse.Namespace, env: dict) -> di
     state = defaults.state_nbytes()
     state_ratio = state["synapses"] / state["parameters"]
     # While a plateau holds, a learner that consolidates at the peak (the default) also keeps the plateau's weights.
-    held = state["parameters"] if defaults.consolidate_at == "peak" else 0
-    held_ratio = (state["synapses"] + held) / state["parameters"]
+    held_ratio = (state["synapses"] + state["held_max"]) / state["parameters"]
     case = {
         "model": kind,
         "model_label": timing.MODEL_LABELS[kind],
