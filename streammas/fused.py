@@ -23,9 +23,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 from streammas.models import MLPAutoencoder
 from streammas.objectives import reconstruction
+
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
 
 #: activation type -> derivative from the activation's output (the forward's own tensor, no recomputation)
 ACTIVATIONS: dict[type[nn.Module], Callable[[nn.Module, torch.Tensor], torch.Tensor | None]] = {}
@@ -204,6 +208,8 @@ class FusedChain:
         """Whether this chain computes what ``model(x)`` would: no hook on any module, and a batch the chain takes
         as it is (a bare ``Sequential`` takes ``[B, features]`` only)."""
         if not self.flattens and x.dim() != 2:
+            return False
+        if any(getattr(module_hooks, name, None) for name in _GLOBAL_HOOKS):  # register_module_forward_hook & co.
             return False
         return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in self.modules)
 

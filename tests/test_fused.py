@@ -144,3 +144,14 @@ def test_a_bare_sequential_takes_only_flat_batches():
     step = FusedChain.build(model, reconstruction, torch.optim.SGD(model.parameters(), lr=0.1))
     assert step.applicable(torch.rand(3, 4))
     assert not step.applicable(torch.rand(3, 2, 4))  # nn.Linear would act on the last dimension only
+
+
+def test_a_global_module_hook_sends_the_step_through_autograd():
+    learner = OnlineMAS(MLPAutoencoder(12, hidden=(24,), latent=4))
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
+    try:
+        learner.learn_many(torch.rand(5, 12))
+    finally:
+        handle.remove()
+    assert "Linear" in seen
