@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as module_hooks
 
+from streammas.importance import register_into
 from streammas.models import MLPAutoencoder
 from streammas.objectives import reconstruction
 
@@ -37,26 +38,14 @@ ACTIVATIONS: dict[type[nn.Module], Callable[[nn.Module, torch.Tensor], torch.Ten
 CHAINS: dict[type[nn.Module], Callable[[nn.Module], tuple[list[nn.Module], bool] | None]] = {}
 
 
-def register_activation(*types: type[nn.Module]):
+def register_activation(*types: type[nn.Module]) -> Callable:
     """Register ``derivative(module, output) -> tensor | None`` (``None``: the identity) for activation types."""
-
-    def decorate(rule):
-        for t in types:
-            ACTIVATIONS[t] = rule
-        return rule
-
-    return decorate
+    return register_into(ACTIVATIONS, types)
 
 
-def register_chain(*types: type[nn.Module]):
+def register_chain(*types: type[nn.Module]) -> Callable:
     """Register ``chain(module) -> (modules, flattens) | None`` for container types."""
-
-    def decorate(rule):
-        for t in types:
-            CHAINS[t] = rule
-        return rule
-
-    return decorate
+    return register_into(CHAINS, types)
 
 
 @register_activation(nn.ReLU)

@@ -55,26 +55,25 @@ MODE_FREE: set[type[nn.Module]] = set()
 METHODS = ("auto", "fast", "vmap", "loop", "approx")
 
 
-def register_rule(*layer_types: type[nn.Module]) -> Callable[[Rule], Rule]:
-    """Register an exact per-sample importance rule for the given layer types."""
+def register_into(table: dict, types: tuple[type[nn.Module], ...]) -> Callable:
+    """A decorator that registers the function it decorates in ``table`` under each of ``types``."""
 
-    def decorate(rule: Rule) -> Rule:
-        for layer_type in layer_types:
-            RULES[layer_type] = rule
+    def decorate(rule):
+        for module_type in types:
+            table[module_type] = rule
         return rule
 
     return decorate
+
+
+def register_rule(*layer_types: type[nn.Module]) -> Callable[[Rule], Rule]:
+    """Register an exact per-sample importance rule for the given layer types."""
+    return register_into(RULES, layer_types)
 
 
 def register_hebbian_rule(*layer_types: type[nn.Module]) -> Callable:
     """Register a local (Hebbian) importance rule for the given layer types."""
-
-    def decorate(rule):
-        for layer_type in layer_types:
-            HEBBIAN_RULES[layer_type] = rule
-        return rule
-
-    return decorate
+    return register_into(HEBBIAN_RULES, layer_types)
 
 
 def register_mode_free(*module_types: type[nn.Module]) -> None:

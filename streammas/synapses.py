@@ -170,7 +170,8 @@ class Synapses:
             omega, anchor, params = ([seq[i] for i in indices] for seq in (omega, anchor, params))
         scale = steps * (2.0 * lr * reg_lambda)
         if workspace is None:
-            c = torch._foreach_mul([o.to(p.dtype) for o, p in zip(omega, params)], scale)
+            c = [o.to(p.dtype, copy=True) for o, p in zip(omega, params)]  # one allocation, widened if narrower
+            torch._foreach_mul_(c, scale)
         else:  # a copy from a narrower Omega widens it
             c = workspace
             torch._foreach_copy_(c, omega)
