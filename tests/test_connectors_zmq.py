@@ -177,13 +177,18 @@ def test_pub_sink_to_sub_source_with_topic_and_extras() -> None:
         with ZmqSource(sink.address, pattern="sub", topic="scores", batch_size=4, max_latency_ms=5) as src:
             batch = Batch(np.zeros((2, 3), np.float32), y=np.array([1, 0]), position={"row": 2})
             deadline = time.monotonic() + GUARD_S
-            got = None
-            while got is None:  # PUB drops what it sends before a subscriber has joined
-                assert time.monotonic() < deadline
+            got, frames = None, None
+            # PUB drops what it sends before a subscriber has joined, and the two subscribers join
+            # independently: keep publishing the same message until each has one.
+            while got is None or frames is None:
+                assert time.monotonic() < deadline, "a subscriber never received a message"
                 sink.write(batch, np.array([0.5, 2.5]), {"loss": np.array([1.0, 2.0]), "events": ["plateau"]})
-                got = src.read(timeout=0.2)
+                if got is None:
+                    got = src.read(timeout=0.2)
+                if frames is None and raw.poll(200):
+                    frames = raw.recv_multipart()
         assert got.x.tolist() == [0.5, 2.5] and got.y.tolist() == [1, 0]
-        topic, header, payload, labels = raw.recv_multipart()
+        topic, header, payload, labels = frames
         raw.close(linger=0)
         ctx.term()
     assert topic == b"scores"
