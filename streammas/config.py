@@ -164,6 +164,9 @@ class LearnerConfig:
                                     "(false: always autograd)")
     compact_state: bool | None = _spec(None, help="keep Omega and a plateau's weights in bfloat16 (false: in the "
                                        "parameters' dtype)")
+    recover_after: int | None = _spec(None, help="restore theta* after this many updates in a row skipped for a "
+                                      "non-finite loss, if the weights have diverged (0: never)",
+                                      check=_non_negative)
     on_bad_input: str = _spec("skip", help="skip (and count) or raise on bad samples", choices=("skip", "raise"))
     device: str = _spec("auto", help="auto (cuda when there is one), cpu, cuda, cuda:1")
     threads: int = _spec(1, help="torch CPU threads (0: torch's default, one per core; micro-batches of a small "

@@ -107,6 +107,11 @@ class OnlineMAS:
     fused_step: where the model is a chain of linear layers and activations trained by plain SGD on the
         reconstruction error, take the hand-derived step of :class:`~streammas.fused.FusedChain` (autograd's
         numbers up to rounding, with the importance in the same backward pass); ``False``: always autograd.
+    recover_after: after this many updates in a row skipped for a non-finite loss, the learner checks whether
+        its weights have diverged, and if theta* (the initial weights before the first consolidation) scores the
+        same batch finitely, restores theta* (event ``recovered``); ``0`` never does. Otherwise a learner whose
+        weights ran away would skip every update from then on; bad input alone (theta* fails on it too) leaves
+        the weights untouched.
     on_bad_input: ``"raise"`` a ValueError naming the bad samples, or ``"skip"`` them (counted).
     callback: called with each :class:`Event`.
     device: where the model and all learner state live (``None``: the model's device).
@@ -147,6 +152,7 @@ class OnlineMAS:
         prox_every: int = 16,
         fused_step: bool = True,
         compact_state: bool = True,
+        recover_after: int = 64,
         on_bad_input: str = "raise",
         callback: Callable[[Event], None] | None = None,
         device: str | torch.device | None = None,
@@ -168,6 +174,8 @@ class OnlineMAS:
                             ("sync_every", sync_every), ("prox_every", prox_every)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if int(recover_after) < 0:
+            raise ValueError(f"recover_after must be >= 0 (0: never), got {recover_after}")
         if device is not None:
             model = model.to(device)
         first = next(model.parameters(), None)
@@ -187,6 +195,7 @@ class OnlineMAS:
         self.sync_every = int(sync_every)
         self.prox_every = int(prox_every)
         self.on_bad_input = on_bad_input
+        self.recover_after = int(recover_after)
         self.callback = callback
 
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -222,12 +231,14 @@ class OnlineMAS:
         self.sample_shape: tuple[int, ...] | None = None
         self.feature_names: list[str] | None = None
         self.counters: dict[str, int] = {k: 0 for k in ("plateaus", "peaks", "consolidations",
-                                                         "skipped_updates", "rejected_samples")}
+                                                         "skipped_updates", "rejected_samples", "recoveries")}
         self.events: deque[dict[str, Any]] = deque(maxlen=max_events)
         self._pending: list[torch.Tensor] = []
         self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)
         self._prox_owed: float | torch.Tensor = 0  # optimizer steps whose proximal step is still to be applied
         self._prox_due = 0
+        self._dead_steps = 0  # updates skipped in a row, as of the last host read
+        self._last_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # what the last update learned
 
     # -- public views -----------------------------------------------------------------------------------------
     @property
@@ -377,6 +388,7 @@ class OnlineMAS:
         already, from the last step's own forward pass (measured before that step's update, on the batch's rows
         only)."""
         x_all, y_all = self.buffer.extend(xb, yb)
+        self._last_rows = (x_all, y_all)
         scores = score_mean = None
         measured = False
         share = measure and self._share_forward and self._probe is not None and self._probe.shares_forward()
@@ -525,6 +537,11 @@ class OnlineMAS:
             self._skipped.zero_()
             self.counters["skipped_updates"] += skipped
             self._emit("skipped_update", float(skipped))
+        window = len(values) * self.steps_per_batch
+        self._dead_steps = self._dead_steps + skipped if skipped >= window else 0
+        if self.recover_after and self._dead_steps >= self.recover_after:
+            self._dead_steps = 0
+            self._recover()
         # The weights are read once, after the whole run of values: they stand for the plateau only if the
         # detector said "hold" to every value since the plateau (or since the run began), never after a rise.
         # A peak consolidates only a plateau whose weights were taken that way: a plateau found so late that the
@@ -553,6 +570,29 @@ class OnlineMAS:
                 holding = False
         if holding and (found or self._held_delta is not None):
             self._follow_plateau()
+
+    def _recover(self) -> bool:
+        """Restore theta* if the weights have diverged: theta* scores the last batch finitely where they do not.
+
+        After a run of skipped updates the cause is either the weights (they ran away, and every loss now
+        overflows) or the input (it overflows any model). Only in the first case are the weights replaced; the
+        optimizer's state and the regime's running importance, both built from the runaway weights, restart."""
+        if self._last_rows is None:
+            return False
+        x, y = self._last_rows
+        with torch.no_grad():
+            now = self.objective(self.model(x), x, y).mean()
+            anchored = {n: a for n, a in zip(self.synapses.names, self.synapses.anchor)}
+            before = self.objective(torch.func.functional_call(self.model, anchored, (x,)), x, y).mean()
+            if bool(host_read(torch.isfinite(now) | ~torch.isfinite(before))):
+                return False
+            torch._foreach_copy_([p.detach() for p in self.synapses.params], self.synapses.anchor)
+        self.optimizer.state.clear()
+        self.synapses.reset_running()
+        self._prox_owed, self._prox_due = 0, 0
+        self.counters["recoveries"] += 1
+        self._emit("recovered", float(before))
+        return True
 
     def _follow_plateau(self) -> None:
         """Keep the weights of a plateau that holds (a copy, refreshed while it holds), to be anchored at the next

@@ -12,7 +12,8 @@ Counters carry the lifetime of the state directory (they continue after a restar
 ``streammas_batches_total``                batches processed
 ``streammas_rejected_samples_total``       samples turned away, by ``reason`` (``learner`` for the
                                            learner's own rejects, the source's reasons otherwise)
-``streammas_plateaus_total`` ...           plateaus, peaks, consolidations, skipped updates
+``streammas_plateaus_total`` ...           plateaus, peaks, consolidations, skipped updates, recoveries
+                                           (runaway weights restored to theta*)
 ``streammas_prequential_loss``             moving average of the prequential (per-sample) loss
 ``streammas_importance``                   Omega by ``param`` and ``stat`` (mean, max), and overall
 ``streammas_step_seconds``                 histogram of the time of one learning step
@@ -66,6 +67,7 @@ class Snapshot:
     peaks: int = 0
     consolidations: int = 0
     skipped_updates: int = 0
+    recoveries: int = 0
     importance: dict[str, tuple[float, float]] = field(default_factory=dict)  # param -> (mean, max)
 
 
@@ -82,7 +84,7 @@ class _Collector:
         for reason, count in sorted(snap.rejected.items()):
             rejected.add_metric([reason], count)
         yield rejected
-        for name in ("plateaus", "peaks", "consolidations", "skipped_updates"):
+        for name in ("plateaus", "peaks", "consolidations", "skipped_updates", "recoveries"):
             yield self._counter(name, f"Learner events: {name.replace('_', ' ')}.", getattr(snap, name))
         yield GaugeMetricFamily("streammas_prequential_loss",
                                 "Moving average of the per-sample prequential loss (before each update).",

@@ -478,7 +478,8 @@ class Service:
         snapshot = Snapshot(samples=learner.samples_seen, batches=self._batches, rejected=rejected, loss=loss,
                             plateaus=counters.get("plateaus", 0), peaks=counters.get("peaks", 0),
                             consolidations=learner.consolidations,
-                            skipped_updates=counters.get("skipped_updates", 0), importance=importance)
+                            skipped_updates=counters.get("skipped_updates", 0),
+                            recoveries=counters.get("recoveries", 0), importance=importance)
         self.metrics.publish(snapshot)
         self._status = {"samples_seen": learner.samples_seen, "loss": loss, "plateaus": snapshot.plateaus,
                         "consolidations": snapshot.consolidations, "rejected": sum(rejected.values())}

@@ -114,6 +114,72 @@ def test_non_finite_loss_skips_the_update_and_leaves_the_model_as_it_was(optimiz
     assert any(not torch.equal(v, model_before[n]) for n, v in learner.model.state_dict().items())
 
 
+def _trained(**settings) -> tuple[OnlineMAS, torch.Tensor]:
+    torch.manual_seed(4)
+    learner = OnlineMAS(MLPAutoencoder(16, hidden=(16,), latent=4), **settings)
+    data = _data(256, 16)
+    for i in range(0, 256, 8):
+        learner.learn_many(data[i:i + 8])
+    learner.flush()
+    learner.consolidate()
+    return learner, data
+
+
+@pytest.mark.parametrize("settings", [{"fused_step": True}, {"fused_step": False}, {"optimizer": "adam", "lr": 1e-3}],
+                         ids=["fused", "autograd", "adam"])
+def test_runaway_weights_are_restored_to_theta_star_and_learning_resumes(settings):
+    learner, data = _trained(**settings)
+    anchor = [a.clone() for a in learner.synapses.anchor]
+    with torch.no_grad():  # what a diverged step leaves: weights so large that every loss overflows
+        for p in learner.model.parameters():
+            p.mul_(1e20)
+    steps = 0
+    while not learner.counters["recoveries"] and steps < learner.recover_after + 16:
+        learner.learn_many(data[:8])
+        steps += 1
+    assert learner.counters["recoveries"] == 1, learner.counters
+    assert steps == learner.recover_after  # found at the first host read after recover_after skipped updates
+    assert learner.counters["skipped_updates"] == learner.recover_after
+    assert [e["kind"] for e in learner.events][-2:] == ["skipped_update", "recovered"]
+    assert all(torch.equal(p, a) for p, a in zip(learner.model.parameters(), anchor))
+    assert all(float(r.abs().sum()) == 0 for r in learner.synapses.running)  # built from the runaway weights
+    first = None
+    for i in range(0, 256, 8):
+        losses = learner.learn_many(data[i:i + 8])
+        first = losses.mean().item() if first is None else first
+        assert torch.isfinite(losses).all()
+    learner.flush()
+    assert learner.counters["skipped_updates"] == learner.recover_after
+    assert learner.score_many(data).mean().item() < first
+
+
+@pytest.mark.parametrize("fused_step", [True, False], ids=["fused", "autograd"])
+def test_input_that_overflows_any_model_is_skipped_without_touching_the_weights(fused_step):
+    learner, data = _trained(fused_step=fused_step)
+    before = copy.deepcopy(learner.model.state_dict())
+    huge = torch.full((8, 16), 1e30)  # finite, so it passes validation, but its squared error overflows
+    for _ in range(3 * learner.recover_after):
+        assert torch.isinf(learner.learn_many(huge)).all()
+    learner.flush()
+    assert learner.counters["skipped_updates"] == 3 * learner.recover_after
+    assert learner.counters["recoveries"] == 0
+    assert all(torch.equal(v, before[k]) for k, v in learner.model.state_dict().items())
+    assert torch.isfinite(learner.learn_many(data[:8])).all()
+
+
+def test_recover_after_zero_leaves_runaway_weights_alone():
+    learner, data = _trained(recover_after=0)
+    with torch.no_grad():
+        for p in learner.model.parameters():
+            p.mul_(1e20)
+    for _ in range(200):
+        learner.learn_many(data[:8])
+    learner.flush()
+    assert learner.counters["recoveries"] == 0 and learner.counters["skipped_updates"] == 200
+    with pytest.raises(ValueError, match="recover_after"):
+        OnlineMAS(MLPAutoencoder(4, hidden=(4,), latent=2), recover_after=-1)
+
+
 def _regimes(seed=0):
     """Two pattern sets: A, and a fixed pixel permutation of A (regime B)."""
     g = torch.Generator().manual_seed(seed)

@@ -47,6 +47,7 @@ def test_file_source_to_sink_with_events_metrics_and_inspect(tmp_path, capsys):
     assert f"streammas_consolidations_total {float(learner.consolidations)}" in text
     assert 'streammas_importance{param="all",stat="max"}' in text
     assert "streammas_checkpoints_total" in text
+    assert "streammas_recoveries_total 0.0" in text
 
     summary = summarize(tmp_path / "state")
     assert summary["samples_seen"] == 6400 and summary["consolidations"] == learner.consolidations

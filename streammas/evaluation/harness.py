@@ -184,7 +184,8 @@ def _seen_at(stream: Stream, eval_samples: Sequence[int], iid: bool) -> list[int
 def _events(learner, stream: Stream, method: Method) -> dict[str, Any]:
     counters = dict(getattr(learner, "counters", {}))
     events = list(getattr(learner, "events", []))
-    out: dict[str, Any] = {k: counters.get(k, 0) for k in ("plateaus", "peaks", "consolidations", "skipped_updates")}
+    kinds = ("plateaus", "peaks", "consolidations", "skipped_updates", "recoveries")
+    out: dict[str, Any] = {k: counters.get(k, 0) for k in kinds}
     if method.iid:
         return out
     for kind in ("plateau", "peak", "consolidation"):
