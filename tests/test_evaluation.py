@@ -201,3 +201,12 @@ def test_evaluate_api_subset():
                      eval_per_segment=1)
     results = evaluate(cfg)
     assert set(results["summary"]["recurring-digits"]["short"]) == {"plain", "iid"}
+
+
+def test_a_report_without_plain_sgd_renders():
+    from streammas.evaluation.report import render_markdown
+
+    cfg = EvalConfig(benchmarks=("anomaly-digits",), lengths=("short",), seeds=(0,), methods=("streammas",),
+                     passes={"short": 1}, eval_per_segment=1)
+    text = render_markdown(evaluate(cfg))
+    assert "Prequential ROC AUC per segment" in text and "| **streammas** |" in text

@@ -69,9 +69,10 @@ def render_markdown(results: Mapping[str, Any], command: str | None = None) -> s
                 lines.append(f"| {LABELS.get(m, m)} | {final} | {forget} | {r['plateaus']:.1f} | {r['peaks']:.1f} | "
                              f"{r['consolidations']:.1f} | {_fmt(r['consolidation_mean_abs_distance'], 0)} |")
             if kind == "anomaly":
+                segments = len(next(iter(rows.values()))["segment_auc"])  # any method: --methods may omit plain
                 lines += ["", "Prequential ROC AUC per segment (the last one is the returning regime):", "",
-                          "| method | " + " | ".join(f"segment {i}" for i in range(len(rows["plain"]["segment_auc"])))
-                          + " |", "|---|" + "---|" * len(rows["plain"]["segment_auc"])]
+                          "| method | " + " | ".join(f"segment {i}" for i in range(segments)) + " |",
+                          "|---|" + "---|" * segments]
                 for m in methods:
                     if m in rows:
                         lines.append(f"| {LABELS.get(m, m)} | "
