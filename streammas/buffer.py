@@ -1,5 +1,10 @@
 """The hard buffer: the H samples with the highest recent loss, kept on the learner's device and mixed
-into every update (Aljundi et al., task-free continual learning)."""
+into every update (Aljundi et al., task-free continual learning).
+
+A sample that stays hard for ever (an outlier far from anything the model can fit) would otherwise be
+replayed at every step for the rest of the stream: on the heavy-tailed segments streams that alone makes SGD
+diverge. So a held sample competes with its current loss, but at most with its last key times ``decay``; it
+gives way to new hard samples after a while unless it stays far harder than they are."""
 
 from __future__ import annotations
 
@@ -9,22 +14,30 @@ import torch
 
 
 class HardBuffer:
-    """Keeps the ``capacity`` samples with the highest loss among those it holds and those just seen.
+    """Keeps the ``capacity`` samples with the highest key among those it holds and those just seen.
 
-    Selection is a ``topk`` on the device; the buffer's size is known on the host without reading any
-    device value. A capacity of 0 is a valid, empty buffer.
+    A new sample's key is its loss; a held sample's is its loss, but at most its last key times ``decay``
+    (1: the plain highest-loss buffer). Selection is a ``topk`` on the device; the buffer's size is known on
+    the host without reading any device value. A capacity of 0 is a valid, empty buffer.
 
-    >>> buf = HardBuffer(2)
+    >>> buf = HardBuffer(2, decay=0.5)
     >>> x = torch.tensor([[1.0], [2.0], [3.0]])
     >>> buf.update(x, None, torch.tensor([0.5, 3.0, 1.0]))
     >>> buf.x.tolist(), len(buf)
     ([[2.0], [3.0]], 2)
+    >>> x_all, _ = buf.extend(torch.tensor([[4.0]]), None)  # the batch, then the held samples
+    >>> buf.update(x_all, None, torch.tensor([2.0, 3.0, 1.0]))
+    >>> sorted(buf.loss.tolist())  # new sample 4.0 keyed 2.0; held 2.0 still at loss 3.0 but keyed 3.0 * 0.5
+    [1.5, 2.0]
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, decay: float = 1.0) -> None:
         if capacity < 0:
             raise ValueError(f"hard buffer size must be >= 0, got {capacity}")
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"hard buffer decay must be in (0, 1], got {decay}")
         self.capacity = int(capacity)
+        self.decay = float(decay)
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self.loss: torch.Tensor | None = None
@@ -48,6 +61,10 @@ class HardBuffer:
         k = min(self.capacity, x.shape[0])
         # Non-finite losses are never kept: a NaN must not win the selection.
         keys = torch.nan_to_num(loss.detach().float(), nan=-torch.inf, posinf=-torch.inf)
+        held = len(self)
+        if held and self.decay < 1.0:  # the held samples are the last rows (see extend)
+            tail = keys[x.shape[0] - held:]
+            torch.minimum(tail, self.loss * self.decay, out=tail)
         top = torch.topk(keys, k, sorted=False).indices
         self.x = x.detach().index_select(0, top)
         self.y = None if y is None else y.detach().index_select(0, top)

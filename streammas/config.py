@@ -144,6 +144,8 @@ class LearnerConfig:
     lr: float | None = _spec(None, help="learning rate", check=_positive)
     reg_lambda: float | None = _spec(None, help="strength of the regulariser; 0 disables it", check=_non_negative)
     hard_buffer: int | None = _spec(None, help="hard buffer size; 0 disables it", check=_non_negative)
+    hard_buffer_decay: float | None = _spec(None, help="a held sample competes with at most its last key times this "
+                                            "(1: it stays while its loss is among the highest)")
     importance_every: int | None = _spec(None, help="measure importance on every k-th batch", check=_positive)
     importance_source: str | None = _spec(None, help="where importance is measured", choices=("stream", "buffer"))
     importance_method: str | None = _spec(None, help="importance estimator (auto, hebbian, or one the learner knows)")

@@ -81,6 +81,9 @@ class OnlineMAS:
     optimizer: ``"sgd"``, ``"adam"`` or a callable ``params -> torch.optim.Optimizer``.
     reg_lambda: strength of the regulariser ``lambda * sum Omega (theta - theta*)^2``; 0 disables it.
     hard_buffer: how many high-loss samples are kept and mixed into each update; 0 disables the buffer.
+    hard_buffer_decay: a held sample competes for its place with its current loss, but at most with its last
+        key times this, so that an outlier the model cannot fit gives way after a while instead of being
+        replayed at every step (1: the plain highest-loss buffer, which diverges on heavy-tailed streams).
     importance_every: measure the online importance on every k-th batch. The running importance is a mean
         over a whole regime, so a sample of its batches estimates it well: with 16 the evaluation's results are
         those of measuring every batch (README, results), for a sixteenth of the cost (``streammas bench step``).
@@ -138,6 +141,7 @@ class OnlineMAS:
         lr: float = 0.05,
         reg_lambda: float = 0.15,
         hard_buffer: int = 0,
+        hard_buffer_decay: float = 0.8,
         importance_every: int = 16,
         importance_source: str = "stream",
         importance_method: str = "auto",
@@ -218,7 +222,7 @@ class OnlineMAS:
         if self._fused is not None:
             position = {id(p): i for i, p in enumerate(self.synapses.params)}
             self._fused_index = [position[id(p)] for p in self._fused.parameters()]
-        self.buffer = HardBuffer(hard_buffer)
+        self.buffer = HardBuffer(hard_buffer, hard_buffer_decay)
         if plateau is None or isinstance(plateau, (PlateauConfig, Mapping)):
             self.detector = PlateauDetector(plateau)
         else:

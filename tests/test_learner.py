@@ -293,6 +293,26 @@ def test_buffer_keeps_the_highest_loss_samples():
     assert kept == [3.0, 5.0]
 
 
+@pytest.mark.parametrize("decay", [1.0, 0.8])
+def test_an_outlier_leaves_the_buffer_after_a_while_unless_decay_is_one(decay):
+    torch.manual_seed(0)
+    learner = OnlineMAS(MLPAutoencoder(4, hidden=(4,), latent=2), hard_buffer=1, hard_buffer_decay=decay, lr=0.0)
+    outlier, ordinary = torch.full((1, 4), 20.0), torch.full((2, 4), 2.0)
+    learner.learn_many(torch.cat([outlier, ordinary]))
+    ratio = (learner.score_many(ordinary)[0] / learner.score_many(outlier)[0]).item()  # lr 0: losses stay put
+    held = []
+    for _ in range(60):
+        learner.learn_many(ordinary)
+        held.append(learner.buffer.x[0, 0].item() == 20.0)
+    if decay == 1.0:
+        assert all(held)
+    else:  # it stays while loss * decay^steps is above the ordinary samples' loss, then it is out for good
+        steps = math.ceil(math.log(ratio) / math.log(decay))
+        assert held == [True] * (steps - 1) + [False] * (61 - steps), (steps, held)
+    with pytest.raises(ValueError, match="decay"):
+        OnlineMAS(MLPAutoencoder(4, hidden=(4,), latent=2), hard_buffer=1, hard_buffer_decay=0.0)
+
+
 def test_cpu_run_never_touches_cuda():
     learner = OnlineMAS(MLPAutoencoder(4, hidden=(4,), latent=2))
     for _ in range(20):
