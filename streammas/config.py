@@ -66,6 +66,10 @@ def _non_negative(value: Any) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
 
+def _decay(value: Any) -> str | None:
+    return None if 0 < value <= 1 else "must be in (0, 1]"
+
+
 def _port(value: Any) -> str | None:
     return None if 0 <= value <= 65535 else "must be a TCP port between 0 and 65535 (0: any free port)"
 
@@ -145,7 +149,7 @@ class LearnerConfig:
     reg_lambda: float | None = _spec(None, help="strength of the regulariser; 0 disables it", check=_non_negative)
     hard_buffer: int | None = _spec(None, help="hard buffer size; 0 disables it", check=_non_negative)
     hard_buffer_decay: float | None = _spec(None, help="a held sample competes with at most its last key times this "
-                                            "(1: it stays while its loss is among the highest)")
+                                            "(1: it stays while its loss is among the highest)", check=_decay)
     importance_every: int | None = _spec(None, help="measure importance on every k-th batch", check=_positive)
     importance_source: str | None = _spec(None, help="where importance is measured", choices=("stream", "buffer"))
     importance_method: str | None = _spec(None, help="importance estimator (auto, hebbian, or one the learner knows)")

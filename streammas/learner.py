@@ -575,28 +575,27 @@ class OnlineMAS:
         if holding and (found or self._held_delta is not None):
             self._follow_plateau()
 
-    def _recover(self) -> bool:
+    def _recover(self) -> None:
         """Restore theta* if the weights have diverged: theta* scores the last batch finitely where they do not.
 
         After a run of skipped updates the cause is either the weights (they ran away, and every loss now
         overflows) or the input (it overflows any model). Only in the first case are the weights replaced; the
         optimizer's state and the regime's running importance, both built from the runaway weights, restart."""
         if self._last_rows is None:
-            return False
+            return
         x, y = self._last_rows
         with torch.no_grad():
             now = self.objective(self.model(x), x, y).mean()
             anchored = {n: a for n, a in zip(self.synapses.names, self.synapses.anchor)}
             before = self.objective(torch.func.functional_call(self.model, anchored, (x,)), x, y).mean()
             if bool(host_read(torch.isfinite(now) | ~torch.isfinite(before))):
-                return False
+                return
             torch._foreach_copy_([p.detach() for p in self.synapses.params], self.synapses.anchor)
         self.optimizer.state.clear()
         self.synapses.reset_running()
         self._prox_owed, self._prox_due = 0, 0
         self.counters["recoveries"] += 1
         self._emit("recovered", float(before))
-        return True
 
     def _follow_plateau(self) -> None:
         """Keep the weights of a plateau that holds (a copy, refreshed while it holds), to be anchored at the next

@@ -37,6 +37,8 @@ def test_bad_configuration_exits_2_naming_the_key(tmp_path):
     ('[source]\nuri = "csv:x.csv"\n[learner]\noptimizer = "rmsprop"\n', "[learner] optimizer must be one of"),
     ('[source]\nuri = "csv:x.csv"\n[learner]\nimportance_source = "buffer"\nhard_buffer = 0\n',
      "[learner] importance_source='buffer' needs a hard buffer"),
+    ('[source]\nuri = "csv:x.csv"\n[learner]\nhard_buffer_decay = 1.5\n',
+     "[learner] hard_buffer_decay must be in (0, 1]"),
     ('[source\nuri = "csv:x.csv"\n', "is not valid TOML"),
 ])
 def test_configuration_errors(tmp_path, capsys, text, message):
