@@ -2,13 +2,13 @@
 
 Modules, one concept each:
 
-- :mod:`connectors.base`: the contracts (``Batch``, ``Source``, ``Sink``) and ``open_source``/``open_sink``
-- :mod:`connectors.registry`: URI schemes, built-ins, plug-ins through the ``streammas.connectors`` entry points
+- :mod:`connectors.base`: the contracts (``Batch``, ``Source``, ``Sink``)
+- :mod:`connectors.registry`: ``open_source``/``open_sink`` by URI: schemes, built-ins, plug-ins (entry points)
 - :mod:`connectors.batching`: micro-batching (``batch_size``, ``max_latency_ms``) and the ``BatchingSource`` base
 - :mod:`connectors.counters`: counting input and rejects by reason, rate-limited logging
 - :mod:`connectors.samples`: dtypes, sample shapes, non-finite values, JSON samples
 - :mod:`connectors.wire`: wire format v1 (ZeroMQ messages)
-- :mod:`connectors.zmq`: ``ZmqSource`` (PULL/SUB), ``ZmqSink`` (PUB), ``ZmqProducer``
+- :mod:`connectors.zmq`: ``ZmqSource`` (PULL/SUB), ``ZmqSink`` (PUB), ``ZmqProducer`` (a package)
 - :mod:`connectors.curve`: CurveZMQ keys and authentication
 - :mod:`connectors.lines`: a resumable line cursor that follows a file like ``tail -F``
 - :mod:`connectors.paths`: a path, a directory or a glob as an ordered series of files

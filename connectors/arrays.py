@@ -24,7 +24,55 @@ _log = logging.getLogger(__name__)
 
 
 class ArraySource(BatchingSource):
-    """Base of the numpy-file sources: subclasses say how to open one file (``_load``)."""
+    """Base of the numpy-file sources: subclasses say how to open one file (``_load``).
+
+    ``_load(path)`` returns ``(x, y)``: the samples, an array whose first axis is the sample axis (a
+    memory map is fine), and their labels, a 1-D numeric array of the same length or ``None``. Files are
+    read in name order, one batch never mixes two files, and a position is ``{"path": ..., "row": ...}``.
+    :class:`NpySource` and :class:`NpzSource` are the built-in subclasses.
+
+    Parameters
+    ----------
+    path : str
+        A file, a directory (every file with ``extension`` in it) or a glob; files are read in name order.
+    extension : str
+        The files' extension with its dot (``".npy"``), used when ``path`` is a directory.
+    batch_size : int, default 32
+        Most samples per batch.
+    max_latency_ms : float, default 50.0
+        How long the oldest waiting sample may wait before a smaller batch is handed out.
+    position : dict or None, default None
+        A :attr:`~connectors.base.Batch.position` to resume from (``None``: from the first file's start).
+    follow : bool, default False
+        Must be false: a numpy file cannot be followed (``ValueError`` otherwise).
+    name : str or None, default None
+        The source's name in logs and metrics (``None``: ``path``).
+
+    Examples
+    --------
+    A subclass for whitespace-separated text files, reading a directory of two of them:
+
+    >>> import tempfile, pathlib
+    >>> class TxtSource(ArraySource):
+    ...     def __init__(self, path, **kwargs):
+    ...         super().__init__(path, ".txt", **kwargs)
+    ...     def _load(self, path):
+    ...         return np.loadtxt(path, ndmin=2), None
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = pathlib.Path(d, "a.txt").write_text("1 2\\n3 4\\n")
+    ...     _ = pathlib.Path(d, "b.txt").write_text("5 6\\n")
+    ...     with TxtSource(d, batch_size=8) as src:
+    ...         batches = [b.x.tolist() for b in src]
+    ...         position = src.position
+    ...     with TxtSource(d, position={"path": str(pathlib.Path(d, "a.txt")), "row": 1}) as resumed:
+    ...         rest = [b.x.tolist() for b in resumed]
+    >>> batches  # a batch never spans two files
+    [[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0]]]
+    >>> pathlib.Path(position["path"]).name, position["row"]
+    ('b.txt', 1)
+    >>> rest  # resumed after the first row of a.txt
+    [[[3.0, 4.0]], [[5.0, 6.0]]]
+    """
 
     def __init__(
         self,
@@ -63,6 +111,11 @@ class ArraySource(BatchingSource):
                 )
         elif position:
             _log.warning("%s is gone; going on with %s", position.get("path"), start)
+
+    @property
+    def finite(self) -> bool:
+        """Always true: a numpy file is read once, to its end (it cannot be followed)."""
+        return True
 
     @property
     def size_hint(self) -> int | None:
@@ -139,6 +192,15 @@ class ArraySource(BatchingSource):
 class NpySource(ArraySource):
     """Samples from ``.npy`` files, memory-mapped: row ``i`` of the array is sample ``i``.
 
+    Parameters
+    ----------
+    path : str
+        A ``.npy`` file, a directory of them or a glob; files are read in name order.
+    **kwargs
+        :class:`ArraySource`'s keyword arguments: ``batch_size``, ``max_latency_ms``, ``position``, ``name``.
+
+    Examples
+    --------
     >>> import tempfile, pathlib
     >>> with tempfile.TemporaryDirectory() as d:
     ...     path = str(pathlib.Path(d, "x.npy"))
@@ -157,9 +219,23 @@ class NpySource(ArraySource):
 
 
 class NpzSource(ArraySource):
-    """Samples from ``.npz`` files: array ``x_key`` (default ``"x"``, or the only array) and labels
-    ``y_key`` (default ``"y"``, used when present).
+    """Samples from ``.npz`` files: array ``x_key`` and labels ``y_key``.
 
+    ``x_key`` defaults to ``"x"``, or the only array; ``y_key`` to ``"y"``, used when present.
+
+    Parameters
+    ----------
+    path : str
+        A ``.npz`` file, a directory of them or a glob; files are read in name order.
+    x_key : str, default "x"
+        The array of samples (a file with a single array: that one, whatever its name).
+    y_key : str or None, default "y"
+        The array of labels, used when the file has it (``None``: no labels).
+    **kwargs
+        :class:`ArraySource`'s keyword arguments: ``batch_size``, ``max_latency_ms``, ``position``, ``name``.
+
+    Examples
+    --------
     >>> import tempfile, pathlib
     >>> with tempfile.TemporaryDirectory() as d:
     ...     path = str(pathlib.Path(d, "d.npz"))

@@ -1,10 +1,10 @@
-"""The contracts every connector keeps: :class:`Batch`, :class:`Source`, :class:`Sink`, and the two
-functions that open a connector from a URI (:func:`open_source`, :func:`open_sink`).
+"""The contracts every connector keeps: :class:`Batch`, :class:`Source` and :class:`Sink`.
 
 A source yields micro-batches of samples; a sink takes each batch back with one score per sample.
 Sources are not thread-safe: one consumer calls ``read`` (reading ``counters`` from another thread is
-fine). Nothing here imports ZeroMQ or touches a file; the registry imports a connector only when a URI
-asks for it.
+fine). Nothing here imports ZeroMQ or touches a file. Connectors are opened by URI with
+:func:`connectors.registry.open_source` and :func:`connectors.registry.open_sink`, which import a
+connector only when a URI asks for it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -22,10 +21,22 @@ ITERATION_POLL_S = 0.5
 
 @dataclass
 class Batch:
-    """A micro-batch: ``x`` of shape ``[B, ...]`` (float32, C-contiguous), optional labels ``y`` of shape
-    ``[B]``, and the source's ``position`` after this batch (JSON-serialisable; hand it back to
-    ``open_source(uri, position=...)`` to resume right after this batch).
+    """A micro-batch: samples, their optional labels, and the source's position after this batch.
 
+    ``len(batch)`` is the number of samples ``B``.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        The samples, of shape ``[B, ...]`` (float32, C-contiguous).
+    y : numpy.ndarray or None, default None
+        Optional labels, of shape ``[B]``.
+    position : dict or None, default None
+        The source's position after this batch (JSON-serialisable; hand it back to
+        ``connectors.registry.open_source(uri, position=...)`` to resume right after this batch).
+
+    Examples
+    --------
     >>> b = Batch(np.zeros((3, 2), dtype=np.float32), y=np.array([0, 1, 0]))
     >>> len(b), b.x.shape, b.y.tolist(), b.position
     (3, (3, 2), [0, 1, 0], None)
@@ -45,8 +56,12 @@ class Source(abc.ABC):
     Subclasses implement :meth:`read` and :meth:`close`; most build on
     :class:`connectors.batching.BatchingSource`, which adds micro-batching, counters and positions.
     Iteration ends when a finite source is exhausted; an endless source (ZeroMQ, a followed file)
-    iterates until closed from the loop body or interrupted.
+    iterates until closed from the loop body or interrupted. :attr:`finite` tells the two apart before
+    reading: ``False`` (the default) for a stream that may never end, ``True`` for one that will (the
+    file sources, CSV, JSON Lines, ``.npy`` and ``.npz``, unless they follow their files).
 
+    Examples
+    --------
     >>> class Three(Source):
     ...     def __init__(self):
     ...         self.left = 3
@@ -63,7 +78,14 @@ class Source(abc.ABC):
     >>> with Three() as source:
     ...     [float(b.x[0, 0]) for b in source]
     [2.0, 1.0, 0.0]
+    >>> source.finite  # the default: nothing promises that a source ends
+    False
     """
+
+    #: Whether the source will end (and ``finished`` become true): a file not followed. ``False``, the
+    #: default, for a stream that may never end (ZeroMQ, a followed file, a plug-in that does not say).
+    #: Callers only read it; a subclass overrides it with a property (the file sources) or its own value.
+    finite: bool = False
 
     @abc.abstractmethod
     def read(self, timeout: float | None = None) -> Batch | None:
@@ -78,6 +100,7 @@ class Source(abc.ABC):
     def finished(self) -> bool:
         """True once a finite source is exhausted; never true for an endless one."""
         return False
+
 
     @property
     def counters(self) -> Mapping[str, int]:
@@ -111,6 +134,8 @@ class Sink(abc.ABC):
     sample; any other JSON-serialisable value belongs to the batch and is attached once, to its last
     record (an event such as a consolidation happens after the batch that caused it).
 
+    Examples
+    --------
     >>> class Collect(Sink):
     ...     def __init__(self):
     ...         self.scores = []
@@ -138,24 +163,3 @@ class Sink(abc.ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def open_source(
-    uri: str,
-    *,
-    batch_size: int = 32,
-    max_latency_ms: float = 50.0,
-    position: dict | None = None,
-    **options: Any,
-) -> Source:
-    """Open the source a URI names (``zmq+pull://127.0.0.1:5555``, ``csv:data.csv``, a glob, a plug-in's
-    scheme ...). See :mod:`connectors.registry` for the schemes and how plug-ins register."""
-    from connectors.registry import open_source as _open
-
-    return _open(uri, batch_size=batch_size, max_latency_ms=max_latency_ms, position=position, **options)
-
-
-def open_sink(uri: str, **options: Any) -> Sink:
-    """Open the sink a URI names (``jsonl:scores.jsonl``, ``jsonl:-`` for stdout, ``zmq+pub://...``)."""
-    from connectors.registry import open_sink as _open
-
-    return _open(uri, **options)

@@ -53,6 +53,22 @@ class MicroBatcher:
     it. A batch that ends on a chunk's end gets its ``end``; one that ends inside a chunk gets
     :func:`skip_position` of its ``start`` (``None`` when the chunk has no ``start``).
 
+    Parameters
+    ----------
+    batch_size : int
+        The most samples in a batch (at least 1).
+    max_latency_s : float
+        How long the oldest waiting sample may wait, in seconds, before a batch is due (:attr:`deadline`).
+    clock : callable, default time.monotonic
+        The clock that stamps each chunk's arrival.
+
+    Attributes
+    ----------
+    pending : int
+        Samples waiting to be taken.
+
+    Examples
+    --------
     >>> mb = MicroBatcher(batch_size=4, max_latency_s=0.05, clock=lambda: 10.0)
     >>> mb.add(np.arange(6, dtype=np.float32).reshape(3, 2), end={"row": 3})
     >>> mb.ready, mb.pending, mb.deadline
@@ -166,6 +182,21 @@ class BatchingSource(Source):
     the position its last chunk carries (see :class:`MicroBatcher`), so a source either pushes no more
     than ``self._batcher.room`` samples at a time or gives its chunks ``start``/``end`` positions.
 
+    Parameters
+    ----------
+    name : str
+        The source's name, in its log lines and its ``repr``.
+    batch_size : int, default 32
+        The most samples in a batch.
+    max_latency_ms : float, default 50.0
+        A batch is flushed early once its oldest sample has waited this long, in milliseconds.
+    logger : logging.Logger or None, default None
+        Where rejected input is logged (``None``: this module's logger).
+    counter_keys : tuple of str, default ()
+        Counters the source keeps besides ``samples`` and ``batches``.
+
+    Examples
+    --------
     >>> class Count(BatchingSource):
     ...     def __init__(self, n, **kw):
     ...         super().__init__("count", **kw)

@@ -34,6 +34,19 @@ REASONS: Mapping[str, str] = {
 class Reject(Exception):
     """Raised by decoding code for input that must be skipped; the source counts it under ``reason``.
 
+    The source counts ``count`` rejects under ``rejected:<reason>`` and logs ``detail`` at a bounded rate.
+
+    Parameters
+    ----------
+    reason : str
+        Why the input is skipped, one of :data:`REASONS` for the built-in connectors.
+    detail : str, default ""
+        What was wrong, for the log (``""``: the reason); it is also the exception's message.
+    count : int, default 1
+        How many rejects it stands for (samples, for non-finite values).
+
+    Examples
+    --------
     >>> err = Reject("dtype", "unknown dtype 'complex64'")
     >>> err.reason, str(err)
     ('dtype', "unknown dtype 'complex64'")
@@ -49,6 +62,26 @@ class Reject(Exception):
 class RateLimitedLog:
     """A token bucket in front of a logger: ``burst`` records at once, then one per ``interval`` seconds.
 
+    The first record written after some were suppressed says how many were not logged before it.
+
+    Parameters
+    ----------
+    write : callable
+        Writes one record, a string.
+    burst : int, default 10
+        Records that may be written at once (at least 1).
+    interval : float, default 10.0
+        Seconds per record once the burst is spent.
+    clock : callable, default time.monotonic
+        The clock the bucket refills by.
+
+    Attributes
+    ----------
+    suppressed : int
+        Records not written since the last one that was.
+
+    Examples
+    --------
     >>> lines = []
     >>> log = RateLimitedLog(lines.append, burst=2, interval=60.0, clock=lambda: 0.0)
     >>> for i in range(5):
@@ -99,6 +132,26 @@ class Counters:
     ``reject`` counts and logs (rate-limited) in one call. :meth:`snapshot` is a plain ``dict`` copy,
     safe to hand to another thread (a metrics exporter) while the source keeps counting.
 
+    Parameters
+    ----------
+    logger : logging.Logger
+        Where rejects are logged.
+    name : str
+        The source's name, at the start of each log line.
+    keys : tuple of str, default ("samples", "batches")
+        Counters that start at 0.
+    burst : int, default 10
+        Log records at once, then one every ``interval`` seconds (see :class:`RateLimitedLog`).
+    interval : float, default 10.0
+        Seconds per log record once the burst is spent.
+
+    Attributes
+    ----------
+    counts : dict
+        The counts themselves; hot paths may increment ``counts[key]`` of a preset key directly.
+
+    Examples
+    --------
     >>> c = Counters(logging.getLogger("doctest"), "csv:data.csv")
     >>> c.add("samples", 32)
     >>> c.reject(Reject("parse", "line 7: 'abc' is not a number"))

@@ -32,12 +32,27 @@ class _Layout:
 class CsvSource(LineSource):
     """Samples from CSV files with a header row: numeric feature columns and an optional label column.
 
-    ``label``: the label column's name, ``None`` for none, or ``"auto"`` (the default: a column named
-    "label" if there is one). ``columns``: the feature columns (default: every other column).
-    ``label_dtype``: ``"int64"`` (class labels; the default) or ``"float32"``. A row with the wrong
-    number of fields (``columns``), a field that is not a number (``parse``), a bad label (``label``)
-    or a NaN/infinity (``nonfinite``) is skipped. Blank lines are ignored.
+    A row with the wrong number of fields (``columns``), a field that is not a number (``parse``), a bad
+    label (``label``) or a NaN/infinity (``nonfinite``) is skipped. Blank lines are ignored.
 
+    Parameters
+    ----------
+    path : str
+        A ``.csv`` file, a directory of them or a glob; files are read in name order.
+    label : str or None, default "auto"
+        The label column's name, ``None`` for none, or ``"auto"`` (a column named "label" if there is one).
+    columns : list of str or None, default None
+        The feature columns (``None``: every other column).
+    delimiter : str, default ","
+        The field delimiter, one character.
+    label_dtype : {"int64", "float32"}, default "int64"
+        ``"int64"`` (class labels) or ``"float32"``.
+    **kwargs
+        :class:`~connectors.text.LineSource`'s keyword arguments: ``batch_size``, ``max_latency_ms``,
+        ``position``, ``follow``, ``poll_interval``, ``max_line_bytes``, ``name``.
+
+    Examples
+    --------
     >>> import tempfile, pathlib
     >>> with tempfile.TemporaryDirectory() as d:
     ...     path = pathlib.Path(d, "data.csv")

@@ -18,8 +18,9 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import zmq
 import zmq.auth
@@ -32,6 +33,20 @@ _log = logging.getLogger(__name__)
 class CurveOptions:
     """Curve settings of one socket; all paths. ``server_key`` set makes the socket a client.
 
+    A socket with neither ``secret_key`` nor ``server_key`` has no Curve; with a ``secret_key`` alone it is a
+    server.
+
+    Parameters
+    ----------
+    secret_key : str or None, default None
+        This socket's own certificate (``NAME.key_secret``).
+    server_key : str or None, default None
+        The server's public certificate (clients only).
+    authorized_keys : str or None, default None
+        Directory of client public certificates (servers only).
+
+    Examples
+    --------
     >>> CurveOptions(secret_key="server.key_secret").is_server, CurveOptions(server_key="server.key").is_server
     (True, False)
     """
@@ -47,6 +62,34 @@ class CurveOptions:
     @property
     def is_server(self) -> bool:
         return self.enabled and not self.server_key
+
+    @classmethod
+    def from_keywords(cls, curve: CurveOptions | None, keywords: Mapping[str, Any], owner: str) -> CurveOptions:
+        """``curve`` (or no Curve) with the fields that ``keywords`` spell ``curve_secret_key``,
+        ``curve_server_key`` and ``curve_authorized_keys`` (the spelling of connector options, URI query
+        strings and ``streammas send``) set over it; any other keyword is ``owner``'s ``TypeError``.
+
+        >>> CurveOptions.from_keywords(None, {"curve_server_key": "server.key"}, "ZmqProducer").server_key
+        'server.key'
+        >>> CurveOptions.from_keywords(None, {"hwn": 10}, "ZmqSink")
+        Traceback (most recent call last):
+        TypeError: ZmqSink() got an unexpected keyword argument 'hwn'
+        """
+        fields: dict[str, str | None] = {}
+        for key, value in keywords.items():
+            if key not in KEYWORDS:
+                raise TypeError(f"{owner}() got an unexpected keyword argument {key!r}")
+            if value is not None:
+                fields[KEYWORDS[key]] = value
+        return replace(curve or cls(), **fields)
+
+
+#: The keyword that spells each :class:`CurveOptions` field in connector options and URI query strings.
+KEYWORDS = {
+    "curve_secret_key": "secret_key",
+    "curve_server_key": "server_key",
+    "curve_authorized_keys": "authorized_keys",
+}
 
 
 def _load(path: str, *, secret: bool) -> tuple[bytes, bytes | None]:

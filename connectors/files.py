@@ -4,15 +4,19 @@ the ``jsonl:`` sink.
 The part after the scheme is a path, a directory (every file with the scheme's extension in it) or a
 glob; ``csv:///abs/path.csv`` and ``~`` work too. Options are the source classes' keyword arguments:
 ``follow``, ``poll_interval`` (CSV, JSON Lines), ``label``, ``columns``, ``delimiter``, ``label_dtype``
-(CSV), ``sample_shape`` (JSON Lines), ``x_key``, ``y_key`` (npz); ``fsync`` for the sink.
+(CSV), ``sample_shape`` (JSON Lines), ``x_key``, ``y_key`` (npz); ``fsync`` for the sink. A file source
+is ``finite`` unless it follows its files.
 
 >>> import tempfile, pathlib
->>> from connectors.base import open_source
+>>> from connectors.registry import open_source
 >>> with tempfile.TemporaryDirectory() as d:
 ...     _ = pathlib.Path(d, "a.csv").write_text("f1,f2\\n1,2\\n3,4\\n")
 ...     with open_source(f"csv:{d}/*.csv", batch_size=16) as src:
-...         print(src.read().x.tolist())
-[[1.0, 2.0], [3.0, 4.0]]
+...         print(src.read().x.tolist(), src.finite)
+...     with open_source(f"csv:{d}/*.csv", follow=True) as followed:
+...         print(followed.finite)  # a followed file may grow for ever
+[[1.0, 2.0], [3.0, 4.0]] True
+False
 """
 
 from __future__ import annotations
@@ -28,7 +32,36 @@ from connectors.paths import file_path
 
 
 class FileConnector:
-    """Opens one file scheme's source (and sink, when it has one) from a URI."""
+    """Opens one file scheme's source (and sink, when it has one) from a URI.
+
+    The registry serves the built-in file schemes with the instances ``CSV``, ``JSONL``, ``NPY`` and
+    ``NPZ`` of this class. ``open_source(uri, *, batch_size, max_latency_ms, position, **options)`` builds
+    ``source_cls`` on the URI's path; ``open_sink(uri, **options)`` builds ``sink_cls`` on it (``-``:
+    standard output) and raises ``ValueError`` when the scheme has no sink.
+
+    Parameters
+    ----------
+    source_cls : type[Source]
+        The source class, called as ``source_cls(path, batch_size=..., max_latency_ms=..., position=...,
+        **options)``.
+    sink_cls : type[Sink] or None, default None
+        The sink class, called as ``sink_cls(path, **options)`` (``None``: the files can only be read).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from connectors.csv_source import CsvSource
+    >>> connector = FileConnector(CsvSource)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = pathlib.Path(d, "a.csv").write_text("f1,f2\\n1,2\\n")
+    ...     with connector.open_source(f"csv:{d}/a.csv", batch_size=4, max_latency_ms=0, position=None) as src:
+    ...         print(src.read().x.tolist())
+    [[1.0, 2.0]]
+    >>> connector.open_sink("csv:out.csv")
+    Traceback (most recent call last):
+        ...
+    ValueError: 'csv' files can be read, not written
+    """
 
     def __init__(self, source_cls: type[Source], sink_cls: type[Sink] | None = None) -> None:
         self._source_cls = source_cls

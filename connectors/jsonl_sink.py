@@ -46,6 +46,17 @@ class JsonlSink(Sink):
 
     ``seq`` counts the samples this sink has written, from 0. The parent directory is created.
 
+    Parameters
+    ----------
+    path : str
+        The file the records are appended to (``"-"``: standard output).
+    fsync : bool, default False
+        Also force the lines to disk after each ``write``.
+    append : bool, default True
+        Append to an existing file (``False``: truncate it).
+
+    Examples
+    --------
     >>> import tempfile, pathlib
     >>> with tempfile.TemporaryDirectory() as d:
     ...     path = pathlib.Path(d, "out", "scores.jsonl")

@@ -11,13 +11,25 @@ from connectors.text import LineSource, lines_detail
 
 
 class JsonlSource(LineSource):
-    """Samples from JSON Lines files: each line ``{"x": sample}`` / ``{"x": sample, "y": label}``, a
-    bare ``sample`` list, or several samples ``{"x": [sample, ...], "y": [label, ...]}``.
+    """Samples from JSON Lines files, one sample or several per line.
 
-    ``sample_shape`` fixes the samples' shape (otherwise the first accepted line does; see
-    :func:`connectors.samples.json_samples`). A line holding several samples may straddle two
+    Each line is ``{"x": sample}`` / ``{"x": sample, "y": label}``, a bare ``sample`` list, or several
+    samples ``{"x": [sample, ...], "y": [label, ...]}``. A line holding several samples may straddle two
     batches: the position then counts the samples of that line already delivered (``"skip"``).
 
+    Parameters
+    ----------
+    path : str
+        A ``.jsonl`` file, a directory of them or a glob; files are read in name order.
+    sample_shape : list of int or None, default None
+        Fixes the samples' shape (``None``: the first accepted line does; see
+        :func:`connectors.samples.json_samples`).
+    **kwargs
+        :class:`~connectors.text.LineSource`'s keyword arguments: ``batch_size``, ``max_latency_ms``,
+        ``position``, ``follow``, ``poll_interval``, ``max_line_bytes``, ``name``.
+
+    Examples
+    --------
     >>> import tempfile, pathlib
     >>> with tempfile.TemporaryDirectory() as d:
     ...     path = pathlib.Path(d, "data.jsonl")

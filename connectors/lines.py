@@ -47,6 +47,32 @@ def file_head(fd: int, n: int) -> int:
 class LineCursor:
     """Lines of one path, from an optional position; see the module docstring for ``follow``.
 
+    Lines come out complete (without their ``\\n``), numbered from 1 per file, with the byte offset after the
+    last one. A position records the path, the offset, the line number and a checksum of the file's first
+    bytes.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    follow : bool, default False
+        Follow the file like ``tail -F`` (rotations and truncations included); ``path`` need not exist yet.
+    position : dict or None, default None
+        A :meth:`position` to resume from (``None``: the file's start).
+    read_size : int, default 65536
+        Bytes read from the file at a time.
+    max_line_bytes : int, default MAX_LINE_BYTES
+        Longer lines are skipped (and reported) rather than held in memory.
+
+    Attributes
+    ----------
+    line : int
+        Lines consumed in the current file.
+    at_end : bool
+        A finite file was read to its end.
+
+    Examples
+    --------
     >>> import tempfile, pathlib
     >>> with tempfile.TemporaryDirectory() as d:
     ...     path = pathlib.Path(d, "a.txt")

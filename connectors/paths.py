@@ -37,7 +37,35 @@ def file_path(rest: str) -> str:
 
 
 class FileSeries:
-    """The files named by ``spec`` (a path, a directory, or a glob), in name order."""
+    """The files named by ``spec`` (a path, a directory, or a glob), in name order.
+
+    The list is taken anew on every call, so files that appear later (a followed series of log files)
+    are found; a single path is listed even before it exists.
+
+    Parameters
+    ----------
+    spec : str
+        A path, a directory (every file in it that ends with ``extension``) or a glob (``**`` recurses).
+    extension : str
+        The extension, with its dot (``".csv"``), of the files a directory contributes.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     for name in ("2024-02.csv", "2024-01.csv"):
+    ...         _ = pathlib.Path(d, name).write_text("x\\n1\\n")
+    ...     series = FileSeries(f"{d}/2024-*.csv", ".csv")
+    ...     first = series.after(None)
+    ...     names = [pathlib.Path(p).name for p in (first, series.after(first))]
+    ...     start, same = series.resume(str(pathlib.Path(d, "2023-12.csv")))
+    >>> names, series.is_single
+    (['2024-01.csv', '2024-02.csv'], False)
+    >>> pathlib.Path(start).name, same  # a saved file that is gone: go on with the next one
+    ('2024-01.csv', False)
+    >>> FileSeries("data.csv", ".csv").list()
+    ['data.csv']
+    """
 
     def __init__(self, spec: str, extension: str) -> None:
         self.spec = spec

@@ -53,7 +53,42 @@ _registered: dict[str, object] = {}
 
 
 class Connector(Protocol):
-    """What an entry point (or :func:`register`) provides; either method may be absent."""
+    """What an entry point (or :func:`register`) provides; either method may be absent.
+
+    Any object with these methods conforms: a module, an instance, or a class with static or class
+    methods. :func:`open_source` hands ``open_source`` the whole URI (the scheme included), the batching
+    settings and the saved position, plus the URI's options; :func:`open_sink` hands ``open_sink`` the URI
+    and its options.
+
+    Examples
+    --------
+    A connector for a ``zeros:`` scheme that yields one batch of zeros, registered for this process:
+
+    >>> import numpy as np
+    >>> from connectors.base import Batch, Source
+    >>> class Zeros(Source):
+    ...     finite = True
+    ...     def __init__(self, n):
+    ...         self.left = n
+    ...     def read(self, timeout=None):
+    ...         if not self.left:
+    ...             return None
+    ...         batch, self.left = Batch(np.zeros((self.left, 2), dtype=np.float32)), 0
+    ...         return batch
+    ...     @property
+    ...     def finished(self):
+    ...         return self.left == 0
+    ...     def close(self):
+    ...         pass
+    >>> class ZerosConnector:
+    ...     def open_source(self, uri, *, batch_size, max_latency_ms, position, **options):
+    ...         return Zeros(int(uri.split(":", 1)[1]))
+    >>> register("zeros", ZerosConnector())
+    >>> with open_source("zeros:3") as src:
+    ...     [b.x.shape for b in src]
+    [(3, 2)]
+    >>> unregister("zeros")
+    """
 
     def open_source(
         self, uri: str, *, batch_size: int, max_latency_ms: float, position: dict | None, **options: Any

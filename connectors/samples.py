@@ -87,9 +87,23 @@ def drop_nonfinite(x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarr
 
 
 class SampleShape:
-    """The stream's sample shape (``x.shape[1:]``): fixed up front or by the first accepted input, and
-    then enforced.
+    """The stream's sample shape (``x.shape[1:]``): fixed up front or by the first accepted input, then enforced.
 
+    :meth:`check` fixes the shape if it is not yet known, and otherwise raises :class:`~connectors.counters.Reject`
+    (reason ``shape``) for a shape that differs.
+
+    Parameters
+    ----------
+    shape : sequence of int or None, default None
+        The shape fixed up front (``None``: the first accepted input fixes it).
+
+    Attributes
+    ----------
+    shape : tuple of int or None
+        The stream's sample shape, ``None`` while it is not known.
+
+    Examples
+    --------
     >>> s = SampleShape()
     >>> s.check((4,))
     >>> s.check((5,))

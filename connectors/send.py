@@ -69,6 +69,15 @@ def _progress(total: int | None, enabled: bool) -> Any:
 class Pacer:
     """Sleeps so that ``n`` samples sent so far take at least ``n / rate`` seconds.
 
+    Each :meth:`wait` comes before a batch is sent and counts its samples.
+
+    Parameters
+    ----------
+    rate : float or None
+        Samples per second, above 0 (``None``: never waits).
+
+    Examples
+    --------
     >>> p = Pacer(None)
     >>> p.wait(10)  # no rate: never waits
     """
@@ -101,8 +110,8 @@ def _batch_size(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from connectors.base import open_source
-    from connectors.registry import split_uri
+    from connectors.curve import CurveOptions
+    from connectors.registry import open_source, split_uri
     from connectors.zmq import ZmqProducer
 
     if not logging.getLogger().handlers:  # skipped rows are reported as they happen, tersely
@@ -132,8 +141,7 @@ def run_command(args: argparse.Namespace) -> int:
             topic=args.topic,
             send_timeout=args.timeout,
             linger_ms=int(args.linger * 1000),
-            curve_server_key=args.curve_server_key,
-            curve_secret_key=args.curve_secret_key,
+            curve=CurveOptions(server_key=args.curve_server_key, secret_key=args.curve_secret_key),
         )
     except Exception as e:  # a bad address or key file: say so, no traceback
         source.close()

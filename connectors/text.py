@@ -36,7 +36,61 @@ def lines_detail(path: str, numbers: list[int], what: str) -> str:
 
 
 class LineSource(BatchingSource):
-    """Base of the line-oriented sources: files, following, positions; subclasses parse lines."""
+    """Base of the line-oriented sources: files, following, positions; subclasses parse lines.
+
+    A subclass implements ``_parse(cursor, lines, first)``: it turns ``lines`` (bytes, without their
+    newline, numbered from ``first`` in ``cursor.path``) into samples handed to ``_push(x, y,
+    end=cursor.position())`` and counts bad lines with ``_reject``; ``_new_file(cursor)`` resets per-file
+    state (a CSV header). :class:`~connectors.csv_source.CsvSource` and
+    :class:`~connectors.jsonl_source.JsonlSource` are the built-in subclasses.
+
+    Parameters
+    ----------
+    path : str
+        A file, a directory (every file with ``extension`` in it) or a glob; files are read in name order.
+    extension : str
+        The files' extension with its dot (``".csv"``), used when ``path`` is a directory.
+    batch_size : int, default 32
+        Most samples per batch.
+    max_latency_ms : float, default 50.0
+        How long the oldest waiting sample may wait before a smaller batch is handed out.
+    position : dict or None, default None
+        A :attr:`~connectors.base.Batch.position` to resume from (``None``: from the first file's start).
+    follow : bool, default False
+        Follow the files like ``tail -F``: wait for appended lines, rotated and later files; the source is
+        then not ``finite``, and ``path`` need not exist yet.
+    poll_interval : float, default 0.1
+        Seconds between two looks at a followed file that has no new line.
+    max_line_bytes : int, default MAX_LINE_BYTES
+        Longer lines are skipped without being held in memory, and counted as ``too_large``.
+    name : str or None, default None
+        The source's name in logs and metrics (``None``: ``path``).
+
+    Examples
+    --------
+    A subclass that reads one number per line:
+
+    >>> import tempfile, pathlib
+    >>> class Numbers(LineSource):
+    ...     def __init__(self, path, **kwargs):
+    ...         super().__init__(path, ".txt", **kwargs)
+    ...     def _parse(self, cursor, lines, first):
+    ...         good = []
+    ...         for number, raw in enumerate(lines, first):
+    ...             try:
+    ...                 good.append(float(raw))
+    ...             except ValueError:
+    ...                 self._reject(Reject("parse", lines_detail(cursor.path, [number], "not a number")))
+    ...         if good:
+    ...             self._push(np.array(good, dtype=np.float32)[:, None], end=cursor.position())
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = str(pathlib.Path(d, "n.txt"))
+    ...     _ = pathlib.Path(path).write_text("1\\n2\\nx\\n4\\n")
+    ...     with Numbers(path, batch_size=8) as src:
+    ...         batch = src.read()
+    >>> batch.x[:, 0].tolist(), batch.position["line"], src.counters["rejected:parse"], src.finite
+    ([1.0, 2.0, 4.0], 4, 1, True)
+    """
 
     def __init__(
         self,
@@ -65,6 +119,11 @@ class LineSource(BatchingSource):
         self._start_cursor()
         if self._cursor is None and not self._follow:
             raise FileNotFoundError(f"no file matches {path!r}")
+
+    @property
+    def finite(self) -> bool:
+        """True unless the source follows its files (``follow=True``), waiting for lines never to come."""
+        return not self._follow
 
     # -- files ---------------------------------------------------------------------------------------
     def _start_cursor(self) -> None:

@@ -33,6 +33,19 @@ DEFAULT_LABELS_DTYPE = "int64"
 class Header:
     """A validated binary header.
 
+    Made by :func:`parse_header` from the header frame ``{"v": 1, "dtype": ..., "shape": [B, ...]}``.
+
+    Parameters
+    ----------
+    dtype : numpy.dtype
+        The payload's dtype.
+    shape : tuple of int
+        The payload's shape, ``(B, ...)``: the count of samples, then the sample shape.
+    labels_dtype : numpy.dtype
+        The labels frame's dtype (``int64`` unless the header says otherwise).
+
+    Examples
+    --------
     >>> h = parse_header(b'{"v": 1, "dtype": "float32", "shape": [256, 784]}')
     >>> h.count, h.sample_shape, h.nbytes
     (256, (784,), 802816)

@@ -16,10 +16,29 @@ import torch
 class HardBuffer:
     """Keeps the ``capacity`` samples with the highest key among those it holds and those just seen.
 
-    A new sample's key is its loss; a held sample's is its loss, but at most its last key times ``decay``
-    (1: the plain highest-loss buffer). Selection is a ``topk`` on the device; the buffer's size is known on
-    the host without reading any device value. A capacity of 0 is a valid, empty buffer.
+    A new sample's key is its loss; a held sample's is its loss, but at most its last key times ``decay``.
+    Selection is a ``topk`` on the device; the buffer's size is known on the host without reading any device
+    value. A capacity of 0 is a valid, empty buffer.
 
+    Parameters
+    ----------
+    capacity : int
+        How many samples it keeps, those with the highest key.
+    decay : float, default 1.0
+        In (0, 1]: a held sample's key is at most its last key times ``decay`` (1: the plain highest-loss
+        buffer).
+
+    Attributes
+    ----------
+    x : torch.Tensor or None
+        The held samples (``None`` until the first :meth:`update`).
+    y : torch.Tensor or None
+        Their targets, when the learner has any.
+    loss : torch.Tensor or None
+        Their keys.
+
+    Examples
+    --------
     >>> buf = HardBuffer(2, decay=0.5)
     >>> x = torch.tensor([[1.0], [2.0], [3.0]])
     >>> buf.update(x, None, torch.tensor([0.5, 3.0, 1.0]))

@@ -61,16 +61,77 @@ LOCK_NAME = "lock"
 
 
 class CorruptCheckpoint(Exception):
-    """A checkpoint file that cannot be loaded or does not verify."""
+    """A checkpoint file that cannot be loaded or does not verify.
+
+    Raised by :func:`read_checkpoint`, with the reason as its message; :meth:`CheckpointStore.load_report`
+    catches it, skips the file and lists it in :attr:`LoadReport.corrupt`.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = pathlib.Path(d, "ckpt-00000001.pt")
+    ...     _ = path.write_bytes(b"not a checkpoint")
+    ...     read_checkpoint(path)
+    Traceback (most recent call last):
+        ...
+    streammas.checkpoint.CorruptCheckpoint: cannot load it (...)
+    """
 
 
 class StateDirLocked(Exception):
-    """Another process holds the state directory."""
+    """Another process holds the state directory.
+
+    Raised by :meth:`CheckpointStore.lock` when the directory's lock file is held (by another process,
+    or by another store on the same directory); the message names the holder's pid.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     first = CheckpointStore(d)
+    ...     first.lock()
+    ...     try:
+    ...         CheckpointStore(d).lock()
+    ...     except StateDirLocked as e:
+    ...         print("locked:", e)
+    ...     finally:
+    ...         first.unlock()
+    locked: state directory ... is in use by pid ...
+    """
 
 
 @dataclass
 class Checkpoint:
-    """One loaded, verified checkpoint."""
+    """One loaded, verified checkpoint.
+
+    Returned by :meth:`CheckpointStore.save`, :meth:`CheckpointStore.load_latest` and
+    :func:`read_checkpoint`.
+
+    Parameters
+    ----------
+    path : Path
+        The checkpoint's file, ``ckpt-<seq>.pt``.
+    seq : int
+        Its sequence number, one more than the previous checkpoint's.
+    created : float
+        When it was written (Unix time).
+    meta : dict
+        What rebuilds the model, the source's position and the service's counters.
+    learner : dict
+        The learner's state (:meth:`streammas.OnlineMAS.state_dict`).
+    nbytes : int, default 0
+        The file's size in bytes.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     saved = CheckpointStore(d).save({"w": torch.ones(2)}, {"samples_seen": 10})
+    ...     loaded = read_checkpoint(saved.path)
+    >>> loaded.path.name, loaded.seq, loaded.meta, loaded.learner["w"].tolist(), loaded.nbytes == saved.nbytes
+    ('ckpt-00000001.pt', 1, {'samples_seen': 10}, [1.0, 1.0], True)
+    """
 
     path: Path
     seq: int
@@ -82,7 +143,27 @@ class Checkpoint:
 
 @dataclass
 class LoadReport:
-    """What :meth:`CheckpointStore.load_latest` found: the checkpoint and the bad files it skipped."""
+    """What :meth:`CheckpointStore.load_report` found: the checkpoint and the bad files it skipped.
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint or None
+        The newest checkpoint that loads and verifies (``None``: there is none).
+    corrupt : list of (Path, str), default []
+        The newer files skipped on the way, newest first, each with the reason.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     store = CheckpointStore(d)
+    ...     _ = store.save({"w": torch.zeros(1)}, {})
+    ...     damaged = store.save({"w": torch.ones(1)}, {})
+    ...     _ = damaged.path.write_bytes(b"")
+    ...     report = store.load_report()
+    >>> report.checkpoint.seq, [(p.name, reason) for p, reason in report.corrupt]
+    (1, [('ckpt-00000002.pt', 'the file is empty')])
+    """
 
     checkpoint: Checkpoint | None
     corrupt: list[tuple[Path, str]] = field(default_factory=list)
@@ -199,7 +280,33 @@ class CheckpointStore:
     """The checkpoints of one state directory: atomic saves, rotation, and loading the newest valid one.
 
     ``keep`` checkpoints are kept; older ones are deleted after each successful save. Files named
-    ``*.corrupt`` (set aside by :meth:`quarantine`) are neither loaded nor rotated.
+    ``*.corrupt`` (set aside by :meth:`quarantine`) are neither loaded nor rotated. A writer takes the
+    directory's lock with :meth:`lock` (and gives it back with :meth:`unlock`).
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The state directory.
+    keep : int, default 3
+        How many checkpoints to keep (at least 1).
+    create : bool, default True
+        Create the directory (and its parents) if it does not exist.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     store = CheckpointStore(d, keep=2)
+    ...     store.lock()
+    ...     for step in range(3):
+    ...         _ = store.save({"w": torch.full((2,), float(step))}, {"samples_seen": 100 * step})
+    ...     store.unlock()
+    ...     names = [p.name for p in store.paths()]
+    ...     latest = store.load_latest()
+    >>> names
+    ['ckpt-00000002.pt', 'ckpt-00000003.pt']
+    >>> latest.seq, latest.meta["samples_seen"], latest.learner["w"].tolist()
+    (3, 200, [2.0, 2.0])
     """
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3, *, create: bool = True) -> None:

@@ -31,7 +31,22 @@ from torch import nn
 
 
 class FactoryError(Exception):
-    """The model factory cannot be imported or does not make a model."""
+    """The model factory cannot be imported or does not make a model.
+
+    Raised by :func:`resolve`, :meth:`ModelSpec.check` and :meth:`ModelSpec.build`; the service reports it as
+    a configuration error, naming the factory and what went wrong.
+
+    Examples
+    --------
+    >>> ModelSpec(kind=None, factory="math:pi").build((4,))
+    Traceback (most recent call last):
+        ...
+    streammas.factory.FactoryError: the model factory 'math:pi' is not callable
+    >>> ModelSpec(kind="conv-autoencoder", factory=None).build((5,))
+    Traceback (most recent call last):
+        ...
+    streammas.factory.FactoryError: cannot build a conv-autoencoder for samples of shape (5,): ...
+    """
 
 
 def resolve(spec: str, search: Sequence[str] = ()) -> Callable[..., nn.Module]:
@@ -63,7 +78,51 @@ def resolve(spec: str, search: Sequence[str] = ()) -> Callable[..., nn.Module]:
 
 @dataclass
 class ModelSpec:
-    """What builds the model (a built-in ``kind`` or a ``factory``), its options and the sample shape."""
+    """What builds the model (a built-in ``kind`` or a ``factory``), its options and the sample shape.
+
+    The service makes one from ``[model]`` and builds the model at the first sample; :meth:`as_meta` is
+    what a checkpoint stores, and :meth:`same_model` tells whether a checkpoint's model is the configured one.
+
+    Parameters
+    ----------
+    kind : str or None
+        A built-in model (``"mlp-autoencoder"``, ``"conv-autoencoder"``); with neither ``kind`` nor
+        ``factory``, an ``mlp-autoencoder``.
+    factory : str or None
+        ``"package.module:function"``, called as ``function(sample_shape, **options)``; it returns a
+        ``torch.nn.Module``.
+    options : dict, default {}
+        Keyword arguments for the built-in model or the factory.
+    sample_shape : list of int or None, default None
+        The shape of one sample, set by :meth:`build` (``None``: not known yet).
+    search : list of str, default []
+        Directories where the factory's module is looked for first (the configuration file's directory).
+
+    Examples
+    --------
+    A built-in model, and what a checkpoint keeps of it:
+
+    >>> spec = ModelSpec(kind="mlp-autoencoder", factory=None, options={"latent": 4})
+    >>> type(spec.build([16])).__name__, spec.sample_shape
+    ('MLPAutoencoder', [16])
+    >>> spec.as_meta()
+    {'kind': 'mlp-autoencoder', 'factory': None, 'options': {'latent': 4}, 'sample_shape': [16]}
+    >>> spec.same_model({"kind": "mlp-autoencoder", "factory": None, "options": {"latent": 2}})
+    "options: the checkpoint has {'latent': 2}, the configuration {'latent': 4}"
+
+    A factory of one's own, in a module found through ``search``:
+
+    >>> import sys, tempfile, pathlib
+    >>> code = "from torch import nn\\ndef make(shape, width=8):\\n    return nn.Linear(shape[0], width)\\n"
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = pathlib.Path(d, "doc_models.py").write_text(code)
+    ...     spec = ModelSpec(kind=None, factory="doc_models:make", options={"width": 3}, search=[d])
+    ...     model = spec.build((5,))
+    ...     sys.path.remove(d)  # resolve() put the directory on sys.path
+    >>> model, spec.name
+    (Linear(in_features=5, out_features=3, bias=True), 'doc_models:make')
+    >>> del sys.modules["doc_models"]
+    """
 
     kind: str | None
     factory: str | None

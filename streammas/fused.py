@@ -6,9 +6,10 @@ activations trained by plain SGD on the reconstruction error the backward pass i
 and writing it out lets one step
 
 - update each weight in place with one ``addmm_``: the gradient is never stored;
-- carry the importance seed ``2 F(x)`` (DESIGN.md, step 3) through the same backward pass as the training
+- carry the importance seed ``2 F(x)`` (docs/algorithm.md, step 3) through the same backward pass as the training
   seed, stacked under it, so that both share each product with ``W``;
-- fold ``|Delta|^T |A| / B`` into the running importance with one more ``addmm_`` per layer.
+- fold ``|Delta|^T |A| / B`` into the running importance with one more ``addmm_`` per layer
+  (:func:`streammas.importance.linear.fold_linear_importance`, the linear layer's importance rule).
 
 The numbers are autograd's up to float rounding (``tests/test_fused.py`` compares them step by step). How a
 model is read as a chain is a registry keyed by module type (:func:`register_chain`), and so is the
@@ -25,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as module_hooks
 
-from streammas.importance import register_into
+from streammas.importance.linear import fold_linear_importance, linear_importance
+from streammas.importance.registry import register_chain_importance, register_into
 from streammas.models import MLPAutoencoder
 from streammas.objectives import reconstruction
 
@@ -103,8 +105,34 @@ def _mlp_autoencoder(model: MLPAutoencoder) -> tuple[list[nn.Module], bool]:
 
 @dataclass
 class FusedResult:
-    """One step's per-sample losses (all rows, detached) and their mean, whether that mean was finite (a device
-    tensor: the update was applied), and whether the first rows' importance was folded into the running one."""
+    """What one :meth:`FusedChain.step` did: the losses, whether the update was applied, whether importance was folded.
+
+    Parameters
+    ----------
+    losses : torch.Tensor
+        The per-sample losses of all rows (the batch and the hard buffer's), detached, ``[rows]``.
+    mean : torch.Tensor
+        Their mean, a 0-d device tensor.
+    finite : torch.Tensor
+        Whether that mean was finite, a 0-d boolean device tensor: the update was applied (read it without a
+        host sync by combining it on the device).
+    measured : bool
+        Whether the first rows' importance was folded into the running importance.
+
+    Examples
+    --------
+    >>> torch.manual_seed(0) and None
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 4))
+    >>> chain = FusedChain.build(model, reconstruction, torch.optim.SGD(model.parameters(), lr=0.1))
+    >>> result = chain.step(torch.rand(6, 4), 6)
+    >>> result.losses.shape, bool(result.finite), result.measured
+    (torch.Size([6]), True, False)
+    >>> bool(torch.isclose(result.mean, result.losses.mean()))
+    True
+    >>> running = [torch.zeros_like(p) for p in chain.parameters()]
+    >>> chain.step(torch.rand(6, 4), 6, fold=(running, lambda: 1.0)).measured, bool(running[0].sum() > 0)
+    (True, True)
+    """
 
     losses: torch.Tensor
     mean: torch.Tensor
@@ -146,6 +174,19 @@ class FusedChain:
     momentum, weight decay, Nesterov or maximisation). The update is skipped, without a host sync, when the
     loss is not finite.
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model the chain computes.
+    modules : list of torch.nn.Module
+        Its modules in forward order: linear layers and registered activations (see :func:`read_chain`).
+    flattens : bool
+        Whether the model flattens each sample and restores its shape.
+    lr_of : list of callable or None, default None
+        Per linear layer, the current learning rate of its optimizer group (:meth:`build` sets them).
+
+    Examples
+    --------
     >>> torch.manual_seed(0) and None
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
     >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -270,12 +311,10 @@ class FusedChain:
             lr = lr_of()
             train = d[:rows]
             if measure:  # before the update: the importance is the one of the weights the batch was scored on
-                imp = d[rows:].abs()
-                w_target = next(targets)
-                w_target.addmm_(imp.t(), a_in[:batch].abs(), beta=1.0 - weight, alpha=weight / batch)
+                fold_to = {"weight": next(targets)}
                 if layer.bias is not None:
-                    b_target = next(targets)
-                    b_target.lerp_(imp.mean(dim=0), weight)
+                    fold_to["bias"] = next(targets)
+                fold_linear_importance(d[rows:], a_in[:batch], fold_to, weight)
             layer.weight.addmm_(train.t(), a_in, alpha=-lr)
             if layer.bias is not None:
                 layer.bias.add_(train.sum(dim=0), alpha=-lr)
@@ -288,10 +327,7 @@ class FusedChain:
         deltas = self._backward(outputs[-1] * 2.0, outputs, x.shape[0], x.shape[0], False, lambda t: t)
         result = []
         for layer, a_in, d in zip(self.linears, inputs, deltas):
-            d_abs = d.abs()
-            result.append(d_abs.t().mul(1.0 / x.shape[0]).mm(a_in.abs()))
-            if layer.bias is not None:
-                result.append(d_abs.mean(dim=0))
+            result += linear_importance(d, a_in, layer.bias is not None).values()  # weight, then bias
         return result
 
     def parameters(self) -> Iterable[nn.Parameter]:
@@ -303,7 +339,7 @@ class FusedChain:
 
 
 def chain_importance(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """Exact per-sample importance (DESIGN.md, step 3) of a chain model's trained parameters by the hand-derived
+    """Exact per-sample importance (docs/algorithm.md, step 3) of a chain model's trained parameters by the hand-derived
     backward pass, or ``None`` where the model is not a chain (see :func:`read_chain`).
 
     >>> torch.manual_seed(0) and None
@@ -319,6 +355,11 @@ def chain_importance(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
         return None
     by_id = {id(p): t for p, t in zip(chain.parameters(), chain.importance(x))}
     return {n: by_id[id(p)] for n, p in model.named_parameters() if p.requires_grad}
+
+
+# output_sensitivity tries this before its per-layer rules; registering here keeps streammas.importance from
+# importing this module (which imports it).
+register_chain_importance(chain_importance)
 
 
 def _times(d: torch.Tensor, derivative: torch.Tensor, rows: int, batch: int, stacked: bool) -> torch.Tensor:

@@ -36,7 +36,19 @@ HISTORY_KINDS = ("plateau", "peak", "consolidation")
 
 
 class InspectError(Exception):
-    """Nothing to inspect (no directory, no valid checkpoint)."""
+    """Nothing to inspect (no directory, no valid checkpoint).
+
+    Raised by :func:`summarize`; ``streammas inspect`` prints its message and exits with status 2.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     summarize(d)
+    Traceback (most recent call last):
+        ...
+    streammas.inspect.InspectError: ... holds no checkpoint (ckpt-*.pt)
+    """
 
 
 def tensor_stats(t: torch.Tensor) -> dict[str, Any]:

@@ -69,7 +69,40 @@ def _timestamp(created: float) -> str:
 
 
 class StructuredFormatter(logging.Formatter):
-    """Formats records as ``key=value`` text (``fmt="text"``) or as one JSON object (``fmt="json"``)."""
+    """Formats records as ``key=value`` text (``fmt="text"``) or as one JSON object (``fmt="json"``).
+
+    A record logged through :func:`log_event` shows its event and fields; any other record shows its message.
+    A record's exception, if any, follows the text line (the ``error`` field of a JSON object).
+    :func:`make_handler` and :func:`setup_logging` install it.
+
+    Parameters
+    ----------
+    fmt : str, default "text"
+        ``"text"`` (``time level logger event key=value ...``) or ``"json"`` (one object per line).
+
+    Examples
+    --------
+    >>> record = logging.makeLogRecord({"name": "connectors.csv_source", "levelname": "WARNING",
+    ...                                 "msg": "skipped %d lines", "args": (2,), "created": 0.0})
+    >>> StructuredFormatter("text").format(record)
+    '1970-01-01T00:00:00.000Z warning connectors.csv_source skipped 2 lines'
+    >>> print(StructuredFormatter("json").format(record))
+    {"ts": "1970-01-01T00:00:00.000Z", "level": "warning", "logger": "connectors.csv_source", "msg": "skipped 2 lines"}
+
+    An event with fields, through a handler (a non-finite number is ``null`` in JSON):
+
+    >>> import io
+    >>> out = io.StringIO()
+    >>> handler = logging.StreamHandler(out)
+    >>> handler.setFormatter(StructuredFormatter("json"))
+    >>> logger = logging.getLogger("streammas.doctest.formatter")
+    >>> logger.addHandler(handler); logger.setLevel(logging.INFO); logger.propagate = False
+    >>> log_event(logger, "checkpoint", samples_seen=12000, loss=float("nan"))
+    >>> obj = json.loads(out.getvalue())
+    >>> obj["event"], obj["samples_seen"], obj["loss"]
+    ('checkpoint', 12000, None)
+    >>> logger.removeHandler(handler)
+    """
 
     def __init__(self, fmt: str = "text") -> None:
         super().__init__()

@@ -52,12 +52,67 @@ STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.
 
 
 class MetricsPortInUse(OSError):
-    """Metrics cannot be served: the port is taken or cannot be bound (or prometheus-client is missing)."""
+    """Metrics cannot be served: the port is taken or cannot be bound (or prometheus-client is missing).
+
+    Raised by :meth:`ServiceMetrics.serve`, with the ``errno`` of the failed bind; it is an ``OSError``.
+
+    Examples
+    --------
+    >>> first = ServiceMetrics()
+    >>> host, port = first.serve("127.0.0.1", 0)
+    >>> try:
+    ...     ServiceMetrics().serve(host, port)
+    ... except MetricsPortInUse as e:
+    ...     print(e.strerror.replace(str(port), "PORT"))
+    ... finally:
+    ...     first.close()
+    metrics port 127.0.0.1:PORT is already in use
+    >>> issubclass(MetricsPortInUse, OSError)
+    True
+    """
 
 
 @dataclass
 class Snapshot:
-    """The values the metrics show, as plain numbers (read by the service at most every few batches)."""
+    """The values the metrics show, as plain numbers (read by the service at most every few batches).
+
+    Counts are totals over the state directory's lifetime; :meth:`ServiceMetrics.publish` shows a snapshot
+    until the next one.
+
+    Parameters
+    ----------
+    samples : int, default 0
+        Samples learned.
+    batches : int, default 0
+        Batches processed.
+    rejected : dict of str to int, default {}
+        Samples turned away, by reason (``learner`` for the learner's own rejects, the source's reasons
+        otherwise).
+    loss : float or None, default None
+        Moving average of the prequential loss (``None``: none yet, shown as NaN).
+    plateaus : int, default 0
+        Plateaus the detector found.
+    peaks : int, default 0
+        Loss peaks the detector found.
+    consolidations : int, default 0
+        Consolidations of the importance.
+    skipped_updates : int, default 0
+        Updates skipped for a non-finite loss.
+    recoveries : int, default 0
+        Runaway weights restored to theta*.
+    importance : dict of str to (float, float), default {}
+        The consolidated importance (Omega) by parameter name: ``(mean, max)``.
+
+    Examples
+    --------
+    >>> m = ServiceMetrics()
+    >>> m.publish(Snapshot(samples=640, batches=20, plateaus=2, importance={"encoder.0.weight": (0.5, 2.0)}))
+    >>> text = m.render()
+    >>> 'streammas_plateaus_total 2.0' in text, 'streammas_prequential_loss NaN' in text
+    (True, True)
+    >>> 'streammas_importance{param="encoder.0.weight",stat="max"} 2.0' in text
+    True
+    """
 
     samples: int = 0
     batches: int = 0
@@ -110,7 +165,28 @@ class _Collector:
 
 
 class ServiceMetrics:
-    """The service's metrics in a registry of their own, optionally served over HTTP (:meth:`serve`)."""
+    """The service's metrics in a registry of their own, optionally served over HTTP (:meth:`serve`).
+
+    The service publishes a :class:`Snapshot` every few batches (:meth:`publish`), observes each step's time
+    (:meth:`observe_step`) and counts checkpoints (:meth:`checkpoint_written`); :meth:`render` is what a
+    scrape of ``/metrics`` returns. Without prometheus-client, publishing and observing still work (they do
+    nothing visible) but :meth:`serve` raises :class:`MetricsPortInUse` and :meth:`render` ``RuntimeError``.
+
+    Examples
+    --------
+    >>> import urllib.request
+    >>> metrics = ServiceMetrics()
+    >>> metrics.publish(Snapshot(samples=640, batches=20, loss=0.125))
+    >>> metrics.checkpoint_written()
+    >>> host, port = metrics.serve("127.0.0.1", 0)  # port 0: any free port
+    >>> try:
+    ...     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
+    ...         scraped = response.read().decode()
+    ... finally:
+    ...     metrics.close()
+    >>> [line for line in scraped.splitlines() if line.startswith(("streammas_samples", "streammas_checkpoints"))]
+    ['streammas_samples_total 640.0', 'streammas_checkpoints_total 1.0']
+    """
 
     def __init__(self) -> None:
         self.snapshot = Snapshot()

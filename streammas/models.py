@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from streammas.importance.registry import register_mode_free
+
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -25,6 +27,27 @@ def _mlp(sizes: Sequence[int]) -> nn.Sequential:
 class MLPAutoencoder(nn.Module):
     """A fully connected autoencoder; samples of any shape are flattened and the output takes their shape.
 
+    The encoder maps the ``in_features`` inputs through the ``hidden`` widths to a code of ``latent`` units; the
+    decoder mirrors it.
+
+    Parameters
+    ----------
+    in_features : int
+        Number of inputs, the size of a flattened sample.
+    hidden : sequence of int, default (128,)
+        Widths of the encoder's hidden layers (the decoder's in reverse order).
+    latent : int, default 16
+        Size of the code layer.
+
+    Attributes
+    ----------
+    encoder : torch.nn.Sequential
+        From the flattened sample to the code.
+    decoder : torch.nn.Sequential
+        From the code back to the flattened sample.
+
+    Examples
+    --------
     >>> model = MLPAutoencoder(in_features=64, hidden=(128,), latent=16)
     >>> model(torch.zeros(5, 64)).shape
     torch.Size([5, 64])
@@ -50,6 +73,24 @@ class ConvAutoencoder(nn.Module):
     Each stage halves the resolution; the decoder mirrors it and the output is cropped to the input size,
     so any image size works.
 
+    Parameters
+    ----------
+    in_channels : int, default 1
+        Channels of the input images.
+    channels : sequence of int, default (16, 32)
+        Channels of the encoder's stages, each a stride-2 convolution (the decoder's in reverse order).
+    kernel_size : int, default 3
+        Size of every convolution's kernel.
+
+    Attributes
+    ----------
+    encoder : torch.nn.Sequential
+        The convolutions, from the image to the code.
+    decoder : torch.nn.Sequential
+        The transposed convolutions, from the code back to the image.
+
+    Examples
+    --------
     >>> model = ConvAutoencoder(in_channels=1, channels=(8, 16))
     >>> model(torch.zeros(2, 1, 28, 28)).shape
     torch.Size([2, 1, 28, 28])
@@ -84,6 +125,19 @@ class ConvAutoencoder(nn.Module):
 class MLPClassifier(nn.Module):
     """A fully connected classifier returning logits.
 
+    Samples of any shape are flattened.
+
+    Parameters
+    ----------
+    in_features : int
+        Number of inputs, the size of a flattened sample.
+    n_classes : int
+        Number of classes, the size of the logits.
+    hidden : sequence of int, default (128,)
+        Widths of the hidden layers.
+
+    Examples
+    --------
     >>> MLPClassifier(in_features=64, n_classes=10)(torch.zeros(3, 8, 8)).shape
     torch.Size([3, 10])
     """
@@ -133,3 +187,8 @@ def build_model(kind: str, sample_shape: Sequence[int], **kwargs) -> nn.Module:
             raise ValueError(f"conv-autoencoder needs image samples [C, H, W] or [H, W], got shape {shape}")
         return ConvAutoencoder(in_channels=shape[0] if len(shape) == 3 else 1, **kwargs)
     raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+
+
+# No dropout and no batch statistics in any of them: a learner may serve the importance from the training
+# forward of these models (streammas.importance.is_mode_free).
+register_mode_free(MLPAutoencoder, ConvAutoencoder, MLPClassifier)

@@ -41,45 +41,88 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
+from streammas.settings import at_least, check_settings, in_unit_interval, non_negative, setting
+
 PLATEAU = "plateau"
 PEAK = "peak"
 HOLD = "hold"
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlateauConfig:
-    """Detector settings. The defaults are relative (scale-free) and were chosen with ``streammas evaluate``
-    and the detector's own replay of recorded loss curves (see the README's results section)."""
+    """Detector settings, each with its default, check and help (``[learner.plateau]`` in a configuration file).
 
-    window: int = 20
-    min_drop: float = 0.5
-    rearm_share: float = 0.5
-    patience: int = 20
-    progress_steps: int = 50
-    progress_share: float = 0.1
-    peak_rise: float = 0.35
-    peak_z: float = 3.5
-    peak_persist: int = 3
-    level_steps: int = 50
-    hold_rise: float = 0.5
-    hold_recent: int = 5
-    rule: str = "relative"
-    mean_threshold: float = 0.1
-    var_threshold: float = 0.01
+    The defaults are relative (scale-free) and were chosen with ``streammas evaluate`` and the detector's own
+    replay of recorded loss curves (see the README's results section).
+
+    Parameters
+    ----------
+    window : int, default 20
+        Losses in the sliding window (its median is the statistic); at least 2.
+    min_drop : float, default 0.5
+        A plateau's median must be this fraction below the peak, in [0, 1).
+    rearm_share : float, default 0.5
+        After a peak, recovering this share of its rise (in log) is low enough too.
+    patience : int, default 20
+        Steps in a row the median must stay that low.
+    progress_steps : int, default 50
+        Steps over which the remaining progress is measured.
+    progress_share : float, default 0.1
+        A plateau: the median fell by less than this share of its drop over ``progress_steps``.
+    peak_rise : float, default 0.35
+        Rise (a fraction) above the plateau's level that is a peak.
+    peak_z : float, default 3.5
+        A peak also rises this many of the level's standard deviations.
+    peak_persist : int, default 3
+        Steps in a row a peak's rise must last.
+    level_steps : int, default 50
+        Time constant (steps) of the plateau level's tracking.
+    hold_rise : float, default 0.5
+        Rise (a fraction) of the latest losses while a plateau still holds.
+    hold_recent : int, default 5
+        Latest losses the hold test averages.
+    rule : {"relative", "absolute"}, default "relative"
+        Relative (scale-free) or absolute (thresholds in loss units).
+    mean_threshold : float, default 0.1
+        Absolute rule: window mean threshold.
+    var_threshold : float, default 0.01
+        Absolute rule: window variance threshold.
+
+    Examples
+    --------
+    >>> PlateauConfig(window=10).window
+    10
+    >>> PlateauConfig(min_drop=1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: min_drop must be in [0, 1); got 1.0
+    """
+
+    window: int = setting(20, help="losses in the sliding window (its median is the statistic)", check=at_least(2))
+    min_drop: float = setting(0.5, help="a plateau's median must be this fraction below the peak",
+                              check=in_unit_interval(closed_low=True, closed_high=False))
+    rearm_share: float = setting(0.5, help="after a peak, recovering this share of its rise (in log) is low enough "
+                                 "too", check=non_negative)
+    patience: int = setting(20, help="steps in a row the median must stay that low", check=at_least(1))
+    progress_steps: int = setting(50, help="steps over which the remaining progress is measured", check=at_least(1))
+    progress_share: float = setting(0.1, help="a plateau: the median fell by less than this share of its drop over "
+                                    "progress_steps", check=non_negative)
+    peak_rise: float = setting(0.35, help="rise (a fraction) above the plateau's level that is a peak",
+                               check=non_negative)
+    peak_z: float = setting(3.5, help="a peak also rises this many of the level's standard deviations",
+                            check=non_negative)
+    peak_persist: int = setting(3, help="steps in a row a peak's rise must last", check=at_least(1))
+    level_steps: int = setting(50, help="time constant (steps) of the plateau level's tracking", check=at_least(1))
+    hold_rise: float = setting(0.5, help="rise (a fraction) of the latest losses while a plateau still holds",
+                               check=non_negative)
+    hold_recent: int = setting(5, help="latest losses the hold test averages", check=at_least(1))
+    rule: str = setting("relative", help="relative (scale-free) or absolute (thresholds in loss units)",
+                        choices=("relative", "absolute"))
+    mean_threshold: float = setting(0.1, help="absolute rule: window mean threshold")
+    var_threshold: float = setting(0.01, help="absolute rule: window variance threshold")
 
     def __post_init__(self) -> None:
-        if self.window < 2:
-            raise ValueError(f"plateau window must be at least 2, got {self.window}")
-        if self.rule not in ("relative", "absolute"):
-            raise ValueError(f"plateau rule must be 'relative' or 'absolute', got {self.rule!r}")
-        for name in ("min_drop", "rearm_share", "progress_share", "peak_rise", "peak_z", "hold_rise"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"plateau {name} must be >= 0, got {getattr(self, name)}")
-        if not self.min_drop < 1:
-            raise ValueError(f"plateau min_drop must be below 1, got {self.min_drop}")
-        for name in ("patience", "progress_steps", "peak_persist", "level_steps", "hold_recent"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"plateau {name} must be at least 1, got {getattr(self, name)}")
+        check_settings(self)
 
 
 class PlateauDetector:
@@ -88,6 +131,15 @@ class PlateauDetector:
     ``update(value)`` returns ``"plateau"`` or ``"peak"`` on the step where one is detected, ``"hold"``
     while a detected plateau still holds, and ``None`` otherwise.
 
+    Parameters
+    ----------
+    config : PlateauConfig, dict or None, default None
+        The settings, as a :class:`PlateauConfig` or a dict of its fields (``None``: the defaults).
+    **settings
+        Fields of :class:`PlateauConfig` that override those of ``config``.
+
+    Examples
+    --------
     >>> import random
     >>> rng = random.Random(0)
     >>> detector = PlateauDetector()
@@ -225,41 +277,3 @@ class PlateauDetector:
         for key in ("below", "settled", "over", "steps"):
             setattr(self, key, int(state[key]))
 
-
-class RiverDriftDetector:
-    """Adapter that lets a river drift detector (``river.drift.ADWIN``, ``PageHinkley``...) play the
-    detector's role: a detected drift is a peak; the plateau is declared ``patience`` steps after it
-    (with no further drift), when the new regime has had time to be learned.
-
-    >>> from river import drift
-    >>> detector = RiverDriftDetector(drift.PageHinkley(), patience=50)
-    >>> events = [detector.update(v) for v in [1.0] * 200 + [5.0] * 200]
-    >>> "peak" in events and "plateau" in events
-    True
-    """
-
-    def __init__(self, drift_detector, patience: int = 100) -> None:
-        self.detector = drift_detector
-        self.patience = int(patience)
-        self.since_drift = 0
-        self.armed = True
-
-    def update(self, value: float) -> str | None:
-        if not math.isfinite(value):
-            return None
-        self.detector.update(value)
-        if self.detector.drift_detected:
-            self.since_drift, self.armed = 0, True
-            return PEAK
-        self.since_drift += 1
-        if self.armed and self.since_drift >= self.patience:
-            self.armed = False
-            return PLATEAU
-        return None if self.armed else HOLD
-
-    def state_dict(self) -> dict:
-        return {"since_drift": self.since_drift, "armed": self.armed}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        # river detectors carry their own Python state; only the adapter's counters travel in a checkpoint.
-        self.since_drift, self.armed = int(state["since_drift"]), bool(state["armed"])

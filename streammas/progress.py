@@ -59,7 +59,58 @@ def close_bar(bar: Any) -> None:
 
 
 class Progress:
-    """A progress bar or periodic status lines over a stream of batches."""
+    """A progress bar or periodic status lines over a stream of batches.
+
+    With ``bar`` (and tqdm installed) a bar shows the samples, the rate and the latest ``loss``,
+    ``plateaus`` and ``consolidations``; without, a ``status`` event is logged at most every
+    ``status_every`` seconds with the rate and the latest status values. Call :meth:`close` at the end.
+
+    Parameters
+    ----------
+    bar : bool
+        Draw a tqdm bar (see :func:`want_bar`); status lines when false or when tqdm is missing.
+    status_every : float
+        Seconds between two status lines (0: none); unused while a bar is shown.
+    logger : logging.Logger
+        Where status lines are logged.
+    total : int or None, default None
+        The samples expected, for the bar's percentage (``None``: unknown, an endless stream).
+    initial : int, default 0
+        The bar's starting count (samples already learned before a restart).
+    description : str, default "learning"
+        The bar's label.
+    unit : str, default "sample"
+        The bar's unit.
+    stream : IO[str] or None, default None
+        Where the bar is drawn (``None``: standard error).
+
+    Examples
+    --------
+    Status lines, through a structured log handler:
+
+    >>> import io, time
+    >>> out = io.StringIO()
+    >>> logger = logging.getLogger("streammas.doctest.progress")
+    >>> handler = logs.make_handler("text", out)
+    >>> logger.addHandler(handler); logger.setLevel(logging.INFO); logger.propagate = False
+    >>> progress = Progress(bar=False, status_every=0.01, logger=logger)
+    >>> time.sleep(0.02)
+    >>> progress.update(32, {"loss": 0.5, "plateaus": 1})
+    >>> progress.close()
+    >>> out.getvalue().split(" ", 1)[1]
+    'info  streammas.doctest.progress status samples_per_s=... loss=0.5 plateaus=1\\n'
+    >>> logger.removeHandler(handler)
+
+    A bar, drawn here into a string:
+
+    >>> screen = io.StringIO()
+    >>> progress = Progress(bar=True, status_every=30.0, logger=logger, total=64, stream=screen)
+    >>> progress.update(32, {"loss": 0.25})
+    >>> progress.update(32)
+    >>> progress.close()
+    >>> progress.samples, "64.0/64.0" in screen.getvalue(), "loss=0.25" in screen.getvalue()
+    (64, True, True)
+    """
 
     def __init__(
         self,
@@ -87,10 +138,6 @@ class Progress:
                                      stream=stream)
             except ImportError:  # no tqdm: status lines instead
                 self._bar = None
-
-    @property
-    def has_bar(self) -> bool:
-        return self._bar is not None
 
     def update(self, samples: int, status: Mapping[str, Any] | None = None) -> None:
         """``samples`` more went by; ``status``: fresh values to show (``None``: keep the last ones)."""

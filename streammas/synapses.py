@@ -19,15 +19,42 @@ NORMALIZATIONS = ("mean", "max", "tensor", "none")
 class Synapses:
     """Omega, theta* and the running importance for a list of named parameters.
 
-    ``consolidation`` chooses how each regime's importance enters Omega: ``"mean"`` (the cumulative mean
-    over the consolidations so far), ``"sum"``, or ``"ema"`` (exponential averaging with ``ema_alpha``).
-    ``normalization`` rescales a regime's importance before it enters Omega (``"mean"``: its mean over all
-    parameters becomes 1; ``"max"``: its maximum becomes 1; ``"tensor"``: each parameter tensor's mean becomes
-    1), so that lambda means the same thing whatever the size of the model's output.
-    ``omega_dtype`` stores Omega in another dtype than the parameters' (``torch.bfloat16`` halves its memory:
-    Omega weighs the penalty, and three significant digits weigh it as well as seven); arithmetic on it is
-    done in the parameters' dtype.
+    State is kept as plain tensors in lists aligned with the parameters; the regulariser is
+    ``lambda * sum Omega (theta - theta*)^2``.
 
+    Parameters
+    ----------
+    named_params : iterable of (str, torch.nn.Parameter)
+        The parameters, with their names (``model.named_parameters()``).
+    consolidation : {"mean", "sum", "ema"}, default "mean"
+        How each regime's importance enters Omega: ``"mean"`` (the cumulative mean over the consolidations so
+        far), ``"sum"``, or ``"ema"`` (exponential averaging with ``ema_alpha``).
+    ema_alpha : float, default 0.5
+        Weight of a new regime with ``consolidation="ema"``, in (0, 1].
+    normalization : {"mean", "max", "tensor", "none"}, default "mean"
+        Rescales a regime's importance before it enters Omega (``"mean"``: its mean over all parameters becomes
+        1; ``"max"``: its maximum becomes 1; ``"tensor"``: each parameter tensor's mean becomes 1), so that lambda
+        means the same thing whatever the size of the model's output.
+    omega_dtype : torch.dtype or None, default None
+        Stores Omega in another dtype than the parameters' (``torch.bfloat16`` halves its memory: Omega weighs
+        the penalty, and three significant digits weigh it as well as seven); arithmetic on it is done in the
+        parameters' dtype. ``None``: the parameters' dtype.
+
+    Attributes
+    ----------
+    omega : list of torch.Tensor
+        The consolidated importance Omega, one tensor per parameter.
+    anchor : list of torch.Tensor
+        The anchor theta*.
+    running : list of torch.Tensor
+        The running importance of the current regime.
+    running_count : int
+        The samples folded into ``running`` since the last consolidation.
+    consolidations : int
+        How many consolidations there have been.
+
+    Examples
+    --------
     >>> w = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
     >>> syn = Synapses([("w", w)], normalization="none")
     >>> syn.accumulate([torch.tensor([2.0, 0.0])], batch_size=4)

@@ -61,7 +61,7 @@ def test_minimal_configuration_takes_defaults():
     ('[source]\nuri = "a"\noptions = 3\n', "[source] options must be a table, got integer 3"),
     ('[source]\nuri = "a"\n[learner]\nplateau = 3\n', "[learner.plateau] must be a table, got integer 3"),
     ('[source]\nuri = "a"\n[learner]\nlr = nan\n', "[learner] lr must be a finite number"),
-    ('[source]\nuri = "a"\n[learner]\nlr = -1\n', "[learner] lr must be > 0; got -1.0"),
+    ('[source]\nuri = "a"\n[learner]\nlr = -1\n', "[learner] lr must be >= 0; got -1.0"),
     ('[source]\nuri = "a"\n[metrics]\nport = 70000\n', "[metrics] port must be a TCP port"),
     ('[source]\nuri = "a"\n[log]\nformat = "xml"\n', "[log] format must be one of 'text', 'json'; got 'xml'"),
     ('[source]\nuri = "a"\n[model]\nfactory = "nocolon"\n', '[model] factory must look like "package.module:function"'),

@@ -8,10 +8,10 @@ import logging
 import numpy as np
 import pytest
 
-from connectors.base import Batch, Sink, Source, open_sink, open_source
+from connectors.base import Batch, Sink, Source
 from connectors.batching import BatchingSource, MicroBatcher
 from connectors.counters import Counters, RateLimitedLog, Reject
-from connectors.registry import available, find_connector, register, split_uri, unregister
+from connectors.registry import available, find_connector, open_sink, open_source, register, split_uri, unregister
 
 
 class FakeClock:

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connectors.base import Batch, open_sink, open_source
+from connectors.base import Batch
 from connectors.jsonl_sink import JsonlSink
 from connectors.lines import LineCursor
+from connectors.registry import open_sink, open_source
 
 GUARD_S = 60.0  # a safety net against hangs, never a performance assertion
 

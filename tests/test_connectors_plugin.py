@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connectors.base import open_sink, open_source
-from connectors.registry import ENTRY_POINT_GROUP, available
+from connectors.registry import ENTRY_POINT_GROUP, available, open_sink, open_source
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "examples" / "plugin_connector"

@@ -38,6 +38,7 @@ def receive(src: ZmqSource, n: int) -> tuple[np.ndarray, np.ndarray | None]:
     return np.concatenate(xs), None if ys[0] is None else np.concatenate(ys)
 
 
+@pytest.mark.slow
 def test_send_a_csv_file_from_the_command_line(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_text("a,b,label\n" + "".join(f"{i},{-i},{i % 4}\n" for i in range(50)) + "oops\n")

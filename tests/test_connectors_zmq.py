@@ -17,8 +17,9 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from connectors.base import Batch, open_sink, open_source
+from connectors.base import Batch
 from connectors.curve import create_keys
+from connectors.registry import open_sink, open_source
 from connectors.zmq import ZmqProducer, ZmqSink, ZmqSource, endpoint, is_loopback
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from test_service_support import streammas
 
 from streammas.demo import make_demo_stream, render_report, run_demo
 
 
+@pytest.mark.slow
 def test_demo_quick_runs_end_to_end(tmp_path):
     result = streammas("demo", "--quick", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -140,6 +140,7 @@ def quick(tmp_path_factory):
     return out, json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_quick_writes_table_json_and_plots(quick):
     out, results = quick
     markdown = (out / "results.md").read_text()
@@ -153,6 +154,7 @@ def test_quick_writes_table_json_and_plots(quick):
     assert {t["benchmark"] for t in results["targets"]} == set(DEFAULT_BENCHMARKS)
 
 
+@pytest.mark.slow
 def test_quick_numbers_are_sane(quick):
     _, results = quick
     for run in results["runs"]:
@@ -180,6 +182,7 @@ def test_quick_numbers_are_sane(quick):
     assert results["summary"]["recurring-digits"]["long"]["oracle"]["consolidations"] == 5
 
 
+@pytest.mark.slow
 def test_summary_gap_closed_is_relative_to_plain_and_iid(quick):
     _, results = quick
     rows = summarise(results["runs"])["permuted-digits"]["long"]

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each example trains in a fresh process
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

@@ -12,6 +12,7 @@ from streammas.fused import FusedChain
 from streammas.importance import output_sensitivity
 from streammas.models import ConvAutoencoder, MLPAutoencoder
 from streammas.objectives import reconstruction
+from streammas.update import FusedUpdate
 
 
 def _chains():
@@ -29,7 +30,7 @@ def _pair(make, **settings):
     model = make()
     fused = OnlineMAS(copy.deepcopy(model), fused_step=True, **settings)
     reference = OnlineMAS(copy.deepcopy(model), fused_step=False, **settings)
-    assert fused._fused is not None and reference._fused is None
+    assert isinstance(fused.update, FusedUpdate) and not isinstance(reference.update, FusedUpdate)
     return fused, reference
 
 
@@ -123,13 +124,13 @@ def test_it_applies_only_where_it_computes_the_same_thing(case):
         model = nn.Sequential(layer, nn.Tanh(), layer)
     elif case == "linear-subclass":
         model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), _Scaled(8, 12))
-    assert OnlineMAS(model, **settings)._fused is None
+    assert not isinstance(OnlineMAS(model, **settings).update, FusedUpdate)
 
 
 def test_a_hook_on_the_model_sends_the_step_through_autograd():
     torch.manual_seed(5)
     learner = OnlineMAS(MLPAutoencoder(12, hidden=(24,), latent=4))
-    assert learner._fused is not None
+    assert isinstance(learner.update, FusedUpdate)
     seen = []
     handle = learner.model.encoder[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
     learner.learn_many(torch.rand(5, 12))

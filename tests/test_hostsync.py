@@ -12,8 +12,8 @@ from streammas import OnlineMAS, hostsync
 from streammas.models import ConvAutoencoder, MLPAutoencoder
 
 #: Functions allowed to look at tensor values: the one door, and the validation of host-side input.
-ALLOWED = {("hostsync.py", "host_read"), ("learner.py", "_prepare"), ("learner.py", "_finite_rows"),
-           ("learner.py", "_to_tensor")}
+ALLOWED = {("hostsync.py", "host_read"), ("inputs.py", "prepare"), ("inputs.py", "_finite_rows"),
+           ("inputs.py", "to_tensor")}
 READERS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
 
 

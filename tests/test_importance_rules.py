@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from streammas.importance import (
+    MODE_FREE,
     RULES,
     SensitivityProbe,
     hebbian_importance,
@@ -197,7 +198,18 @@ def test_fold_is_the_running_average_update(make):
         assert (got - want).abs().max() < TOL, name
 
 
-def test_mode_dependent_models_do_not_share_the_training_forward():
+@pytest.fixture
+def restore_mode_free():
+    """Leave the global registry of mode-free types as the test found it."""
+    saved = set(MODE_FREE)
+    try:
+        yield
+    finally:
+        MODE_FREE.clear()
+        MODE_FREE.update(saved)
+
+
+def test_mode_dependent_models_do_not_share_the_training_forward(restore_mode_free):
     model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5))
     assert not is_mode_free(model) and not SensitivityProbe(model).shares_forward()
     model.eval()
@@ -213,7 +225,7 @@ def test_mode_dependent_models_do_not_share_the_training_forward():
 
     assert not is_mode_free(Custom())
     register_mode_free(Custom)
-    assert is_mode_free(Custom())
+    assert is_mode_free(Custom()) and Custom in MODE_FREE
 
 
 def test_hebbian_conv_is_the_mean_product_over_window_positions():
@@ -262,7 +274,7 @@ def test_the_learners_running_importance_is_the_exact_running_mean(make, share):
     torch.manual_seed(0)
     model = make().double()
     learner = OnlineMAS(model, lr=0.0, hard_buffer=4, importance_every=1)
-    learner._share_forward = share
+    learner.meter.share_forward = share
     shape = (12,) if isinstance(model, MLPAutoencoder) else (1, 6, 6)
     g = torch.Generator().manual_seed(1)
     batches = [torch.rand(n, *shape, generator=g, dtype=torch.float64) for n in (5, 3, 7, 4)]

@@ -9,6 +9,7 @@ import torch
 
 from streammas import OnlineMAS
 from streammas.models import ConvAutoencoder, MLPAutoencoder, MLPClassifier
+from streammas.update import FusedUpdate
 
 
 def _data(n=256, d=16, seed=0):
@@ -21,7 +22,7 @@ def test_without_regulariser_and_buffer_it_is_plain_online_sgd(fused_step):
     model = MLPAutoencoder(16, hidden=(32,), latent=4)
     reference = copy.deepcopy(model)
     learner = OnlineMAS(model, lr=0.05, reg_lambda=0, hard_buffer=0, fused_step=fused_step)
-    assert (learner._fused is not None) == fused_step
+    assert isinstance(learner.update, FusedUpdate) == fused_step
     # autograd: bit for bit; the hand-derived step sums in another order, so: up to float rounding
     same = torch.equal if not fused_step else lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     opt = torch.optim.SGD(reference.parameters(), lr=0.05)
@@ -248,11 +249,16 @@ def test_state_dict_round_trip_continues_bit_for_bit(tmp_path, settings):
 
 def test_learn_one_takes_dicts_arrays_and_tensors():
     learner = OnlineMAS(MLPAutoencoder(3, hidden=(4,), latent=2))
-    assert learner.learn_one({"a": 0.1, "b": 0.2, "c": 0.3}) >= 0
+    # learn_one returns the prequential loss: the sample's score just before the update
+    before = learner.score_one(np.array([0.1, 0.2, 0.3]))
+    assert before > 0 and learner.learn_one({"a": 0.1, "b": 0.2, "c": 0.3}) == pytest.approx(before)
     assert learner.feature_names == ["a", "b", "c"]
-    assert learner.learn_one({"c": 0.3, "a": 0.1}) >= 0  # order does not matter; a missing feature is 0
-    assert learner.learn_one(np.array([0.1, 0.2, 0.3])) >= 0
-    assert learner.score_one(torch.tensor([0.1, 0.2, 0.3])) >= 0
+    before = learner.score_one(torch.tensor([0.1, 0.0, 0.3]))
+    assert learner.learn_one({"c": 0.3, "a": 0.1}) == pytest.approx(before)  # any order; a missing feature is 0
+    before = learner.score_one({"b": 0.2, "a": 0.1, "c": 0.3})
+    assert learner.learn_one(np.array([0.1, 0.2, 0.3])) == pytest.approx(before)
+    row = {"a": 0.1, "b": 0.2, "c": 0.3}
+    assert learner.score_one(torch.tensor([0.1, 0.2, 0.3])) == pytest.approx(learner.score_one(row))
     assert learner.samples_seen == 3
 
 
@@ -277,9 +283,12 @@ def test_buffer_sizes_and_repeated_steps(hard_buffer, steps_per_batch):
                         lr=0.05)
     x = torch.rand(40, 1, 8, 8)
     first = learner.score_many(x).mean().item()
+    sizes = []
     for i in range(0, 40, 4):
         learner.learn_many(x[i:i + 4])
-    assert len(learner.buffer) == min(hard_buffer, 4 + hard_buffer)
+        sizes.append(len(learner.buffer))
+    # each batch of 4 joins the held samples, and the buffer keeps at most hard_buffer of them
+    assert sizes == [min(hard_buffer, 4 * n) for n in range(1, 11)]
     assert learner.score_many(x).mean().item() < first
 
 
@@ -345,7 +354,7 @@ def test_a_plateau_that_holds_is_kept_compactly_and_anchored_at_the_peak(compact
     snapshots, held_bytes = [], []
     for x in [*_stream(a, 1000, g), *_stream(b, 400, g)]:
         learner.learn_many(x)
-        if learner.steps % learner.sync_every == 0 and learner._held_delta is not None:
+        if learner.steps % learner.sync_every == 0 and learner.regimes.held_delta is not None:
             snapshots.append([p.detach().clone() for p in learner.model.parameters()])
             held_bytes.append(learner.state_nbytes())
         if learner.consolidations:

@@ -49,11 +49,13 @@ def _run_checks(model):
     return ran
 
 
+@pytest.mark.slow
 def test_river_checks_autoencoder():
     ran = _run_checks(MASAutoencoder(seed=0))
     assert "check_roc_auc" in ran and "check_shuffle_features_no_impact" in ran and "check_pickling" in ran
 
 
+@pytest.mark.slow
 def test_river_checks_classifier():
     ran = _run_checks(MASClassifier(seed=0))
     assert "check_predict_proba_one" in ran and "check_classifier_tracks_seen_labels" in ran

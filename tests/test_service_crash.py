@@ -7,10 +7,13 @@ import random
 import time
 
 import numpy as np
+import pytest
 import torch
 from test_service_support import Daemon, write_config, write_counting_model
 
 from streammas.checkpoint import CheckpointStore, read_checkpoint
+
+pytestmark = pytest.mark.slow  # a daemon killed and restarted five times
 
 ROWS = 8000
 

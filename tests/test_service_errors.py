@@ -31,7 +31,7 @@ def test_bad_configuration_exits_2_naming_the_key(tmp_path):
     ('[learner]\nlr = 0.1\n', "[source] is required"),
     ('[source]\nbatch_size = 32\n', "[source] uri is required"),
     ('[source]\nuri = "csv:x.csv"\n[sorce]\n', "unknown section [sorce]; accepted sections: source, model, learner"),
-    ('[source]\nuri = "csv:x.csv"\n[learner.plateau]\nwindow = 0\n', "[learner.plateau] window must be > 0"),
+    ('[source]\nuri = "csv:x.csv"\n[learner.plateau]\nwindow = 0\n', "[learner.plateau] window must be >= 2"),
     ('[source]\nuri = "csv:x.csv"\n[model]\nkind = "transformer"\n',
      "[model] kind must be one of 'mlp-autoencoder', 'conv-autoencoder'"),
     ('[source]\nuri = "csv:x.csv"\n[learner]\noptimizer = "rmsprop"\n', "[learner] optimizer must be one of"),
@@ -100,6 +100,7 @@ def test_resume_with_another_model_exits_2(tmp_path, capsys, monkeypatch):
     assert "holds a different model (options:" in err
 
 
+@pytest.mark.slow
 def test_state_dir_in_use_and_garbage_producer(tmp_path):
     config = write_config(tmp_path / "streammas.toml", """
 [source]

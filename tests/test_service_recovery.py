@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from test_service_support import Daemon, digits, write_config
 
 from streammas.checkpoint import CheckpointStore, read_checkpoint
 
 
+@pytest.mark.slow
 def test_a_diverging_daemon_recovers_logs_it_and_checkpoints_finite_weights(tmp_path):
     x = digits(4000)
     np.savetxt(tmp_path / "digits.csv", x, delimiter=",", fmt="%.4f",

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
 import torch
 from test_service_support import Daemon, address, digits, streammas, write_config
 
 from connectors.zmq import ZmqProducer
 from streammas.checkpoint import CheckpointStore
+
+pytestmark = pytest.mark.slow  # daemons as real subprocesses, stopped and restarted
 
 CONFIG = """
 [source]

@@ -41,7 +41,7 @@ def test_proximal_step_is_the_closed_form_minimiser():
     objective = objective + lam * sum((o * (t - a) ** 2).sum() for o, t, a in zip(syn.omega, theta, syn.anchor))
     for g in torch.autograd.grad(objective, theta):
         assert g.abs().max().item() < 1e-5
-    # and it is the formula of DESIGN.md
+    # and it is the formula of docs/algorithm.md
     for p, vi, o, a in zip(params, v, syn.omega, syn.anchor):
         c = 2 * lr * lam * o
         torch.testing.assert_close(p.detach(), (vi + c * a) / (1 + c))

@@ -177,7 +177,7 @@ def _write_csv(path: str, rows: int, features: int) -> None:
 def _rows_per_s(uri: str, batch_size: int = 256) -> float:
     """Rows per second of this process's CPU time (a file in the page cache makes reading CPU-bound;
     CPU time is what a busy neighbour cannot inflate)."""
-    from connectors.base import open_source
+    from connectors.registry import open_source
 
     with open_source(uri, batch_size=batch_size) as src:
         c0 = time.process_time()

@@ -19,7 +19,7 @@ import sys
 import torch
 
 from streammas.bench import timing
-from streammas.bench.step import LR  # the step benchmark's, for the per-variant peaks
+from streammas.bench.variants import LR, variant_step
 
 TOLERANCE = 0.05
 
@@ -37,24 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # -- per-variant peak memory (used by `bench step`) ------------------------------------------------------------
-def _variant_step(kind: str, batch: int, variant: str, device: str, seed: int, before_model=None):
-    from streammas.bench.step import VARIANTS, make_learner
-
-    batches = timing.stream_batches(kind, batch, 32, device, seed + 1)
-    if before_model is not None:
-        before_model()
-    model = timing.make_model(kind, device, seed)
-    if variant == "sgd":
-        return timing.cycle(timing.plain_sgd_step(model, LR), batches)
-    _, settings, share, consolidate = VARIANTS[variant]
-    learner = make_learner(model, settings, share)
-    for x in batches:
-        learner.learn_many(x)
-    if consolidate:
-        learner.consolidate()
-    return timing.cycle(learner.learn_many, batches)
-
-
 def child_peak_rss(kind: str, batch: int, variant: str, steps: int, seed: int, threads: int) -> int:
     """Peak resident memory that one variant needs: in a fresh process, from after torch and the data are loaded
     (where Linux lets the peak be reset; else from the start) through building it and running ``steps`` steps."""
@@ -70,7 +52,7 @@ def cuda_peak(kind: str, batch: int, variant: str, steps: int, seed: int) -> int
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    step = _variant_step(kind, batch, variant, "cuda", seed)
+    step = variant_step(kind, batch, variant, "cuda", seed)
     for _ in range(steps):
         step()
     torch.cuda.synchronize()
@@ -91,7 +73,7 @@ def _child(args: argparse.Namespace) -> int:
         start["reset"] = timing.reset_peak_rss()
         start["rss"] = timing.rss_bytes() if start["reset"] else 0
 
-    step = _variant_step(args.model, args.batch, args.child_peak, args.device, args.seed, before_model=mark)
+    step = variant_step(args.model, args.batch, args.child_peak, args.device, args.seed, before_model=mark)
     for _ in range(args.steps):
         step()
     peak = timing.peak_rss_bytes()

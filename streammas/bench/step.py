@@ -17,33 +17,13 @@ import copy
 import json
 import sys
 
-import torch
-
 from streammas.bench import timing
-from streammas.learner import OnlineMAS, learner_defaults
+from streammas.bench.variants import BREAKDOWN, FUSED_ONLY, LR, VARIANTS, make_learner
+from streammas.learner import OnlineMAS
+from streammas.update import FusedUpdate
 
-LR = learner_defaults()["lr"]  # the learner's; the baseline takes the same step size
 TARGETS = {"every": 1.5, "defaults": 1.15}
 STATE_TARGET = 3.0
-
-#: name -> (label, OnlineMAS settings, share the training forward, consolidate before timing)
-VARIANTS: dict[str, tuple[str, dict, bool, bool]] = {
-    "every": ("learn_many, importance every batch", {"importance_every": 1}, True, True),
-    "defaults": ("learn_many, defaults", {}, True, True),
-}
-#: Where the time goes, measured unless --quick.
-BREAKDOWN: dict[str, tuple[str, dict, bool, bool]] = {
-    "every_separate": ("  importance every batch, separate eval forward", {"importance_every": 1}, False, True),
-    "prox_each": ("  defaults, proximal step on every update", {"prox_every": 1}, True, True),
-    "defaults_fresh": ("  defaults, before the first consolidation", {}, True, False),
-    "no_reg": ("  no regulariser (no importance, no proximal step)", {"reg_lambda": 0.0}, True, False),
-    "buffer": ("  defaults with a hard buffer of 16", {"hard_buffer": 16}, True, True),
-    "every_autograd": ("  importance every batch, autograd step", {"importance_every": 1, "fused_step": False},
-                       True, True),
-    "defaults_autograd": ("  defaults, autograd step", {"fused_step": False}, True, True),
-}
-#: Variants that only differ where the model takes the hand-derived step (streammas.fused).
-FUSED_ONLY = ("every_autograd", "defaults_autograd")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,12 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-breakdown", action="store_true", help="only the plain step and the two targets")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant peak memory")
     parser.add_argument("--memory-steps", type=int, default=200, help="steps run to measure peak memory")
-
-
-def make_learner(model: torch.nn.Module, settings: dict, share: bool) -> OnlineMAS:
-    learner = OnlineMAS(model, lr=LR, **settings)
-    learner._share_forward = share
-    return learner
 
 
 def _variants(args: argparse.Namespace) -> dict[str, tuple[str, dict, bool, bool]]:
@@ -78,7 +52,7 @@ def bench_case(kind: str, batch: int, args: argparse.Namespace, env: dict) -> di
         floor = timing.plain_sgd_step(copy.deepcopy(base), LR, second_backward=True)
         variants["sgd_floor"] = timing.cycle(floor, batches)
     learners: dict[str, OnlineMAS] = {}
-    fused = make_learner(copy.deepcopy(base), {}, True)._fused is not None
+    fused = isinstance(make_learner(copy.deepcopy(base), {}, True).update, FusedUpdate)
     for name, (_, settings, share, consolidate) in _variants(args).items():
         if name in FUSED_ONLY and not fused:
             continue

@@ -37,7 +37,42 @@ PRIMARY = {
 
 @dataclass
 class EvalConfig:
-    """What to run. ``passes`` maps a length to the passes per segment, overriding its default (``--quick``)."""
+    """What to run: every benchmark x length x seed x method, as ``streammas evaluate`` does.
+
+    Parameters
+    ----------
+    benchmarks : sequence of str, default DEFAULT_BENCHMARKS
+        Benchmark names (:data:`streammas.evaluation.streams.BENCHMARKS`); every one by default.
+    lengths : sequence of str, default ("long", "short")
+        Stream lengths (:data:`streammas.evaluation.streams.LENGTHS`).
+    seeds : sequence of int, default (0, 1, 2)
+        Seeds of the streams and the models; results are aggregated over them.
+    methods : sequence of str, default METHODS
+        Method names (:data:`streammas.evaluation.methods.METHODS`); every one by default.
+    overrides : dict, default {}
+        Learner settings changed for the streammas family (``--set key=value``, see
+        :func:`~streammas.evaluation.methods.default_methods`).
+    batch_size : int, default 10
+        Samples per micro-batch.
+    eval_per_segment : int, default 4
+        Evaluations of every regime's test set per segment.
+    passes : mapping of str to int or None, default None
+        Maps a length to the passes per segment, overriding its default (``--quick``).
+    jobs : int, default 1
+        Runs in parallel (processes).
+    hidden : int, default 128
+        Width of the classifier's hidden layer.
+
+    Examples
+    --------
+    >>> cfg = EvalConfig(benchmarks=("recurring-digits",), lengths=("short",), seeds=(0,),
+    ...                  methods=("plain", "streammas"), passes={"short": 1})
+    >>> cfg.as_dict()
+    {'benchmarks': ['recurring-digits'], 'lengths': ['short'], 'seeds': [0], 'methods': ['plain', 'streammas'],
+     'overrides': {}, 'batch_size': 10, 'eval_per_segment': 4, 'passes': {'short': 1}, 'jobs': 1, 'hidden': 128}
+    >>> [m.name for m in default_methods(cfg.overrides, cfg.methods)]
+    ['plain', 'streammas']
+    """
 
     benchmarks: Sequence[str] = DEFAULT_BENCHMARKS
     lengths: Sequence[str] = tuple(LENGTHS)

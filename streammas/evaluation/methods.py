@@ -34,7 +34,6 @@ from typing import Any
 #: Overrides that apply to every method (the comparison must share the optimiser and its step size).
 SHARED = ("lr", "optimizer", "steps_per_batch")
 METHODS = ("plain", "buffer", "streammas", "streammas-buffer", "oracle", "iid")
-TUNED = ("streammas", "streammas-buffer", "oracle")
 #: The hard buffer of the ``buffer`` and ``streammas-buffer`` methods, unless ``--set hard_buffer=N`` (N > 0) says
 #: otherwise: the learner's default has none (see the README's results), and these two methods are about one.
 BUFFER_SIZE = 16
@@ -44,9 +43,38 @@ BUFFER_SIZE = 16
 class Method:
     """A named learner configuration.
 
-    ``learner``: keyword arguments for the learner; ``iid``: learn the shuffled stream; ``oracle``: no
-    detector, consolidate at the true boundaries; ``factory``: the learner class (``OnlineMAS`` when
-    ``None``), so that a variant can be tried without touching the library.
+    :func:`default_methods` makes the methods of a run; :func:`~streammas.evaluation.harness.run_method`
+    runs one on a stream, building the learner as ``(factory or OnlineMAS)(model, objective=...,
+    **learner)``.
+
+    Parameters
+    ----------
+    name : str
+        The method's name in results and reports.
+    learner : dict, default {}
+        Keyword arguments for the learner (:class:`~streammas.settings.LearnerSettings`).
+    iid : bool, default False
+        Learn the stream shuffled (no regimes: the upper bound).
+    oracle : bool, default False
+        No detector: consolidate at the true boundaries instead.
+    factory : callable or None, default None
+        The learner class (``OnlineMAS`` when ``None``), so that a variant can be tried without touching the
+        library.
+    description : str, default ""
+        One line for reports.
+
+    Examples
+    --------
+    >>> from streammas import OnlineMAS
+    >>> from streammas.models import MLPAutoencoder
+    >>> strong = Method("strong-memory", {"reg_lambda": 1.0}, description="ten times the default memory")
+    >>> learner = (strong.factory or OnlineMAS)(MLPAutoencoder(in_features=8, hidden=(16,), latent=4),
+    ...                                        **strong.learner)
+    >>> learner.reg_lambda, strong.iid, strong.oracle
+    (1.0, False, False)
+    >>> oracle = {m.name: m for m in default_methods()}["oracle"]
+    >>> oracle.oracle, oracle.description
+    (True, 'consolidation at the true boundaries')
     """
 
     name: str
@@ -58,7 +86,31 @@ class Method:
 
 
 class NeverDetector:
-    """A plateau detector that never fires (the oracle consolidates at the true boundaries instead)."""
+    """A plateau detector that never fires (the oracle consolidates at the true boundaries instead).
+
+    It has the detector's interface (``update``, ``state_dict``, ``load_state_dict``) and can be given to
+    :class:`~streammas.OnlineMAS` as its ``plateau``; the caller then consolidates with
+    :meth:`~streammas.OnlineMAS.consolidate`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from streammas import OnlineMAS
+    >>> from streammas.models import MLPAutoencoder
+    >>> _ = torch.manual_seed(0)
+    >>> x = torch.rand(16, 8)
+    >>> default = OnlineMAS(MLPAutoencoder(in_features=8, hidden=(16,), latent=4), lr=0.05)
+    >>> never = OnlineMAS(MLPAutoencoder(in_features=8, hidden=(16,), latent=4), lr=0.05, plateau=NeverDetector())
+    >>> for _ in range(300):
+    ...     _ = default.learn_many(x), never.learn_many(x)
+    >>> default.flush(), never.flush()
+    (None, None)
+    >>> default.counters["plateaus"] > 0, never.counters["plateaus"]
+    (True, 0)
+    >>> never.consolidate()  # the oracle's consolidation at a boundary
+    >>> never.consolidations
+    1
+    """
 
     def update(self, value: float) -> None:
         return None

@@ -51,10 +51,51 @@ SCRAMBLE = 0.25
 class Stream:
     """A benchmark stream: samples in stream order, their regimes, and a test set per regime.
 
-    ``y`` holds class labels for a classification stream (given to the learner), anomaly flags for an
-    anomaly stream (never given to the learner, used for ROC AUC) and is ``None`` otherwise.
-    ``segments`` lists ``(start, end, regime)`` in sample indices; ``tests[r]`` is ``(x, y)`` for regime
-    ``r`` (``y``: labels, anomaly flags, or ``None``).
+    :func:`make_stream` builds the benchmarks; any stream built by hand runs in
+    :func:`~streammas.evaluation.harness.run_method` as well.
+
+    Parameters
+    ----------
+    name : str
+        The benchmark's name (``"permuted-digits"`` ...).
+    length : str
+        ``"long"`` or ``"short"`` (see :data:`LENGTHS`).
+    kind : str
+        ``"classification"``, ``"reconstruction"`` or ``"anomaly"``: what is learned and measured.
+    x : numpy.ndarray
+        The samples in stream order, ``[n, ...]``.
+    y : numpy.ndarray or None
+        Class labels for a classification stream (given to the learner), anomaly flags for an anomaly
+        stream (never given to the learner, used for ROC AUC), ``None`` otherwise.
+    segments : list of (int, int, int)
+        ``(start, end, regime)`` in sample indices, in stream order.
+    tests : list of (numpy.ndarray, numpy.ndarray or None)
+        ``tests[r]`` is ``(x, y)`` for regime ``r`` (``y``: labels, anomaly flags, or ``None``).
+    regime_names : list of str
+        A name per regime.
+    n_classes : int, default 0
+        The number of classes of a classification stream.
+    returning : int or None, default None
+        The index of the segment where a regime returns after a long absence (anomaly streams).
+    meta : dict, default {}
+        Anything else worth recording (how the stream was made).
+
+    Examples
+    --------
+    Two regimes of four features, low then high, 20 samples each:
+
+    >>> from streammas.evaluation.harness import run_method
+    >>> from streammas.evaluation.methods import Method
+    >>> rng = np.random.default_rng(0)
+    >>> low, high = 0.1 * rng.random((20, 4), np.float32), 1 - 0.1 * rng.random((20, 4), np.float32)
+    >>> stream = Stream("two-levels", "short", "reconstruction", np.concatenate([low, high]), None,
+    ...                 segments=[(0, 20, 0), (20, 40, 1)], tests=[(low, None), (high, None)],
+    ...                 regime_names=["low", "high"])
+    >>> stream.n_regimes, stream.boundaries, stream.sample_shape, stream.eval_points(2)
+    (2, [20], (4,), [10, 20, 30, 40])
+    >>> run = run_method(stream, Method("plain", {"reg_lambda": 0.0}), eval_per_segment=2)
+    >>> run["samples"], run["eval_samples"], len(run["final"])
+    (40, [10, 20, 30, 40], 2)
     """
 
     name: str

@@ -1,0 +1,128 @@
+"""The Python producer: :class:`ZmqProducer` sends samples in wire format v1 over PUSH or PUB."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import zmq
+
+from connectors.curve import CurveOptions
+from connectors.wire import encode, encode_json
+from connectors.zmq.socket import ZmqSocket, topic_frame
+
+__all__ = ["ZmqProducer"]
+
+
+class ZmqProducer:
+    """Sends samples in wire format v1 from Python, over PUSH or PUB.
+
+    PUSH connects by default, to a PULL source; PUB binds by default, and SUB sources connect to it.
+    ``send`` blocks while the receiver's and this socket's queues (``hwm`` messages each) are full,
+    which is how a slow consumer slows a producer down.
+
+    Parameters
+    ----------
+    address : str, default "tcp://127.0.0.1:5555"
+        Where to connect or bind (see :func:`connectors.zmq.socket.endpoint`).
+    pattern : {"push", "pub"}, default "push"
+        ``"push"`` or ``"pub"``.
+    bind : bool or None, default None
+        Bind or connect (``None``: PUSH connects, PUB binds).
+    topic : str, bytes or None, default None
+        (PUB) A first frame on every message, for topic-filtered subscribers.
+    hwm : int, default 1000
+        The send queue, in messages.
+    linger_ms : int, default 30000
+        How long ``close`` waits for queued messages to leave (``-1``: as long as it takes).
+    send_timeout : float or None, default None
+        Seconds a blocked ``send`` waits before raising ``TimeoutError`` (``None``: for ever).
+    curve : CurveOptions or None, default None
+        CurveZMQ settings, as :class:`~connectors.zmq.ZmqSource`'s.
+    context : zmq.Context or None, default None
+        A ZeroMQ context to share (``None``: one of its own).
+    **curve_keys
+        ``curve_secret_key``, ``curve_server_key``, ``curve_authorized_keys``: the fields of ``curve``
+        as URI query strings and ``streammas send`` spell them.
+
+    Examples
+    --------
+    >>> from connectors.zmq import ZmqSource
+    >>> with ZmqSource("tcp://127.0.0.1:*", batch_size=8, max_latency_ms=1) as src:
+    ...     with ZmqProducer(src.address) as producer:
+    ...         producer.send(np.zeros((2, 3), dtype=np.float64))
+    ...         producer.send_json([1.0, 2.0, 3.0])
+    ...     got = 0
+    ...     while got < 3:  # one batch, or two if the latency flush came in between
+    ...         got += len(src.read(timeout=10))
+    >>> producer.sent, got
+    (2, 3)
+    """
+
+    def __init__(
+        self,
+        address: str = "tcp://127.0.0.1:5555",
+        pattern: str = "push",
+        bind: bool | None = None,
+        *,
+        topic: str | bytes | None = None,
+        hwm: int = 1000,
+        linger_ms: int = 30_000,
+        send_timeout: float | None = None,
+        curve: CurveOptions | None = None,
+        context: zmq.Context | None = None,
+        **curve_keys: str | None,
+    ) -> None:
+        curve = CurveOptions.from_keywords(curve, curve_keys, type(self).__name__)
+        if pattern not in ("push", "pub"):
+            raise ValueError(f"pattern must be 'push' or 'pub', got {pattern!r}")
+        self._topic = topic_frame(topic)
+        if self._topic is not None and pattern != "pub":
+            raise ValueError("topic is for pattern='pub'")
+        self._linger = int(linger_ms)
+        options: dict[int, Any] = {zmq.SNDHWM: int(hwm), zmq.LINGER: self._linger}
+        if send_timeout is not None:
+            options[zmq.SNDTIMEO] = max(0, int(send_timeout * 1000))
+        self._sock = ZmqSocket(
+            zmq.PUSH if pattern == "push" else zmq.PUB,
+            address,
+            pattern == "pub" if bind is None else bool(bind),
+            curve=curve,
+            context=context,
+            options=options,
+        )
+        self.sent = 0
+
+    @property
+    def address(self) -> str:
+        """The endpoint bound or connected to (the real port when bound to ``*``)."""
+        return self._sock.address
+
+    def send(self, x: np.ndarray, y: np.ndarray | None = None, **fields: Any) -> None:
+        """Send ``x`` (``[B, ...]``) and optional labels ``y`` (``[B]``) as one binary message."""
+        self.send_frames(encode(x, y, **fields))
+
+    def send_json(self, x: Any, y: Any = None) -> None:
+        """Send the single-frame JSON form (the slow path; for tests and tiny rates)."""
+        self.send_frames([encode_json(x, y)])
+
+    def send_frames(self, frames: list) -> None:
+        """Send raw frames as one message (the topic frame is added on a topic-filtered PUB)."""
+        if self._sock.socket is None:
+            raise ValueError("send on a closed producer")
+        if self._topic is not None:
+            frames = [self._topic, *frames]
+        try:
+            self._sock.socket.send_multipart(frames)
+        except zmq.Again:
+            raise TimeoutError(f"{self.address}: the receiver is not taking messages") from None
+        self.sent += 1
+
+    def close(self, linger_ms: int | None = None) -> None:
+        self._sock.close(self._linger if linger_ms is None else int(linger_ms))
+
+    def __enter__(self) -> ZmqProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,305 @@
+"""Start-up wiring: from a configuration to a running service.
+
+:class:`Service` checks the device, the model factory and the learner's settings, locks the state directory
+(resuming from its newest checkpoint), serves the metrics, opens the sink and the source, then hands over
+to the :class:`~streammas.service.loop.Loop`; at the end it writes the last checkpoint and closes everything.
+The learner itself is created from the first batch's sample shape (or from the checkpoint's).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import torch
+
+from connectors.base import Sink, Source
+from connectors.registry import open_sink, open_source
+from streammas import logs
+from streammas.checkpoint import Checkpoint, CheckpointStore
+from streammas.config import Config
+from streammas.factory import FactoryError, ModelSpec
+from streammas.learner import OnlineMAS
+from streammas.metrics import MetricsPortInUse, ServiceMetrics
+from streammas.service.checkpointing import Checkpointer, restore_tally, resume_position, run_meta
+from streammas.service.errors import ServiceError, why
+from streammas.service.loop import Loop
+from streammas.service.signals import SignalHandlers
+from streammas.service.telemetry import Tally, Telemetry
+
+#: One logger for the whole service: its name is part of every log line.
+log = logging.getLogger("streammas.service")
+
+
+def resolve_device(setting: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is usable, else ``"cpu"``; other values are checked.
+
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(setting)
+    except (RuntimeError, ValueError):
+        raise ServiceError(f"[learner] device {setting!r} is not a torch device (auto, cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ServiceError(f"[learner] device {setting!r}: no CUDA device is available")
+    return setting
+
+
+class Service:
+    """The service: :meth:`run` starts it, loops until stopped or the source ends, and shuts it down.
+
+    It checks the device, the model factory and the learner's settings, locks the state directory (resuming
+    from its newest checkpoint), serves the metrics, opens the sink and the source, then hands over to the
+    :class:`~streammas.service.loop.Loop`; at the end it writes the last checkpoint and closes everything.
+
+    Parameters
+    ----------
+    config : Config
+        The whole configuration (:func:`streammas.config.load_config`).
+    handle_signals : bool, default True
+        Install the SIGTERM/SIGINT/SIGHUP handlers (only possible in the main thread; a service run in
+        another thread is stopped with :meth:`request_stop`).
+
+    Attributes
+    ----------
+    started : threading.Event
+        Set once the source is open (its ``address`` is then known, for a ZeroMQ source bound to port ``*``).
+    learner : OnlineMAS or None
+        Created from the first batch, or from the checkpoint resumed from.
+    exit_code : int
+        What :meth:`run` returns: 0 stopped or finished normally, 1 gave up on errors, 2 could not go on.
+
+    Examples
+    --------
+    A finite source (a file not followed) ends the run once it is exhausted, with a checkpoint:
+
+    >>> import tempfile, numpy as np, pathlib
+    >>> from streammas.config import parse_config
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     np.save(f"{d}/x.npy", np.random.default_rng(0).random((100, 4), dtype=np.float32))
+    ...     cfg = parse_config(f'[source]\\nuri = "npy:{d}/x.npy"\\n[state]\\ndir = "{d}/state"\\n'
+    ...                        '[log]\\nstatus_every_seconds = 0\\n')
+    ...     service = Service(cfg, handle_signals=False)
+    ...     service.run(), service.learner.samples_seen, len(list(pathlib.Path(d, "state").glob("ckpt-*.pt")))
+    (0, 100, 1)
+    """
+
+    def __init__(self, config: Config, *, handle_signals: bool = True) -> None:
+        self.config = config
+        self.handle_signals = handle_signals
+        self.learner: OnlineMAS | None = None
+        self.source: Source | None = None
+        self.sink: Sink | None = None
+        self.metrics = ServiceMetrics()
+        self.started = threading.Event()
+        self.resumed_from: Checkpoint | None = None
+        self.spec = ModelSpec(kind=config.model.kind, factory=config.model.factory,
+                              options=dict(config.model.options),
+                              search=[os.path.dirname(os.path.abspath(config.path))] if config.path else [])
+        self.device = "cpu"
+        self.exit_code = 0
+        self.stop_reason: str | None = None
+        #: The source's position after the last batch learned (what a checkpoint records).
+        self.position: dict | None = None
+        self.tally = Tally()
+        self.telemetry = Telemetry(self.metrics)
+        self.checkpoints = Checkpointer(config.state, self.metrics)
+        self.loop = Loop(self)
+        self._signals = SignalHandlers(stop=self.request_stop, checkpoint=self.request_checkpoint)
+
+    # -- control (thread-safe; also what the signal handlers call) ---------------------------------------------
+    def request_stop(self, reason: str = "requested") -> None:
+        """Stop after the current batch: checkpoint, close, return from :meth:`run`."""
+        if self.loop.stop.is_set():
+            logs.log_event(log, "stopping", reason=reason, msg="already stopping; finishing the checkpoint")
+            return
+        self.stop_reason = reason
+        self.loop.stop.set()
+
+    def request_checkpoint(self) -> None:
+        """Write a checkpoint after the current batch."""
+        self.loop.checkpoint_now.set()
+
+    @property
+    def source_address(self) -> str | None:
+        """The address a ZeroMQ source is bound to (``None`` for other sources)."""
+        return getattr(self.source, "address", None)
+
+    @property
+    def store(self) -> CheckpointStore | None:
+        """The state directory, once :meth:`start` locked it."""
+        return self.checkpoints.store
+
+    @property
+    def last_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint written (or resumed from) last."""
+        return self.checkpoints.last
+
+    # -- start-up ---------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """What can be checked without opening anything: the device and the model factory (raises
+        :class:`ServiceError`; the learner's settings were checked with the configuration)."""
+        self.device = resolve_device(self.config.learner.device)
+        try:
+            self.spec.check()
+        except FactoryError as e:
+            raise ServiceError(f"[model] {e}") from None
+
+    def start(self) -> None:
+        """Open everything (raises :class:`ServiceError`); :meth:`run` calls it."""
+        cfg = self.config
+        if cfg.learner.threads:
+            torch.set_num_threads(cfg.learner.threads)
+        self.check()
+        ckpt = self.checkpoints.open()
+        if ckpt is not None:
+            self._resume(ckpt)
+        if cfg.metrics.port is not None:
+            try:
+                host, port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+            except MetricsPortInUse as e:
+                raise ServiceError(f"[metrics] {e.strerror}") from None
+            logs.log_event(log, "metrics", url=f"http://{host}:{port}/metrics")
+        self._open_sink()
+        self._open_source()
+        self.started.set()
+
+    def _resume(self, ckpt: Checkpoint) -> None:
+        meta = ckpt.meta
+        model_meta = meta.get("model") or {}
+        mismatch = self.spec.same_model(model_meta)
+        if mismatch is not None:
+            raise ServiceError(f"the state directory {self.config.state.dir} holds a different model ({mismatch}); "
+                               "use the model it was made with or another [state] dir")
+        shape = model_meta.get("sample_shape")
+        if shape is None:
+            raise ServiceError(f"checkpoint {ckpt.path} does not record the sample shape")
+        learner = self.create_learner(shape)
+        try:
+            learner.load_state_dict(ckpt.learner)
+        except Exception as e:
+            raise ServiceError(f"cannot restore {ckpt.path} into the configured learner: "
+                               f"{type(e).__name__}: {e}") from e
+        self.tally = restore_tally(meta)
+        self.position = resume_position(meta, self.config.source)
+        self.checkpoints.resumed(ckpt, learner.samples_seen)
+        self.metrics.last_checkpoint = ckpt.created
+        self.resumed_from = ckpt
+        logs.log_event(log, "resumed", checkpoint=str(ckpt.path), samples_seen=learner.samples_seen,
+                       consolidations=learner.consolidations, position=self.position)
+
+    def _open_sink(self) -> None:
+        uri = self.config.sink.uri
+        if uri is None:
+            return
+        try:
+            self.sink = open_sink(uri, **self.config.sink.options)
+        except Exception as e:
+            raise ServiceError(f"[sink] cannot open {uri}: {why(e)}") from None
+        address = getattr(self.sink, "address", None)
+        logs.log_event(log, "sink", sink=uri, **({"address": address} if address else {}))
+
+    def _open_source(self) -> None:
+        cfg = self.config.source
+        try:
+            self.source = open_source(cfg.uri, batch_size=cfg.batch_size, max_latency_ms=cfg.max_latency_ms,
+                                      position=self.position, **cfg.options)
+        except Exception as e:
+            raise ServiceError(f"[source] cannot open {cfg.uri}: {why(e)}") from None
+        fields: dict[str, Any] = {"source": cfg.uri}
+        if self.source_address:
+            fields["address"] = self.source_address
+        logs.log_event(log, "listening" if self.source_address else "reading", **fields)
+
+    def create_learner(self, sample_shape: Any) -> OnlineMAS:
+        """Build the model for ``sample_shape`` and the learner around it (raises :class:`ServiceError`)."""
+        torch.manual_seed(self.config.learner.seed)
+        try:
+            model = self.spec.build(sample_shape)
+        except FactoryError as e:
+            raise ServiceError(f"[model] {e}") from None
+        try:
+            self.learner = OnlineMAS(model, device=self.device, callback=self._on_event,
+                                     **self.config.learner.learner_kwargs())
+        except (TypeError, ValueError) as e:
+            raise ServiceError(f"[learner] {e}") from None
+        params = sum(p.numel() for p in model.parameters())
+        logs.log_event(log, "model", model=self.spec.name, sample_shape=list(self.spec.sample_shape or []),
+                       parameters=params, device=self.device)
+        return self.learner
+
+    def _on_event(self, event: Any) -> None:
+        record = event.as_dict() if hasattr(event, "as_dict") else dict(vars(event))
+        if self.config.sink.events and self.sink is not None:
+            self.loop.queue_event(record)
+        self.telemetry.log_event(record)
+
+    # -- running -----------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Start, loop, shut down; returns the exit status (0: stopped or finished normally)."""
+        if self.handle_signals:  # before the start-up log lines, which tell a supervisor it may signal
+            self._signals.install()
+        try:
+            self.start()
+        except BaseException:
+            self._signals.restore()
+            self._close()
+            raise
+        try:
+            self.loop.run()
+        except ServiceError as e:
+            logs.log_event(log, "error", logging.ERROR, msg=str(e))
+            self.exit_code = 2
+        except Exception as e:  # a source that broke, say: checkpoint what was learned and say why
+            log.error("the service stopped on an unexpected error: %s: %s", type(e).__name__, e, exc_info=True)
+            self.stop_reason = f"{type(e).__name__}: {e}"
+            self.exit_code = 1
+        finally:
+            self._signals.restore()
+            self._shutdown()
+        return self.exit_code
+
+    def rejected(self) -> dict[str, int]:
+        """Samples turned away in the life of the state directory, by reason."""
+        return self.tally.rejected(self.source, self.learner)
+
+    def refresh(self) -> None:
+        """Publish the learner's current values to the metrics and the status line (one device read)."""
+        self.telemetry.refresh(self.learner, self.tally, self.source)
+
+    def checkpoint(self, reason: str = "requested") -> Checkpoint | None:
+        """Write a checkpoint now (between batches); returns it, or ``None`` if there is nothing to save or the
+        write failed (logged; the service goes on and tries again at the next occasion)."""
+        return self.checkpoints.write(self.learner, reason, lambda: run_meta(
+            spec=self.spec, config=self.config, position=self.position, tally=self.tally, rejected=self.rejected(),
+            reason=reason, device=self.device))
+
+    def _shutdown(self) -> None:
+        if self.loop.progress is not None:
+            self.loop.progress.close()
+        if self.learner is not None:
+            due = (self.checkpoints.learned_since(self.learner.samples_seen)
+                   or self.checkpoints.received_since(self.tally.received) or self.loop.checkpoint_now.is_set())
+            if due and self.checkpoint("shutdown") is None and self.exit_code == 0:
+                self.exit_code = 1
+            self.refresh()
+        snap = self.metrics.snapshot
+        logs.log_event(log, "stopped", reason=self.stop_reason or "error", samples_seen=snap.samples,
+                       batches=self.tally.batches, consolidations=snap.consolidations,
+                       rejected=sum(snap.rejected.values()), exit_code=self.exit_code)
+        self._close()
+
+    def _close(self) -> None:
+        for name, thing in (("source", self.source), ("sink", self.sink)):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception as e:  # closing must not hide the exit status
+                    logs.log_event(log, "close_failed", logging.WARNING, what=name, error=why(e))
+        self.metrics.close()
+        self.checkpoints.close()

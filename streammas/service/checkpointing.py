@@ -1,0 +1,212 @@
+"""Checkpoint policy: when the service writes a checkpoint, what it records besides the learner, and how a
+service resumes from the newest one.
+
+A checkpoint is due after ``[state] every_samples`` samples learned, or after ``every_seconds`` seconds in
+which samples arrived; a signal (SIGHUP) asks for one now and shutdown writes one when anything changed. It
+is always written between two batches, so the learner's state and the source's position agree. Besides the
+learner's state it records (its *metadata*) the model, the source's URI and position, the service's counts
+(:class:`~streammas.service.telemetry.Tally`), the reason, the device, the configuration and the version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from streammas import logs
+from streammas.checkpoint import Checkpoint, CheckpointStore, StateDirLocked
+from streammas.config import Config, SourceConfig, StateConfig
+from streammas.factory import ModelSpec
+from streammas.learner import OnlineMAS
+from streammas.metrics import ServiceMetrics
+from streammas.service.errors import ServiceError, why
+from streammas.service.telemetry import Tally
+
+#: One logger for the whole service: its name is part of every log line.
+log = logging.getLogger("streammas.service")
+
+
+class Checkpointer:
+    """The state directory, the checkpoint policy, and the writing of checkpoints.
+
+    A checkpoint is due after ``[state] every_samples`` samples learned, or after ``every_seconds`` seconds in
+    which samples arrived; it is always written between two batches, so the learner's state and the source's
+    position agree.
+
+    Parameters
+    ----------
+    state : StateConfig
+        ``[state]``: the directory, how many checkpoints to keep, ``every_samples`` and ``every_seconds``.
+    metrics : ServiceMetrics
+        Told of each checkpoint written.
+
+    Attributes
+    ----------
+    store : CheckpointStore or None
+        The state directory, once :meth:`open` locked it.
+    last : Checkpoint or None
+        The checkpoint written (or resumed from) last.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     checkpoints = Checkpointer(StateConfig(dir=d, every_samples=100, every_seconds=0), ServiceMetrics())
+    ...     print(checkpoints.open())  # a new directory: nothing to resume from
+    ...     checkpoints.due(samples_seen=99, received=99), checkpoints.due(samples_seen=100, received=100)
+    ...     learner = OnlineMAS(torch.nn.Linear(2, 2))
+    ...     ckpt = checkpoints.write(learner, "requested", lambda: {"reason": "requested"})
+    ...     checkpoints.close()
+    ...     ckpt.path.name, ckpt.meta["samples_seen"], checkpoints.last is ckpt
+    None
+    (None, 'samples')
+    ('ckpt-00000001.pt', 0, True)
+    """
+
+    def __init__(self, state: StateConfig, metrics: ServiceMetrics) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.store: CheckpointStore | None = None
+        self.last: Checkpoint | None = None
+        self._learned_at = 0
+        self._clock = time.monotonic()
+
+    def open(self) -> Checkpoint | None:
+        """Lock the state directory, clear what a killed process left, and return the newest valid checkpoint
+        (corrupt ones are renamed to ``*.corrupt``); raises :class:`ServiceError`."""
+        state = self.state
+        try:
+            self.store = CheckpointStore(state.dir, keep=state.keep)
+            self.store.lock()
+        except StateDirLocked as e:
+            raise ServiceError(f"[state] {e}") from None
+        except OSError as e:
+            raise ServiceError(f"[state] cannot use the state directory {state.dir}: {e.strerror or e}") from None
+        for path in self.store.remove_temporary():
+            logs.log_event(log, "removed_partial_checkpoint", logging.WARNING, path=str(path))
+        report = self.store.load_report(quarantine=True)
+        for path, reason in report.corrupt:
+            logs.log_event(log, "corrupt_checkpoint", logging.WARNING, path=str(path), reason=reason,
+                           msg="skipped; renamed to *.corrupt")
+        return report.checkpoint
+
+    def close(self) -> None:
+        """Unlock the state directory."""
+        if self.store is not None:
+            self.store.unlock()
+
+    # -- policy ------------------------------------------------------------------------------------------------
+    def resumed(self, ckpt: Checkpoint, samples_seen: int) -> None:
+        """The learner was restored from ``ckpt``: count from there."""
+        self.last = ckpt
+        self._learned_at = samples_seen
+
+    def restart_clock(self) -> None:
+        """Count ``every_seconds`` from now (the loop starts)."""
+        self._clock = time.monotonic()
+
+    def received_since(self, received: int) -> bool:
+        """Whether samples arrived since the last checkpoint (rejected ones too: the position moved)."""
+        last = self.last
+        return last is None or int((last.meta.get("service") or {}).get("received", 0)) != received
+
+    def learned_since(self, samples_seen: int) -> bool:
+        """Whether the learner learned anything since the last checkpoint."""
+        return samples_seen != self._learned_at
+
+    def due(self, samples_seen: int, received: int) -> str | None:
+        """The reason a checkpoint is due now (``"samples"`` or ``"time"``), or ``None``."""
+        state = self.state
+        learned = samples_seen - self._learned_at
+        if state.every_samples and learned >= state.every_samples:
+            return "samples"
+        if (state.every_seconds and time.monotonic() - self._clock >= state.every_seconds
+                and (learned or self.received_since(received))):
+            return "time"
+        return None
+
+    # -- writing -----------------------------------------------------------------------------------------------
+    def write(self, learner: OnlineMAS | None, reason: str,
+              describe: Callable[[], Mapping[str, Any]]) -> Checkpoint | None:
+        """Write a checkpoint of ``learner`` now, its metadata completed by ``describe()`` (see :func:`run_meta`).
+
+        Returns it, or ``None`` if there is nothing to save or the write failed (logged; the caller goes on
+        and tries again at the next occasion).
+        """
+        if learner is None or self.store is None:
+            logs.log_event(log, "checkpoint_skipped", reason=reason, msg="nothing learned yet")
+            return None
+        started = time.perf_counter()
+        try:
+            state = learner.state_dict()
+            meta = {"samples_seen": int(learner.samples_seen), "consolidations": int(learner.consolidations),
+                    **describe(), "streammas_version": _version()}
+            ckpt = self.store.save(state, meta)
+        except Exception as e:
+            logs.log_event(log, "checkpoint_failed", logging.ERROR, reason=reason, error=why(e))
+            return None
+        self.last = ckpt
+        self._learned_at = learner.samples_seen
+        self._clock = time.monotonic()
+        self.metrics.checkpoint_written(ckpt.created)
+        logs.log_event(log, "checkpoint", path=str(ckpt.path), reason=reason, samples_seen=meta["samples_seen"],
+                       consolidations=meta["consolidations"], bytes=ckpt.nbytes,
+                       seconds=round(time.perf_counter() - started, 4))
+        return ckpt
+
+
+# -- metadata ----------------------------------------------------------------------------------------------------
+def run_meta(*, spec: ModelSpec, config: Config, position: dict | None, tally: Tally, rejected: Mapping[str, int],
+             reason: str, device: str) -> dict[str, Any]:
+    """The service's part of a checkpoint's metadata (:meth:`Checkpointer.write` adds the learner's counts).
+
+    ``rejected`` leaves out ``learner`` (the learner's own count is in its state).
+    """
+    return {
+        "model": spec.as_meta(),
+        "source": {"uri": config.source.uri, "position": position},
+        "service": {"batches": tally.batches, "received": tally.received,
+                    "rejected": {k: v for k, v in rejected.items() if k != "learner"}},
+        "reason": reason,
+        "device": device,
+        "config": json.dumps(config.as_dict(), default=str, sort_keys=True),
+    }
+
+
+def restore_tally(meta: Mapping[str, Any]) -> Tally:
+    """The service's counts a checkpoint carries over.
+
+    >>> restore_tally({"service": {"batches": 3, "received": 96, "rejected": {"json": 2, "learner_error": 32}}})
+    Tally(batches=3, received=96, errors=32, carried_rejected={'json': 2})
+    """
+    service = meta.get("service") or {}
+    rejected = {str(k): int(v) for k, v in (service.get("rejected") or {}).items()}
+    errors = rejected.pop("learner_error", 0)
+    return Tally(batches=int(service.get("batches", 0)), received=int(service.get("received", 0)), errors=errors,
+                 carried_rejected=rejected)
+
+
+def resume_position(meta: Mapping[str, Any], source: SourceConfig) -> dict | None:
+    """Where to reopen the source: the checkpoint's position if it is the same source and ``[source] resume``
+    is on, else ``None`` (from the start; a changed source is logged).
+
+    >>> meta = {"source": {"uri": "npy:x.npy", "position": {"row": 100}}}
+    >>> resume_position(meta, SourceConfig(uri="npy:x.npy"))
+    {'row': 100}
+    """
+    recorded = meta.get("source") or {}
+    if source.resume and recorded.get("uri") == source.uri:
+        return recorded.get("position")
+    if recorded.get("position") is not None:
+        logs.log_event(log, "source_changed", logging.WARNING, before=recorded.get("uri"), now=source.uri,
+                       msg="not resuming the old source's position")
+    return None
+
+
+def _version() -> str:
+    from streammas import __version__
+
+    return __version__

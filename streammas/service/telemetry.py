@@ -1,0 +1,210 @@
+"""Telemetry: what the running service says about itself.
+
+The moving average of the loss (:class:`LossWindows`, summed on the device and read every few batches), the
+samples turned away by reason (:class:`Tally`), the metrics snapshot and the status line that the progress
+display shows (:class:`Telemetry`), and the learner's events as log lines.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from connectors.base import Source
+from streammas import logs
+from streammas.learner import OnlineMAS
+from streammas.metrics import ServiceMetrics, Snapshot
+from streammas.service.errors import EveryFew
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+#: One logger for the whole service: its name is part of every log line.
+log = logging.getLogger("streammas.service")
+
+#: Batches of loss sums kept for the moving average, in units of ``[metrics] every_batches``.
+LOSS_WINDOWS = 10
+
+#: Learner events logged at level info; any other kind is a warning, rate-limited per kind.
+MILESTONES = ("plateau", "peak", "consolidation")
+
+
+class LossWindows:
+    """The mean prequential loss over the last ``windows`` reads, summed on the device in between.
+
+    :meth:`add` costs no device-to-host copy; :meth:`mean` makes one. Non-finite scores are left out.
+
+    Parameters
+    ----------
+    windows : int, default LOSS_WINDOWS
+        How many reads the moving average spans.
+
+    Examples
+    --------
+    >>> losses = LossWindows(windows=2)
+    >>> losses.mean() is None
+    True
+    >>> losses.add(torch.tensor([1.0, 3.0, float("nan")]))
+    >>> losses.mean()
+    2.0
+    >>> losses.add(torch.tensor([5.0]))
+    >>> losses.mean()
+    3.0
+    >>> losses.add(torch.tensor([7.0]))
+    >>> losses.mean()  # the first window has left the average
+    6.0
+    """
+
+    def __init__(self, windows: int = LOSS_WINDOWS) -> None:
+        self._sum: torch.Tensor | None = None
+        self._count: torch.Tensor | None = None
+        self._windows: deque[tuple[float, float]] = deque(maxlen=windows)
+
+    def add(self, scores: torch.Tensor) -> None:
+        """Sum a batch's losses on the device; :meth:`mean` reads the sums."""
+        scores = scores.detach()
+        finite = torch.isfinite(scores)
+        total = torch.where(finite, scores, torch.zeros_like(scores)).sum(dtype=torch.float64)
+        count = finite.sum()
+        if self._sum is None or self._sum.device != scores.device:
+            self._sum, self._count = total, count
+        else:
+            self._sum += total
+            self._count += count
+
+    def mean(self) -> float | None:
+        """Close the current window (one device read) and return the moving average (``None``: no loss yet)."""
+        if self._sum is not None:
+            total, count = torch.stack([self._sum.double(), self._count.double()]).tolist()
+            self._sum.zero_()
+            self._count.zero_()
+            if count:
+                self._windows.append((total, count))
+        n = sum(c for _, c in self._windows)
+        return sum(s for s, _ in self._windows) / n if n else None
+
+
+@dataclass
+class Tally:
+    """The service's own counts in the life of the state directory (a checkpoint carries them over).
+
+    :meth:`rejected` adds the source's and the learner's own counts of samples turned away to the carried ones.
+
+    Parameters
+    ----------
+    batches, received : int, default 0
+        Batches and samples read from the source.
+    errors : int, default 0
+        Samples of the batches the learner failed on (reason ``learner_error``).
+    carried_rejected : dict, default {}
+        Samples turned away by earlier runs, by reason (this run's source adds its own).
+
+    Examples
+    --------
+    >>> tally = Tally(batches=3, received=96, errors=32, carried_rejected={"json": 2})
+    >>> tally.rejected(source=None, learner=None)
+    {'json': 2, 'learner_error': 32}
+    """
+
+    batches: int = 0
+    received: int = 0
+    errors: int = 0
+    carried_rejected: dict[str, int] = field(default_factory=dict)
+
+    def rejected(self, source: Source | None, learner: OnlineMAS | None) -> dict[str, int]:
+        """Samples turned away, by reason: the carried counts, the source's ``rejected:<reason>`` counters,
+        ``learner_error`` and the learner's own ``rejected_samples`` (as ``learner``)."""
+        out = dict(self.carried_rejected)
+        for key, value in (source.counters if source is not None else {}).items():
+            if key.startswith("rejected:"):
+                reason = key.split(":", 1)[1]
+                out[reason] = out.get(reason, 0) + int(value)
+        if self.errors:
+            out["learner_error"] = self.errors
+        if learner is not None and learner.counters.get("rejected_samples"):
+            out["learner"] = int(learner.counters["rejected_samples"])
+        return out
+
+
+def importance_summary(learner: OnlineMAS) -> dict[str, tuple[float, float]]:
+    """``parameter -> (mean, max)`` of the learner's consolidated importance (one device read)."""
+    omega = learner.importance
+    if not omega:
+        return {}
+    names = list(omega)
+    stats = torch.stack([torch.stack([omega[n].float().mean(), omega[n].float().max()]) for n in names]).tolist()
+    return {n: (float(m), float(x)) for n, (m, x) in zip(names, stats)}
+
+
+class Telemetry:
+    """Publishes the learner's values: the metrics :class:`~streammas.metrics.Snapshot` and the status line.
+
+    :meth:`refresh` reads the learner's values (one device read) and publishes them to the metrics and the
+    status line that the progress display shows.
+
+    Parameters
+    ----------
+    metrics : ServiceMetrics
+        Where snapshots are published (and served, when ``[metrics] port`` is set).
+
+    Attributes
+    ----------
+    losses : LossWindows
+        The loop adds each batch's scores here.
+    status : dict
+        The values of the status line (or progress bar) as of the last :meth:`refresh`.
+    quiet : EveryFew
+        The rate limit on repeated warnings, shared by the whole service.
+
+    Examples
+    --------
+    >>> from streammas.models import MLPAutoencoder
+    >>> learner = OnlineMAS(MLPAutoencoder(in_features=4, hidden=(8,), latent=2))
+    >>> telemetry = Telemetry(ServiceMetrics())
+    >>> telemetry.losses.add(learner.learn_many(torch.rand(16, 4)))
+    >>> telemetry.refresh(learner, Tally(batches=1, received=16), source=None)
+    >>> telemetry.metrics.snapshot.samples, telemetry.status["samples_seen"], telemetry.status["loss"] > 0
+    (16, 16, True)
+    """
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+        self.losses = LossWindows()
+        self.quiet = EveryFew()
+        self.status: dict[str, Any] = {}
+
+    def refresh(self, learner: OnlineMAS | None, tally: Tally, source: Source | None) -> None:
+        """Read the learner's values (one device read) and publish them to the metrics and the status line."""
+        if learner is None:
+            return
+        loss = self.losses.mean()
+        counters = dict(learner.counters)
+        previous = self.metrics.snapshot
+        importance = previous.importance
+        if learner.consolidations != previous.consolidations or (learner.consolidations and not importance):
+            importance = importance_summary(learner)
+        rejected = tally.rejected(source, learner)
+        snapshot = Snapshot(samples=learner.samples_seen, batches=tally.batches, rejected=rejected, loss=loss,
+                            plateaus=counters.get("plateaus", 0), peaks=counters.get("peaks", 0),
+                            consolidations=learner.consolidations,
+                            skipped_updates=counters.get("skipped_updates", 0),
+                            recoveries=counters.get("recoveries", 0), importance=importance)
+        self.metrics.publish(snapshot)
+        self.status = {"samples_seen": learner.samples_seen, "loss": loss, "plateaus": snapshot.plateaus,
+                       "consolidations": snapshot.consolidations, "rejected": sum(rejected.values())}
+
+    def log_event(self, record: Mapping[str, Any]) -> None:
+        """Log one of the learner's events: a milestone at level info, anything else as a rate-limited warning."""
+        kind = record.get("kind")
+        fields = {"samples_seen": record.get("samples_seen"), "value": record.get("value")}
+        if kind in MILESTONES:
+            logs.log_event(log, kind, **fields)
+        else:
+            suppressed = self.quiet(str(kind))
+            if suppressed is not None:
+                logs.log_event(log, str(kind), logging.WARNING, **fields, **({"suppressed": suppressed}
+                                                                              if suppressed else {}))
