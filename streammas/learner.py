@@ -31,11 +31,13 @@ from streammas.events import Event, EventLog
 from streammas.hostsync import host_read
 from streammas.inputs import InputGuard
 from streammas.meter import ImportanceMeter
-from streammas.objectives import resolve_objective
+from streammas.objectives import reconstruction, resolve_objective
 from streammas.plateau import PlateauConfig, PlateauDetector
 from streammas.proximal import ProximalSchedule
 from streammas.recovery import Recovery
 from streammas.regimes import RegimeTracker
+from streammas.replay import ReplayMemory
+from streammas.scaling import InputScaler
 from streammas.settings import LearnerSettings
 from streammas.synapses import Synapses
 from streammas.update import make_update
@@ -127,6 +129,9 @@ class OnlineMAS:
         self.synapses = Synapses(named, consolidation=s.consolidation, ema_alpha=s.ema_alpha,
                                  normalization=s.omega_normalization, omega_dtype=held_dtype)
         self.buffer = HardBuffer(s.hard_buffer, s.hard_buffer_decay)
+        self.scaler = InputScaler(s.scale_inputs, clip=s.input_clip, device=self.device)
+        self.replay = ReplayMemory(s.replay, max_bytes=s.replay_max_bytes, seed=torch.initial_seed() % (1 << 63),
+                                   transform=self.scaler.transform)
         self.meter = ImportanceMeter(model, self.synapses, every=s.importance_every, method=s.importance_method,
                                      output=s.importance_output,
                                      enabled=s.reg_lambda > 0 and s.importance_source == "stream")
@@ -134,7 +139,8 @@ class OnlineMAS:
         self.proximal = ProximalSchedule(self.synapses, self.optimizer, reg_lambda=s.reg_lambda, every=s.prox_every,
                                          device_gated=guarded)
         self.update = make_update(model, self.objective, self.optimizer, self.buffer, self.meter, self.proximal,
-                                  steps_per_batch=s.steps_per_batch, fused=s.fused_step)
+                                  steps_per_batch=s.steps_per_batch, fused=s.fused_step,
+                                  replay=self.replay if s.replay else None)
         detector = (PlateauDetector(s.plateau) if s.plateau is None or isinstance(s.plateau, (PlateauConfig, Mapping))
                     else s.plateau)
         self.regimes = RegimeTracker(self.synapses, detector, proximal=self.proximal, events=self.events,
@@ -143,6 +149,7 @@ class OnlineMAS:
         self.recovery = Recovery(model, self.objective, self.optimizer, self.synapses, self.proximal, self.events,
                                  recover_after=s.recover_after)
         self._pending: list[torch.Tensor] = []  # the batches' mean losses, not yet read by the host
+        self._clipped = 0  # the scaler's count of clipped samples, as of the last host read
 
     def __getattr__(self, name: str) -> Any:
         # The settings read as the learner's own attributes (learner.lr, learner.sync_every, ...).
@@ -165,7 +172,8 @@ class OnlineMAS:
         """What happened so far, each count owned by the part that counts it."""
         return {"plateaus": self.regimes.plateaus, "peaks": self.regimes.peaks,
                 "consolidations": self.synapses.consolidations, "skipped_updates": self.recovery.skipped,
-                "rejected_samples": self.guard.rejected, "recoveries": self.recovery.recoveries}
+                "rejected_samples": self.guard.rejected, "recoveries": self.recovery.recoveries,
+                "clipped_samples": self._clipped}
 
     @property
     def sample_shape(self) -> tuple[int, ...] | None:
@@ -200,7 +208,8 @@ class OnlineMAS:
         xb, yb, keep = self.guard.prepare(x, y)
         if xb.shape[0] == 0:
             return torch.full((batch,), math.nan, device=self.device)
-        scores, score_mean = self.update(xb, yb, self.meter.due(self.steps))
+        scores, score_mean = self.update(self.scaler.fit_transform(xb), yb, self.meter.due(self.steps))
+        self.replay.add(xb, yb)
         self._pending.append(score_mean)
         self.steps += 1
         self.samples_seen += xb.shape[0]
@@ -219,25 +228,30 @@ class OnlineMAS:
         if xb.shape[0] == 0:
             return torch.full((batch,), math.nan, device=self.device)
         with torch.no_grad():
-            return self.guard.spread(self.objective(self.model(xb), xb, yb), keep, batch)
+            zb = self.scaler.transform(xb)
+            return self.guard.spread(self.objective(self.model(zb), zb, yb), keep, batch)
 
     def score_one(self, x: Any, y: Any = None) -> float:
         """The loss of one sample, with no update."""
         return float(host_read(self.score_many(self.guard.one(x), None if y is None else [y]))[0])
 
     def predict_many(self, x: Any) -> torch.Tensor:
-        """The model's output on a batch, with no update."""
+        """The model's output on a batch, with no update: for the reconstruction objective, the reconstruction
+        in the input's own units (the scaling undone)."""
         xb, _, _ = self.guard.prepare(x, None, labels_required=False)
         with torch.no_grad():
-            return self.model(xb)
+            out = self.model(self.scaler.transform(xb))
+            return self.scaler.inverse(out) if self.objective is reconstruction else out
 
     def _sync(self) -> None:
         """Read the pending device values once; count skipped updates, recover if needed, feed the detector."""
         if not self._pending:
             return
         skipped_now = self.update.skipped
-        values = host_read(torch.stack([*[v.float() for v in self._pending], skipped_now.float()]))
+        values = host_read(torch.stack([*[v.float() for v in self._pending], skipped_now.float(),
+                                        self.scaler.clipped.float()]))
         self._pending.clear()
+        self._clipped = int(values.pop())
         skipped = int(values.pop())
         if skipped:
             skipped_now.zero_()
@@ -279,6 +293,8 @@ class OnlineMAS:
             "sample_shape": guard["sample_shape"],
             "feature_names": guard["feature_names"],
             "events": list(self.events),
+            "scaler": self.scaler.state_dict(),
+            "replay": self.replay.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -301,6 +317,11 @@ class OnlineMAS:
         self.recovery.load_state_dict(counters)
         self.guard.load_state_dict({"sample_shape": state["sample_shape"], "feature_names": state["feature_names"],
                                     "rejected": counters.get("rejected_samples", 0)})
+        if state.get("scaler") is not None:  # states written before input scaling have none
+            self.scaler.load_state_dict(state["scaler"])
+            self._clipped = int(host_read(self.scaler.clipped))
+        if state.get("replay") is not None:
+            self.replay.load_state_dict(state["replay"], self.device)
         self.samples_seen = int(state["samples_seen"])
         self.steps = int(state["steps"])
         self.events.replace(state["events"])
@@ -314,7 +335,7 @@ class OnlineMAS:
         params = sum(p.numel() * p.element_size() for p in self.synapses.params)
         held, held_max = self.regimes.held_nbytes()
         return {"parameters": params, "synapses": self.synapses.nbytes(), "held": held, "held_max": held_max,
-                "buffer": self.buffer.nbytes()}
+                "buffer": self.buffer.nbytes(), "replay": self.replay.nbytes()}
 
 
 def _signature() -> inspect.Signature:

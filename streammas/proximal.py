@@ -100,9 +100,26 @@ class ProximalSchedule:
             workspace = [grads[i] for i in indices]
             if any(g is None or g.is_sparse for g in workspace):
                 workspace = None
-            self.synapses.proximal_step(self.reg_lambda, group["lr"], steps, indices, workspace)
+            self.synapses.proximal_step(self.reg_lambda, group["lr"], steps, indices, workspace,
+                                        self._metric(group, indices))
         for p in self.synapses.params:
             p.grad = None
+
+    def _metric(self, group: dict, indices: list[int]) -> list[torch.Tensor] | None:
+        """Adam's per-parameter step-size divisor ``sqrt(v_hat) + eps`` (``None`` for optimizers that step in
+        the parameters' own metric, as SGD does). A parameter Adam has not stepped yet gets no proximal step."""
+        if not isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)) or group.get("amsgrad"):
+            return None
+        beta2, eps = group["betas"][1], group["eps"]
+        out = []
+        for i in indices:
+            state = self.optimizer.state.get(self.synapses.params[i])
+            if not state or "exp_avg_sq" not in state:
+                out.append(torch.full_like(self.synapses.params[i], torch.inf))
+                continue
+            correction = 1.0 - beta2 ** torch.as_tensor(state["step"], dtype=torch.float64)
+            out.append((state["exp_avg_sq"] / correction.to(state["exp_avg_sq"])).sqrt_().add_(eps))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"owed": float(host_read(torch.as_tensor(self.owed))), "due": self.due}

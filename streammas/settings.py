@@ -31,6 +31,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from streammas.scaling import SCALE_MODES
+
 Check = Callable[[Any], "str | None"]
 
 
@@ -235,6 +237,14 @@ class LearnerSettings:
                                  "non-finite loss, if the weights have diverged (0: never)", check=at_least(0))
     on_bad_input: str = setting("raise", help="raise a ValueError naming bad samples, or skip them (counted)",
                                 choices=("raise", "skip"))
+    scale_inputs: str = setting("none", help="standardise each feature with running statistics on the device: "
+                                "running (cumulative), frozen (after a warm-up) or none", choices=SCALE_MODES)
+    input_clip: float = setting(100.0, help="standardised inputs are clipped to +-this; a sample beyond it is "
+                                "counted and left out of the statistics", check=positive)
+    replay: int = setting(0, help="samples kept in a uniform reservoir on the device, as many of them replayed "
+                          "with each batch as it holds; 0 disables replay", check=at_least(0))
+    replay_max_bytes: int = setting(64 << 20, help="the replay memory's bound in bytes (wide samples keep fewer)",
+                                    check=at_least(1))
     max_events: int = setting(1000, help="events kept in the learner's history", check=at_least(1),
                               in_config=False)
 

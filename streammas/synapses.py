@@ -177,6 +177,7 @@ class Synapses:
         steps: float | torch.Tensor = 1.0,
         indices: list[int] | None = None,
         workspace: list[torch.Tensor] | None = None,
+        metric: list[torch.Tensor] | None = None,
     ) -> None:
         """Apply the regulariser as its exact proximal step ``theta <- (theta + c theta*) / (1 + c)`` with
         ``c = 2 lr lambda Omega``: the minimiser of ``||theta - v||^2 / (2 lr) + penalty(theta)``.
@@ -189,6 +190,10 @@ class Synapses:
         ``indices`` restricts the step to some parameters (an optimizer's parameter group and its lr).
         ``workspace``: tensors shaped like those parameters that may be overwritten (the gradients, dead after
         the optimizer step), so that the step allocates nothing: five in-place passes, no temporaries.
+        ``metric``: per-parameter divisors of the step size (aligned with ``indices``), the optimizer's own
+        preconditioner (for Adam
+        ``sqrt(v_hat) + eps``): ``c = 2 lr lambda Omega / metric``, the exact proximal step in the metric in which
+        the optimizer steps, as stable for any lambda.
         """
         if self.consolidations == 0 or reg_lambda == 0.0:
             return
@@ -203,6 +208,8 @@ class Synapses:
             c = workspace
             torch._foreach_copy_(c, omega)
             torch._foreach_mul_(c, scale)
+        if metric is not None:
+            torch._foreach_div_(c, metric)
         data = [p.data for p in params]
         torch._foreach_addcmul_(data, anchor, c)
         torch._foreach_add_(c, 1.0)

@@ -24,6 +24,7 @@ from streammas.fused import FusedChain
 from streammas.hostsync import host_read
 from streammas.meter import ImportanceMeter
 from streammas.proximal import ProximalSchedule
+from streammas.replay import ReplayMemory
 
 Scores = tuple[torch.Tensor, torch.Tensor]
 
@@ -106,7 +107,8 @@ class AutogradUpdate:
     """
 
     def __init__(self, model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, buffer: HardBuffer,
-                 meter: ImportanceMeter, proximal: ProximalSchedule, steps_per_batch: int = 1) -> None:
+                 meter: ImportanceMeter, proximal: ProximalSchedule, steps_per_batch: int = 1,
+                 replay: ReplayMemory | None = None) -> None:
         self.model = model
         self.objective = objective
         self.optimizer = optimizer
@@ -114,6 +116,7 @@ class AutogradUpdate:
         self.meter = meter
         self.proximal = proximal
         self.steps_per_batch = int(steps_per_batch)
+        self.replay = replay
         first = next(model.parameters())
         self.dtype = first.dtype
         # Fused optimizers skip a step on a device-side flag (found_inf): a non-finite loss needs no host sync.
@@ -122,7 +125,8 @@ class AutogradUpdate:
         self.last_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # what the last update learned
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor | None, measure: bool) -> Scores:
-        x_all, y_all = self.buffer.extend(xb, yb)
+        x_all, y_all = (xb, yb) if self.replay is None else self.replay.extend(xb, yb)
+        x_all, y_all = self.buffer.extend(x_all, y_all)
         self.last_rows = (x_all, y_all)
         scores, score_mean, measured = self._steps(xb, x_all, y_all, measure)
         if measure and not measured:
@@ -249,9 +253,9 @@ class FusedUpdate(AutogradUpdate):
 
 def make_update(model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, buffer: HardBuffer,
                 meter: ImportanceMeter, proximal: ProximalSchedule, *, steps_per_batch: int = 1,
-                fused: bool = True) -> AutogradUpdate:
+                fused: bool = True, replay: ReplayMemory | None = None) -> AutogradUpdate:
     """The engine for this model, objective and optimizer: the hand-derived chain step where it applies and
     ``fused`` allows it, autograd otherwise."""
     chain = FusedChain.build(model, objective, optimizer) if fused else None
-    args = (model, objective, optimizer, buffer, meter, proximal, steps_per_batch)
+    args = (model, objective, optimizer, buffer, meter, proximal, steps_per_batch, replay)
     return AutogradUpdate(*args) if chain is None else FusedUpdate(chain, *args)

@@ -1,0 +1,160 @@
+"""Input scaling inside the learner: per-feature running statistics on the device, so any stream's units work.
+
+A stream in raw units (watts, milli-g, counts to 5,000) overflows a model trained on it as it is, and a wide
+one in [0, 1] learns slowly; a model sees every stream alike once each feature is standardised,
+``z = (x - mean) / std``. The statistics are running ones, kept on the learner's device and updated from each
+batch before it is scored (no host synchronisation): ``"running"`` is the cumulative mean and variance over
+every sample seen (a regime that comes later moves them less and less, so the meaning of old weights stays
+put), ``"frozen"`` stops updating after ``warmup`` samples.
+
+Finite but absurd values (a sample at 1e20 in a stream of watts) must not stop learning: a sample with any
+feature beyond ``clip`` standard deviations is left out of the statistics and counted, and the model sees
+``z`` clipped to ``[-clip, clip]``. The first batch, with no statistics yet, is judged against its own median
+and median absolute deviation, which one absurd sample cannot move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+SCALE_MODES = ("running", "frozen", "none")
+
+
+class InputScaler:
+    """Standardises samples with running per-feature statistics on the device.
+
+    Parameters
+    ----------
+    mode : str, default "running"
+        ``"running"`` (cumulative statistics over every sample), ``"frozen"`` (fixed after ``warmup`` samples)
+        or ``"none"`` (the identity).
+    clip : float, default 100.0
+        Standardised values are clipped to ``[-clip, clip]``; a sample with any feature beyond it is counted
+        in :attr:`clipped` and left out of the statistics.
+    warmup : int, default 1000
+        With ``mode="frozen"``: the samples after which the statistics stop changing.
+    variance_floor : float, default 1e-2
+        A feature's variance is at least this share of the mean variance over features, so that a feature
+        constant so far (a border pixel) does not blow up when it first moves.
+
+    Attributes
+    ----------
+    count : torch.Tensor
+        Samples in the statistics (a device scalar).
+    mean, var : torch.Tensor or None
+        Per-feature mean and variance (``None`` before the first batch).
+    clipped : torch.Tensor
+        Samples with a feature beyond ``clip`` so far (a device scalar, read with the learner's other values).
+
+    Examples
+    --------
+    >>> scaler = InputScaler()
+    >>> x = torch.tensor([[1000.0, 0.1], [3000.0, 0.3], [2000.0, 0.2], [2000.0, 0.2]])
+    >>> z = scaler.fit_transform(x)
+    >>> [round(v, 3) for v in z[:, 0].tolist()], [round(v, 3) for v in scaler.mean.tolist()]
+    ([-1.414, 1.414, 0.0, 0.0], [2000.0, 0.2])
+    >>> scaler.inverse(z)[:, 0].tolist()
+    [1000.0, 3000.0, 2000.0, 2000.0]
+    >>> _ = scaler.fit_transform(torch.tensor([[1e20, 0.2], [2000.0, 0.2]]))   # one absurd sample
+    >>> int(scaler.clipped), int(scaler.count), scaler.mean[0].item()
+    (1, 5, 2000.0)
+    """
+
+    def __init__(self, mode: str = "running", *, clip: float = 100.0, warmup: int = 1000,
+                 variance_floor: float = 1e-2, device: torch.device | str | None = None) -> None:
+        if mode not in SCALE_MODES:
+            raise ValueError(f"scale_inputs must be one of {SCALE_MODES}, got {mode!r}")
+        self.mode = mode
+        self.clip = float(clip)
+        self.warmup = int(warmup)
+        self.variance_floor = float(variance_floor)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.count = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.mean: torch.Tensor | None = None
+        self.var: torch.Tensor | None = None
+        self.clipped = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._seen = 0  # samples offered, known on the host without a read (decides "frozen")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+    def fit_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Fold ``x`` into the statistics (unless frozen), then standardise it."""
+        if not self.enabled:
+            return x
+        flat = x.reshape(x.shape[0], -1).double()
+        if self.mean is None:
+            self._start(flat)
+        elif self.mode == "running" or self._seen < self.warmup:
+            self._fold(flat)
+        self._seen += x.shape[0]
+        return self.transform(x)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardise with the current statistics, clipped to ``[-clip, clip]``."""
+        if not self.enabled or self.mean is None:
+            return x
+        flat = x.reshape(x.shape[0], -1)
+        mean, std = self._mean_std(flat.dtype)
+        return ((flat - mean) / std).clamp_(-self.clip, self.clip).reshape(x.shape)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        """Back to the input's units."""
+        if not self.enabled or self.mean is None:
+            return z
+        flat = z.reshape(z.shape[0], -1)
+        mean, std = self._mean_std(flat.dtype)
+        return (flat * std + mean).reshape(z.shape)
+
+    def _mean_std(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        var = torch.maximum(self.var, self.variance_floor * self.var.mean()).clamp_min(1e-12)
+        return self.mean.to(dtype), var.sqrt().to(dtype)
+
+    def _start(self, flat: torch.Tensor) -> None:
+        """Statistics from the first batch, its absurd samples judged against its median and MAD."""
+        median = flat.median(dim=0).values
+        mad = (flat - median).abs().median(dim=0).values * 1.4826
+        scale = torch.where(mad > 0, mad, median.abs().clamp_min(1.0))
+        keep = ((flat - median).abs() <= self.clip * scale).all(dim=1)
+        self.count = torch.zeros((), dtype=torch.float64, device=flat.device)
+        self.mean = torch.zeros(flat.shape[1], dtype=torch.float64, device=flat.device)
+        self.var = torch.zeros_like(self.mean)
+        self._merge(flat, keep)
+
+    def _fold(self, flat: torch.Tensor) -> None:
+        mean, std = self._mean_std(torch.float64)
+        keep = ((flat - mean).abs() <= self.clip * std).all(dim=1)
+        self._merge(flat, keep)
+
+    def _merge(self, flat: torch.Tensor, keep: torch.Tensor) -> None:
+        """Chan's parallel update of count, mean and variance with the kept rows (a device mask: no sync)."""
+        self.clipped += (~keep).sum()
+        w = keep.to(flat.dtype).unsqueeze(1)
+        n_b = w.sum()
+        safe_n_b = n_b.clamp_min(1.0)
+        x = flat * w  # rows left out contribute nothing
+        mean_b = x.sum(0) / safe_n_b
+        m2_b = (((flat - mean_b) * w) ** 2).sum(0)
+        total = self.count + n_b
+        delta = mean_b - self.mean
+        share = n_b / total.clamp_min(1.0)
+        m2 = self.var * self.count + m2_b + delta * delta * self.count * share
+        self.mean = self.mean + delta * share
+        self.var = m2 / total.clamp_min(1.0)
+        self.count = total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "count": self.count.clone(), "seen": self._seen, "clipped": self.clipped.clone(),
+                "mean": None if self.mean is None else self.mean.clone(),
+                "var": None if self.var is None else self.var.clone()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.count = state["count"].to(self.device, torch.float64)
+        self.clipped = state["clipped"].to(self.device, torch.int64)
+        self._seen = int(state["seen"])
+        self.mean = None if state["mean"] is None else state["mean"].to(self.device, torch.float64)
+        self.var = None if state["var"] is None else state["var"].to(self.device, torch.float64)

@@ -1,0 +1,168 @@
+"""Input scaling, the replay memory and the Adam-preconditioned proximal step, on their own and in the learner."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from streammas import OnlineMAS, hostsync
+from streammas.models import MLPAutoencoder
+from streammas.replay import ReplayMemory
+from streammas.scaling import InputScaler
+from streammas.synapses import Synapses
+
+
+def _raw_stream(n_batches=300, batch=16, seed=0):
+    """Appliance-like rows in raw units: watts in the thousands, a voltage near 230, a flag in {0, 1}."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_batches):
+        watts = rng.choice([60.0, 2000.0, 4200.0], batch)[:, None] + rng.normal(0, 30, (batch, 3))
+        volts = 230 + rng.normal(0, 2, (batch, 2))
+        flag = (watts[:, :1] > 1000).astype(np.float64)
+        yield np.concatenate([watts, volts, flag], axis=1).astype(np.float32)
+
+
+def test_running_statistics_match_numpy_over_the_whole_stream():
+    scaler = InputScaler("running")
+    rows = list(_raw_stream(50))
+    for x in rows:
+        scaler.fit_transform(torch.from_numpy(x))
+    every = np.concatenate(rows).astype(np.float64)
+    assert int(scaler.count) == len(every)
+    np.testing.assert_allclose(scaler.mean.numpy(), every.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(scaler.var.numpy(), every.var(0), rtol=1e-7)
+
+
+def test_frozen_statistics_stop_after_the_warmup():
+    scaler = InputScaler("frozen", warmup=64)
+    for x in _raw_stream(4):  # 64 samples
+        scaler.fit_transform(torch.from_numpy(x))
+    mean = scaler.mean.clone()
+    scaler.fit_transform(torch.full((16, 6), 1e4))
+    assert torch.equal(scaler.mean, mean) and int(scaler.count) == 64
+
+
+def test_an_absurd_sample_is_counted_and_left_out_even_in_the_first_batch():
+    x = torch.from_numpy(next(_raw_stream(1)))
+    x[3, 0] = 1e20
+    scaler = InputScaler()
+    z = scaler.fit_transform(x)
+    assert int(scaler.clipped) == 1 and int(scaler.count) == len(x) - 1
+    assert bool(torch.isfinite(scaler.mean).all()) and scaler.mean[0] < 5000
+    assert float(z.abs().max()) <= scaler.clip
+
+
+def test_learner_on_raw_units_learns_without_skipping_and_predicts_in_input_units():
+    torch.manual_seed(0)
+    learner = OnlineMAS(MLPAutoencoder(6, hidden=(16,), latent=3), optimizer="adam", lr=1e-2,
+                        scale_inputs="running")
+    losses = [float(learner.learn_many(x).mean()) for x in _raw_stream(300)]
+    learner.flush()
+    assert learner.counters["skipped_updates"] == 0 and all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5])
+    x = torch.from_numpy(next(_raw_stream(1, seed=1)))
+    recon = learner.predict_many(x)
+    # A reconstruction in watts and volts, not in standard deviations: its error, in units of each feature's
+    # spread, is well below that of predicting the feature's mean.
+    spread = torch.from_numpy(np.concatenate(list(_raw_stream(20, seed=2))).std(0)).clamp_min(1e-3)
+    assert float(((recon - x) / spread).pow(2).mean()) < 0.5
+    assert float((recon[:, 3] - 230).abs().mean()) < 5  # the voltage comes back near 230 V
+
+
+def test_without_scaling_the_same_raw_stream_overflows_plain_sgd():
+    torch.manual_seed(0)
+    learner = OnlineMAS(MLPAutoencoder(6, hidden=(16,), latent=3), recover_after=0)
+    for x in _raw_stream(100):
+        learner.learn_many(x)
+    learner.flush()
+    assert learner.counters["skipped_updates"] > 50  # what the scaler prevents
+
+
+def test_one_absurd_sample_in_every_batch_does_not_stop_learning():
+    torch.manual_seed(0)
+    learner = OnlineMAS(MLPAutoencoder(6, hidden=(16,), latent=3), optimizer="adam", lr=1e-2,
+                        scale_inputs="running")
+    losses = []
+    for x in _raw_stream(200):
+        x = x.copy()
+        x[0, 1] = 1e20
+        losses.append(float(learner.learn_many(x)[1:].mean()))
+    learner.flush()
+    assert learner.counters["skipped_updates"] == 0
+    assert learner.counters["clipped_samples"] == 200
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_reservoir_keeps_every_part_of_the_stream_alike():
+    counts = np.zeros(10)
+    for seed in range(40):
+        memory = ReplayMemory(50, seed=seed)
+        for start in range(0, 1000, 10):
+            memory.add(torch.arange(start, start + 10, dtype=torch.float32).unsqueeze(1), None)
+        counts += np.bincount((memory.x[:, 0].numpy() // 100).astype(int), minlength=10)
+    # 2,000 draws over ten tenths of the stream: 200 expected in each (sd about 13)
+    assert counts.min() > 150 and counts.max() < 250, counts
+
+
+def test_replay_memory_respects_its_byte_bound_and_round_trips():
+    memory = ReplayMemory(1000, max_bytes=40 * 784 * 4, seed=1)
+    memory.add(torch.rand(64, 784), torch.arange(64))
+    assert memory.x.shape[0] == 39 and memory.nbytes() <= 40 * 784 * 4  # labels count too
+    copy = ReplayMemory(1000, max_bytes=40 * 784 * 4)
+    copy.load_state_dict(memory.state_dict())
+    a, b = memory.extend(torch.zeros(5, 784), torch.zeros(5, dtype=torch.int64))
+    c, d = copy.extend(torch.zeros(5, 784), torch.zeros(5, dtype=torch.int64))
+    assert torch.equal(a, c) and torch.equal(b, d)
+
+
+@pytest.mark.parametrize("reg_lambda", [0.1, 10.0, 1e4])
+def test_adam_preconditioned_proximal_step_is_exact_and_stable(reg_lambda):
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    synapses = Synapses([("w", w)], normalization="none")
+    synapses.accumulate([torch.tensor([1.0, 2.0, 0.5])], batch_size=1)
+    synapses.consolidate()  # theta* = w, Omega = [1, 2, 0.5]
+    with torch.no_grad():
+        w.add_(torch.tensor([4.0, 4.0, 4.0]))
+    v = torch.tensor([0.25, 4.0, 1e-6])
+    metric = [v.sqrt() + 1e-8]
+    c = 2 * 0.01 * reg_lambda * synapses.omega[0] / metric[0]
+    expected = (w.detach() + c * synapses.anchor[0]) / (1 + c)
+    synapses.proximal_step(reg_lambda, 0.01, metric=metric)
+    torch.testing.assert_close(w.detach(), expected)
+    between = (w.detach() - synapses.anchor[0]) / 4.0
+    assert bool(((between >= 0) & (between <= 1)).all())  # never past the anchor, for any lambda
+
+
+def test_under_adam_the_regulariser_now_protects():
+    """Adam's lr (1e-3) made c = 2 lr lambda Omega tiny; in Adam's metric the same lambda holds the weights."""
+    torch.manual_seed(0)
+    a = torch.rand(64, 8)
+    b = torch.rand(64, 8) * 0.2 + 0.8
+
+    def drift(reg_lambda):
+        torch.manual_seed(0)
+        learner = OnlineMAS(MLPAutoencoder(8, hidden=(16,), latent=4), optimizer="adam", lr=1e-2,
+                            reg_lambda=reg_lambda, prox_every=1)
+        for i in range(300):
+            learner.learn_many(a[(i * 8) % 64:][:8])
+        learner.flush()
+        learner.consolidate()
+        anchor = [t.clone() for t in learner.synapses.anchor]
+        for i in range(300):
+            learner.learn_many(b[(i * 8) % 64:][:8])
+        return sum(float((p.detach() - t).pow(2).sum()) for p, t in zip(learner.synapses.params, anchor))
+
+    assert drift(10.0) < 0.2 * drift(0.0)
+
+
+def test_scaling_and_replay_keep_the_one_read_per_sync_period():
+    torch.manual_seed(0)
+    learner = OnlineMAS(MLPAutoencoder(6, hidden=(16,), latent=3), optimizer="adam", lr=1e-2,
+                        scale_inputs="running", replay=200)
+    batches = [torch.from_numpy(x) for x in _raw_stream(64)]
+    before = hostsync.host_reads()
+    for x in batches:
+        learner.learn_many(x)
+    assert hostsync.host_reads() - before == 64 // learner.sync_every
+    assert len(learner.replay) == 200
