@@ -209,7 +209,8 @@ class FusedChain:
 
     @classmethod
     def build(cls, model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer) -> FusedChain | None:
-        if objective is not reconstruction or type(optimizer) is not torch.optim.SGD:
+        adam = type(optimizer) in (torch.optim.Adam, torch.optim.AdamW)
+        if objective is not reconstruction or not (adam or type(optimizer) is torch.optim.SGD):
             return None
         found = read_chain(model)
         if found is None:
@@ -220,8 +221,11 @@ class FusedChain:
             return None
         group_of: dict[int, dict] = {}
         for group in optimizer.param_groups:
-            if (group.get("momentum", 0) or group.get("weight_decay", 0) or group.get("nesterov")
-                    or group.get("maximize") or group.get("differentiable")):
+            if adam and (group.get("amsgrad") or group.get("maximize") or group.get("differentiable")
+                         or group.get("capturable")):
+                return None
+            if not adam and (group.get("momentum", 0) or group.get("weight_decay", 0) or group.get("nesterov")
+                             or group.get("maximize") or group.get("differentiable")):
                 return None
             for p in group["params"]:
                 group_of[id(p)] = group
@@ -232,7 +236,14 @@ class FusedChain:
             if group is None or len(groups) != 1:
                 return None
             lr_of.append(lambda g=group: float(g["lr"]))
-        return cls(model, modules, flattens, lr_of)
+        # Adam keeps its own step (torch's fused kernel): the chain writes the gradients it derived by hand.
+        return cls(model, modules, flattens, None if adam else lr_of)
+
+    @property
+    def writes_grads(self) -> bool:
+        """Whether :meth:`step` leaves the gradients in ``.grad`` for the optimizer to step (Adam) instead of
+        updating the weights itself (SGD)."""
+        return self._lr_of is None
 
     def applicable(self, x: torch.Tensor) -> bool:
         """Whether this chain computes what ``model(x)`` would: no hook on any module, and a batch the chain takes
@@ -280,7 +291,8 @@ class FusedChain:
     @torch.no_grad()
     def step(self, x: torch.Tensor, batch: int,
              fold: tuple[Sequence[torch.Tensor], Callable[[], float]] | None = None) -> FusedResult:
-        """One SGD step on all rows of ``x``; with ``fold = (running, weight)``, also fold the importance of the
+        """One SGD step on all rows of ``x`` (for Adam: the gradients, in ``.grad``); with
+        ``fold = (running, weight)``, also fold the importance of the
         first ``batch`` rows, measured before the update, into ``running`` (aligned with :meth:`parameters`)
         with ``running += (mean - running) * weight()``."""
         rows = x.shape[0]
@@ -306,15 +318,20 @@ class FusedChain:
         deltas = self._backward(seed, outputs, rows, batch, measure, gated)
         weight = float(fold[1]()) if measure else 0.0
         targets = iter(fold[0]) if measure else None
-        for layer, a_in, d, lr_of in zip(self.linears, inputs, deltas, self._lr_of):
+        for layer, a_in, d, lr_of in zip(self.linears, inputs, deltas, self._lr_of or [None] * len(self.linears)):
             a_in = gated(a_in)
-            lr = lr_of()
             train = d[:rows]
             if measure:  # before the update: the importance is the one of the weights the batch was scored on
                 fold_to = {"weight": next(targets)}
                 if layer.bias is not None:
                     fold_to["bias"] = next(targets)
                 fold_linear_importance(d[rows:], a_in[:batch], fold_to, weight)
+            if lr_of is None:
+                _store_grad(layer.weight, train, a_in)
+                if layer.bias is not None:
+                    _store_grad(layer.bias, train)
+                continue
+            lr = lr_of()
             layer.weight.addmm_(train.t(), a_in, alpha=-lr)
             if layer.bias is not None:
                 layer.bias.add_(train.sum(dim=0), alpha=-lr)
@@ -360,6 +377,15 @@ def chain_importance(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
 # output_sensitivity tries this before its per-layer rules; registering here keeps streammas.importance from
 # importing this module (which imports it).
 register_chain_importance(chain_importance)
+
+
+def _store_grad(p: nn.Parameter, delta: torch.Tensor, a: torch.Tensor | None = None) -> None:
+    """Put a linear layer's hand-derived gradient in ``p.grad`` (into its buffer when there is one): the weight's
+    ``delta^T a``, or the bias's column sums of ``delta`` when ``a`` is ``None``."""
+    if a is None:
+        p.grad = torch.sum(delta, dim=0, out=p.grad)
+    else:
+        p.grad = torch.mm(delta.t(), a, out=p.grad)
 
 
 def _times(d: torch.Tensor, derivative: torch.Tensor, rows: int, batch: int, stacked: bool) -> torch.Tensor:

@@ -240,13 +240,16 @@ class FusedUpdate(AutogradUpdate):
                 running = self.meter.synapses.running
                 fold = ([running[i] for i in self._chain_index], self.meter.weight(xb.shape[0]))
             result = self.chain.step(x_all, xb.shape[0], fold)
+            if self.chain.writes_grads:  # Adam: the optimizer's own step on the hand-derived gradients
+                self._step(result.finite)
+            else:
+                self.skipped += ~result.finite
+                if self.proximal.active:
+                    self.proximal.after_step(result.finite.to(self.dtype))
             if scores is None:
                 scores = result.losses[: xb.shape[0]]
                 score_mean = result.mean if x_all is xb else scores.mean()
             measured = measured or result.measured
-            self.skipped += ~result.finite
-            if self.proximal.active:
-                self.proximal.after_step(result.finite.to(self.dtype))
         self.buffer.update(x_all, y_all, result.losses)
         return scores, score_mean, measured
 

@@ -102,15 +102,15 @@ class _Scaled(nn.Linear):
         return 2.0 * super().forward(x)
 
 
-@pytest.mark.parametrize("case", ["conv", "adam", "momentum", "custom-objective", "frozen", "unknown-module",
+@pytest.mark.parametrize("case", ["conv", "amsgrad", "momentum", "custom-objective", "frozen", "unknown-module",
                                   "module-run-twice", "linear-subclass"])
 def test_it_applies_only_where_it_computes_the_same_thing(case):
     model = MLPAutoencoder(12, hidden=(24,), latent=4)
     settings = {}
     if case == "conv":
         model = ConvAutoencoder(1, channels=(4, 8))
-    elif case == "adam":
-        settings["optimizer"] = "adam"
+    elif case == "amsgrad":  # plain Adam takes the hand-derived gradients (below); AMSGrad keeps autograd
+        settings["optimizer"] = lambda params: torch.optim.Adam(params, amsgrad=True)
     elif case == "momentum":
         settings["optimizer"] = lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9)
     elif case == "custom-objective":
@@ -156,3 +156,36 @@ def test_a_global_module_hook_sends_the_step_through_autograd():
     finally:
         handle.remove()
     assert "Linear" in seen
+
+
+@pytest.mark.parametrize("settings", [{}, {"reg_lambda": 1.0, "importance_every": 1, "prox_every": 1}])
+def test_adam_takes_the_hand_derived_gradients_with_autograds_numbers(settings):
+    torch.manual_seed(0)
+    base = MLPAutoencoder(20, hidden=(16,), latent=4)
+    x = torch.rand(400, 20)
+    fused = OnlineMAS(copy.deepcopy(base), optimizer="adam", lr=1e-2, **settings)
+    reference = OnlineMAS(copy.deepcopy(base), optimizer="adam", lr=1e-2, fused_step=False, **settings)
+    assert isinstance(fused.update, FusedUpdate) and fused.update.chain.writes_grads
+    for i in range(200):
+        xb = x[(i * 10) % 400:][:10]
+        torch.testing.assert_close(fused.learn_many(xb), reference.learn_many(xb), atol=1e-6, rtol=1e-5)
+        if i == 100:
+            fused.consolidate()
+            reference.consolidate()
+    for p, q in zip(fused.model.parameters(), reference.model.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), atol=1e-6, rtol=1e-5)
+    for a, b in zip(fused.synapses.running, reference.synapses.running):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_adam_skips_a_non_finite_step_on_the_hand_derived_path():
+    torch.manual_seed(0)
+    learner = OnlineMAS(MLPAutoencoder(8, hidden=(8,), latent=2), optimizer="adam", lr=1e-2, recover_after=0)
+    learner.learn_many(torch.rand(10, 8))
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    moments = [s["exp_avg"].clone() for s in learner.optimizer.state.values()]
+    learner.learn_many(torch.full((10, 8), 1e30))  # finite input whose squared error overflows
+    learner.flush()
+    assert learner.counters["skipped_updates"] == 1
+    assert all(torch.equal(p.detach(), b) for p, b in zip(learner.model.parameters(), before))
+    assert all(torch.equal(s["exp_avg"], m) for s, m in zip(learner.optimizer.state.values(), moments))
