@@ -19,7 +19,7 @@ import sys
 import torch
 
 from streammas.bench import timing
-from streammas.bench.variants import LR, variant_step
+from streammas.bench.variants import LR, OPTIMIZER, variant_step
 
 TOLERANCE = 0.05
 
@@ -68,7 +68,7 @@ def _child(args: argparse.Namespace) -> int:
 
     def mark() -> None:
         # One step of a throwaway copy first: the kernels' lazily built workspaces are not the variant's cost.
-        timing.plain_sgd_step(timing.make_model(args.model, args.device, args.seed), LR)(
+        timing.plain_step(timing.make_model(args.model, args.device, args.seed), LR, OPTIMIZER)(
             timing.stream_batches(args.model, args.batch, 1, args.device, args.seed)[0])
         start["reset"] = timing.reset_peak_rss()
         start["rss"] = timing.rss_bytes() if start["reset"] else 0

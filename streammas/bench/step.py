@@ -18,7 +18,7 @@ import json
 import sys
 
 from streammas.bench import timing
-from streammas.bench.variants import BREAKDOWN, FUSED_ONLY, LR, VARIANTS, make_learner
+from streammas.bench.variants import BREAKDOWN, FUSED_ONLY, LR, OPTIMIZER, VARIANTS, make_learner
 from streammas.learner import OnlineMAS
 from streammas.update import FusedUpdate
 
@@ -47,9 +47,9 @@ def _variants(args: argparse.Namespace) -> dict[str, tuple[str, dict, bool, bool
 def bench_case(kind: str, batch: int, args: argparse.Namespace, env: dict) -> dict:
     base = timing.make_model(kind, args.device, args.seed)
     batches = timing.stream_batches(kind, batch, 32, args.device, args.seed + 1)
-    variants = {"sgd": timing.cycle(timing.plain_sgd_step(copy.deepcopy(base), LR), batches)}
+    variants = {"sgd": timing.cycle(timing.plain_step(copy.deepcopy(base), LR, OPTIMIZER), batches)}
     if not (args.quick or args.no_breakdown):
-        floor = timing.plain_sgd_step(copy.deepcopy(base), LR, second_backward=True)
+        floor = timing.plain_step(copy.deepcopy(base), LR, OPTIMIZER, second_backward=True)
         variants["sgd_floor"] = timing.cycle(floor, batches)
     learners: dict[str, OnlineMAS] = {}
     fused = isinstance(make_learner(copy.deepcopy(base), {}, True).update, FusedUpdate)
@@ -125,8 +125,8 @@ def report(result: dict) -> str:
     rows = []
     for c in result["cases"]:
         sec, ratio = c["seconds_per_step"], c["vs_sgd"]
-        labels = {"sgd": "plain SGD step (baseline)",
-                  "sgd_floor": "  plain SGD step + a second backward (a floor for exact importance)",
+        labels = {"sgd": f"plain {OPTIMIZER} step (baseline)",
+                  "sgd_floor": f"  plain {OPTIMIZER} step + a second backward (a floor for exact importance)",
                   **{n: v[0] for n, v in {**VARIANTS, **BREAKDOWN}.items()}}
         peaks = c.get("peak_memory", {})
         for name in sec:

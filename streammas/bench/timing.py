@@ -253,17 +253,20 @@ def stream_batches(kind: str, batch: int, count: int, device: str, seed: int = 0
     return [b.pin_memory() for b in batches] if device == "cuda" else batches
 
 
-def plain_sgd_step(model: torch.nn.Module, lr: float, *,
-                   second_backward: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The baseline: a hand-written online SGD step on the per-sample reconstruction error (the batch is moved
-    to the model's device first, as the learner does).
+def plain_step(model: torch.nn.Module, lr: float, optimizer: str = "sgd", *,
+               second_backward: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The baseline: a hand-written online step of ``optimizer`` (the learner's default, built as the learner
+    builds it) on the per-sample reconstruction error (the batch is moved to the model's device first, as the
+    learner does).
 
     ``second_backward``: also one more backward pass through the same graph, from another output gradient (that
     of ``sum_k ||F(x_k)||^2``), to every parameter. Exact importance needs at least that much more work (the
     deltas of its own seed, and one weight-shaped product per layer), so this variant is a floor for it.
     """
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    from streammas.learner import make_optimizer
+
     params = list(model.parameters())
+    opt = make_optimizer(optimizer, params, lr)
     device = params[0].device
 
     def step(x: torch.Tensor) -> torch.Tensor:

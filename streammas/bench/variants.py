@@ -19,9 +19,10 @@ import torch
 from streammas.bench import timing
 from streammas.learner import OnlineMAS, learner_defaults
 
-__all__ = ["BREAKDOWN", "FUSED_ONLY", "LR", "VARIANTS", "make_learner", "variant_step"]
+__all__ = ["BREAKDOWN", "FUSED_ONLY", "LR", "OPTIMIZER", "VARIANTS", "make_learner", "variant_step"]
 
 LR = learner_defaults()["lr"]  # the learner's; the baseline takes the same step size
+OPTIMIZER = learner_defaults()["optimizer"]  # and the same optimizer
 
 #: name -> (label, OnlineMAS settings, share the training forward, consolidate before timing)
 VARIANTS: dict[str, tuple[str, dict, bool, bool]] = {
@@ -61,7 +62,7 @@ def variant_step(kind: str, batch: int, variant: str, device: str, seed: int,
         before_model()
     model = timing.make_model(kind, device, seed)
     if variant == "sgd":
-        return timing.cycle(timing.plain_sgd_step(model, LR), batches)
+        return timing.cycle(timing.plain_step(model, LR, OPTIMIZER), batches)
     _, settings, share, consolidate = VARIANTS[variant]
     learner = make_learner(model, settings, share)
     for x in batches:
