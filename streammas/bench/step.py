@@ -26,6 +26,8 @@ TARGETS = {"every": 1.5, "defaults": 1.15}
 STATE_TARGET = 3.0
 
 
+_NAMES = {"sgd": "SGD", "adam": "Adam"}  # how the baseline's optimizer is named in the table
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_common_arguments(parser, repeats=9)
     parser.add_argument("--models", nargs="+", choices=timing.MODELS, default=list(timing.MODELS))
@@ -125,8 +127,8 @@ def report(result: dict) -> str:
     rows = []
     for c in result["cases"]:
         sec, ratio = c["seconds_per_step"], c["vs_sgd"]
-        labels = {"sgd": f"plain {OPTIMIZER} step (baseline)",
-                  "sgd_floor": f"  plain {OPTIMIZER} step + a second backward (a floor for exact importance)",
+        labels = {"sgd": f"plain {_NAMES.get(OPTIMIZER, OPTIMIZER)} step (baseline)",
+                  "sgd_floor": f"  plain {_NAMES.get(OPTIMIZER, OPTIMIZER)} step + a second backward (a floor for exact importance)",
                   **{n: v[0] for n, v in {**VARIANTS, **BREAKDOWN}.items()}}
         peaks = c.get("peak_memory", {})
         for name in sec:
