@@ -127,8 +127,9 @@ def report(result: dict) -> str:
     rows = []
     for c in result["cases"]:
         sec, ratio = c["seconds_per_step"], c["vs_sgd"]
-        labels = {"sgd": f"plain {_NAMES.get(OPTIMIZER, OPTIMIZER)} step (baseline)",
-                  "sgd_floor": f"  plain {_NAMES.get(OPTIMIZER, OPTIMIZER)} step + a second backward (a floor for exact importance)",
+        plain = f"plain {_NAMES.get(OPTIMIZER, OPTIMIZER)} step"
+        labels = {"sgd": f"{plain} (baseline)",
+                  "sgd_floor": f"  {plain} + a second backward (a floor for exact importance)",
                   **{n: v[0] for n, v in {**VARIANTS, **BREAKDOWN}.items()}}
         peaks = c.get("peak_memory", {})
         for name in sec:
