@@ -3,10 +3,13 @@
 The package is split by concern:
 
 * :mod:`~streammas.evaluation.streams`: the benchmark streams (data from installed packages only);
-* :mod:`~streammas.evaluation.methods`: the methods compared in one run (plain SGD ... i.i.d.);
+* :mod:`~streammas.evaluation.heldout`: the held-out streams (raw units, wide inputs, noise, time series);
+* :mod:`~streammas.evaluation.methods`: the methods compared in one run (plain ... i.i.d.);
+* :mod:`~streammas.evaluation.baseline`: the practitioner's baseline (Adam, standardisation, replay);
 * :mod:`~streammas.evaluation.metrics`: accuracy/error matrices, forgetting, gap closed, ROC AUC,
   detector timing;
-* :mod:`~streammas.evaluation.harness`: runs methods on streams and aggregates over seeds;
+* :mod:`~streammas.evaluation.harness`: runs methods on streams;
+* :mod:`~streammas.evaluation.summary`: aggregates over seeds, compares methods, checks the targets;
 * :mod:`~streammas.evaluation.plots`: PNG figures (matplotlib imported lazily);
 * :mod:`~streammas.evaluation.cli`: the ``streammas evaluate`` command.
 """

@@ -15,18 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from streammas.evaluation.methods import METHODS, parse_overrides
-from streammas.evaluation.streams import BENCHMARKS, DEFAULT_BENCHMARKS, LENGTHS
+from streammas.evaluation.streams import BENCHMARKS, DEFAULT_BENCHMARKS, GROUPS, LENGTHS
 
 QUICK_PASSES = {"long": 3, "short": 1}
 
 
-def _csv(choices):
+def _csv(choices, groups=None):
+    """A comma-separated list of ``choices``; a name in ``groups`` stands for its members."""
+    groups = groups or {}
+
     def parse(text: str) -> tuple[str, ...]:
         items = tuple(t.strip() for t in text.split(",") if t.strip())
-        bad = [t for t in items if t not in choices]
+        bad = [t for t in items if t not in choices and t not in groups]
         if bad:
-            raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(choices)}")
-        return items
+            raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join([*groups, *choices])}")
+        expanded = [m for t in items for m in groups.get(t, (t,))]
+        return tuple(dict.fromkeys(expanded))
 
     return parse
 
@@ -37,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 3; 1 with --quick)")
     parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--out", default="evaluation-results", help="output folder (default: evaluation-results)")
-    parser.add_argument("--benchmarks", type=_csv(tuple(BENCHMARKS)), default=DEFAULT_BENCHMARKS,
-                        help=f"comma-separated, from {', '.join(BENCHMARKS)} (default: all of them)")
+    parser.add_argument("--benchmarks", type=_csv(tuple(BENCHMARKS), GROUPS), default=DEFAULT_BENCHMARKS,
+                        help=f"comma-separated, from {', '.join(BENCHMARKS)}, or a group: "
+                             f"{', '.join(GROUPS)} (default: all of them)")
     parser.add_argument("--lengths", type=_csv(tuple(LENGTHS)), default=tuple(LENGTHS),
                         help="comma-separated: long, short, or long,short (default: both)")
     parser.add_argument("--methods", type=_csv(METHODS), default=METHODS,

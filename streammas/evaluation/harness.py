@@ -2,7 +2,8 @@
 
 :func:`run_method` is one learner on one stream (test-then-train, micro-batches, no boundary given to the
 learner except the oracle's consolidations); :func:`evaluate` runs a whole configuration and returns the
-JSON-ready results with a summary per benchmark, length and method, and the targets of issue 6.
+JSON-ready results with a summary per benchmark, length and method, and the targets
+(:mod:`~streammas.evaluation.summary`).
 
 >>> cfg = EvalConfig(benchmarks=("permuted-digits",), lengths=("short",), seeds=(0,), methods=("plain",),
 ...                  passes={"short": 1}, eval_per_segment=1)
@@ -25,14 +26,11 @@ import numpy as np
 
 from streammas.evaluation import metrics
 from streammas.evaluation.methods import METHODS, Method, NeverDetector, default_methods
-from streammas.evaluation.streams import DEFAULT_BENCHMARKS, LENGTHS, Stream, make_stream, shuffled
+from streammas.evaluation.streams import DEFAULT_BENCHMARKS, HELDOUT, LENGTHS, Stream, make_stream, shuffled
+from streammas.evaluation.summary import PRIMARY, summarise, targets
 
-#: The primary metric of each kind of stream: (name, higher is better).
-PRIMARY = {
-    "classification": ("final average accuracy", True),
-    "reconstruction": ("final mean reconstruction error", False),
-    "anomaly": ("ROC AUC on the returning regime when it returns", True),
-}
+__all__ = ["PRIMARY", "EvalConfig", "build_model", "evaluate", "run_method", "standardised_error", "summarise",
+           "targets"]
 
 
 @dataclass
@@ -102,14 +100,35 @@ def build_model(stream: Stream, hidden: int = 128):
     return build("mlp-autoencoder", stream.sample_shape)
 
 
-def _make_learner(method: Method, model, objective: str):
+def _make_learner(method: Method, model, objective: str, seed: int = 0):
+    import inspect
+
     from streammas import OnlineMAS
 
     kwargs = dict(method.learner)
     if method.oracle:
         kwargs["plateau"] = NeverDetector()
     factory = method.factory or OnlineMAS
+    try:  # a learner with randomness of its own (the baseline's reservoir) is seeded from the run's seed
+        if "seed" in inspect.signature(factory).parameters:
+            kwargs.setdefault("seed", seed)
+    except (TypeError, ValueError):
+        pass
     return factory(model, objective=objective, **kwargs)
+
+
+def standardised_error(prediction: np.ndarray, x: np.ndarray, scale: np.ndarray) -> float:
+    """Mean over samples and features of ``((prediction - x) / scale) ** 2``: a reconstruction error in units of
+    each feature's standard deviation over the stream (:attr:`Stream.scale`), the same for every method whatever
+    the units it learns in. 0 for a perfect reconstruction, about 1 for the stream's mean.
+
+    >>> x = np.array([[0.0, 10.0], [2.0, 30.0]])
+    >>> scale = x.std(0)
+    >>> standardised_error(x, x, scale), standardised_error(np.tile(x.mean(0), (2, 1)), x, scale)
+    (0.0, 1.0)
+    """
+    diff = (np.asarray(prediction, dtype=np.float64) - x) / scale
+    return float(np.mean(diff * diff))
 
 
 def _evaluate_tests(learner, stream: Stream) -> list[float]:
@@ -122,7 +141,8 @@ def _evaluate_tests(learner, stream: Stream) -> list[float]:
             pred = learner.predict_many(xt).argmax(dim=1).cpu().numpy()
             out.append(float((pred == y).mean()))
         elif stream.kind == "reconstruction":
-            out.append(float(learner.score_many(xt).mean()))
+            prediction = learner.predict_many(xt).detach().cpu().numpy().reshape(x.shape)
+            out.append(standardised_error(prediction, x, stream.scale))
         else:
             out.append(metrics.roc_auc(y, learner.score_many(xt).cpu().numpy()))
     return out
@@ -137,7 +157,7 @@ def run_method(stream: Stream, method: Method, seed: int = 0, batch_size: int = 
     started = time.perf_counter()
     model = build_model(stream, hidden)
     objective = "classification" if stream.kind == "classification" else "reconstruction"
-    learner = _make_learner(method, model, objective)
+    learner = _make_learner(method, model, objective, seed)
 
     n = len(stream.x)
     if method.iid:
@@ -153,6 +173,7 @@ def run_method(stream: Stream, method: Method, seed: int = 0, batch_size: int = 
     matrix: list[list[float]] = []
     eval_samples: list[int] = []
     next_point = 0
+    batches = 0
     for index, (start, end, _) in enumerate(segments):
         for b in range(start, end, batch_size):
             e = min(b + batch_size, end)
@@ -161,6 +182,7 @@ def run_method(stream: Stream, method: Method, seed: int = 0, batch_size: int = 
             if correct is not None:
                 correct[b:e] = (learner.predict_many(xb).argmax(dim=1) == yb).cpu().numpy()
             losses[b:e] = learner.learn_many(xb, yb).detach().cpu().numpy()
+            batches += 1
             while next_point < len(points) and points[next_point] <= e:
                 matrix.append(_evaluate_tests(learner, stream))
                 eval_samples.append(e)
@@ -175,7 +197,8 @@ def run_method(stream: Stream, method: Method, seed: int = 0, batch_size: int = 
     stream_losses[order] = losses
     result: dict[str, Any] = {
         "benchmark": stream.name, "length": stream.length, "method": method.name, "seed": seed,
-        "kind": stream.kind, "samples": n, "eval_samples": eval_samples, "matrix": matrix,
+        "kind": stream.kind, "group": "held-out" if stream.name in HELDOUT else "tuning", "samples": n,
+        "eval_samples": eval_samples, "matrix": matrix,
         "boundaries": stream.boundaries, "segments": [list(s) for s in stream.segments],
     }
     seen_at = _seen_at(stream, eval_samples, method.iid)
@@ -200,6 +223,9 @@ def run_method(stream: Stream, method: Method, seed: int = 0, batch_size: int = 
         result["auc_at_return"] = math.nan if row is None else matrix[row][regime]
     result["primary"] = result["auc_at_return"] if stream.kind == "anomaly" else result["final_average"]
     result["events"] = _events(learner, stream, method)
+    # Every batch is one update per optimiser step (OnlineMAS may take several per batch).
+    result["updates"] = batches * int(getattr(learner, "steps_per_batch", 1) or 1)
+    result["skipped_share"] = result["events"]["skipped_updates"] / max(result["updates"], 1)
     result["seconds"] = time.perf_counter() - started
     return result
 
@@ -290,89 +316,3 @@ def _environment() -> dict[str, Any]:
     import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count()}
-
-
-def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Mean and std over seeds per benchmark, length and method, and the share of the plain-to-i.i.d. gap."""
-    grouped: dict[str, dict[str, dict[str, list]]] = {}
-    for run in runs:
-        grouped.setdefault(run["benchmark"], {}).setdefault(run["length"], {}).setdefault(run["method"], []).append(run)
-    summary: dict[str, Any] = {}
-    for bench, by_length in grouped.items():
-        summary[bench] = {}
-        for length, by_method in by_length.items():
-            rows: dict[str, Any] = {}
-            for name, rs in by_method.items():
-                kind = rs[0]["kind"]
-                row: dict[str, Any] = {"kind": kind, "seeds": [r["seed"] for r in rs]}
-                for key in ("primary", "final_average", "online_accuracy", "online_auc", "returning_auc",
-                            "auc_at_return"):
-                    if key in rs[0]:
-                        mean, std = metrics.mean_std([r[key] for r in rs])
-                        row[key] = {"mean": mean, "std": std, "values": [r[key] for r in rs]}
-                finals = np.asarray([r["final"] for r in rs], dtype=float)
-                row["final_per_regime"] = np.nanmean(finals, axis=0).tolist()
-                forget = np.asarray([r["forgetting"] for r in rs], dtype=float)
-                row["forgetting_per_regime"] = np.nanmean(forget, axis=0).tolist()
-                row["mean_forgetting"] = float(np.nanmean(forget))
-                if kind == "anomaly":
-                    row["segment_auc"] = np.nanmean(np.asarray([r["segment_auc"] for r in rs], float), 0).tolist()
-                for key in ("plateaus", "peaks", "consolidations"):
-                    row[key] = float(np.mean([r["events"][key] for r in rs]))
-                dist = [d for r in rs for d in r["events"].get("consolidation_distance", {}).get("signed", [])]
-                row["consolidation_mean_abs_distance"] = float(np.mean(np.abs(dist))) if dist else math.nan
-                row["seconds"] = float(np.mean([r["seconds"] for r in rs]))
-                rows[name] = row
-            if "plain" in rows:
-                higher = PRIMARY[rows["plain"]["kind"]][1]
-                plain = rows["plain"]["primary"]["mean"]
-                iid = rows["iid"]["primary"]["mean"] if "iid" in rows else math.nan
-                for row in rows.values():
-                    value = row["primary"]["mean"]
-                    row["vs_plain"] = value - plain
-                    row["ratio_to_plain"] = value / plain if plain else math.nan
-                    row["gap_closed"] = metrics.gap_closed(value, plain, iid, higher_is_better=higher)
-            summary[bench][length] = rows
-    return summary
-
-
-def targets(summary: Mapping[str, Any], method: str = "streammas") -> list[dict[str, Any]]:
-    """Issue 6's targets for ``method``, each with the measured value and whether it is met."""
-    out = []
-    for bench, by_length in summary.items():
-        for length, rows in by_length.items():
-            if method not in rows or "plain" not in rows:
-                continue
-            row, kind = rows[method], rows[method]["kind"]
-            plain = rows["plain"]["primary"]["mean"]
-            value = row["primary"]["mean"]
-            if length == "short":
-                if kind == "anomaly":
-                    online = row["returning_auc"]["mean"] - rows["plain"]["returning_auc"]["mean"]
-                    out.append(_target(bench, length, "prequential ROC AUC over the returning pass: no more than "
-                                       "1 point below plain", online, online >= -0.01))
-                if kind == "reconstruction":
-                    out.append(_target(bench, length, "error <= 1.01 x plain (do no harm)",
-                                       row["ratio_to_plain"], row["ratio_to_plain"] <= 1.01))
-                else:
-                    out.append(_target(bench, length, "no more than 1 point below plain (do no harm)",
-                                       value - plain, value - plain >= -0.01))
-                continue
-            if kind == "classification":
-                gap = row.get("gap_closed", math.nan)
-                out.append(_target(bench, length, ">= half of the plain-to-iid gap closed", gap,
-                                   bool(gap >= 0.5)))
-            elif kind == "reconstruction":
-                out.append(_target(bench, length, "final mean error <= 0.8 x plain", row["ratio_to_plain"],
-                                   row["ratio_to_plain"] <= 0.8))
-            else:
-                out.append(_target(bench, length, "ROC AUC on the returning regime when it returns >= plain + 0.05",
-                                   value - plain, value - plain >= 0.05))
-                online = row["returning_auc"]["mean"] - rows["plain"]["returning_auc"]["mean"]
-                out.append(_target(bench, length, "prequential ROC AUC over the returning pass >= plain + 0.05",
-                                   online, online >= 0.05))
-    return out
-
-
-def _target(bench: str, length: str, what: str, value: float, met: bool) -> dict[str, Any]:
-    return {"benchmark": bench, "length": length, "target": what, "value": value, "met": bool(met)}

@@ -1,25 +1,31 @@
 """The methods compared in one ``streammas evaluate`` run.
 
-All of them are :class:`~streammas.OnlineMAS` learners on the same model, batch size and learning rate; they
+All but one are :class:`~streammas.OnlineMAS` learners on the same model, batch size and learning rate; they
 differ only in what they remember and how:
 
-* ``plain``: online SGD, nothing remembered (``reg_lambda=0, hard_buffer=0``);
+* ``plain``: the learner's defaults with no memory (``reg_lambda=0, hard_buffer=0``, and ``replay=0`` where
+  the learner has a replay memory): online learning, nothing remembered;
 * ``buffer``: the hard buffer only (``reg_lambda=0``);
+* ``no-mas``: the streammas defaults without the regulariser (``reg_lambda=0``), to show what MAS adds;
 * ``streammas``: the learner's defaults;
 * ``streammas-buffer``: importance measured on the hard buffer (the task-free paper's setting);
 * ``oracle``: the defaults, but consolidating at the true boundaries (the detector switched off), which
   separates the quality of the detector from the quality of the regulariser;
-* ``iid``: online SGD on the same samples shuffled, the upper bound.
+* ``baseline``: the practitioner's baseline (:mod:`~streammas.evaluation.baseline`: Adam at 1e-3, running
+  standardisation, reservoir replay), on the same model; no setting of the run changes it;
+* ``iid``: ``plain`` on the same samples shuffled, the upper bound.
 
-Overrides (``--set key=value``) change the streammas family (``streammas``, ``streammas-buffer``,
-``oracle``); the keys in :data:`SHARED` (the optimiser and its learning rate) change every method, so the
-comparison stays fair.
+Overrides (``--set key=value``) change the streammas family (``no-mas``, ``streammas``, ``streammas-buffer``,
+``oracle``); the keys in :data:`SHARED` (the optimiser and its learning rate) change every OnlineMAS method, so
+the comparison stays fair.
 
 >>> [m.name for m in default_methods()]
-['plain', 'buffer', 'streammas', 'streammas-buffer', 'oracle', 'iid']
+['plain', 'buffer', 'no-mas', 'streammas', 'streammas-buffer', 'oracle', 'baseline', 'iid']
 >>> m = {m.name: m for m in default_methods({"reg_lambda": 3.0, "lr": 0.05})}
 >>> m["streammas"].learner["reg_lambda"], m["plain"].learner["reg_lambda"], m["plain"].learner["lr"]
 (3.0, 0.0, 0.05)
+>>> m["no-mas"].learner["reg_lambda"], m["baseline"].factory.__name__
+(0.0, 'practitioner_baseline')
 >>> parse_overrides(["reg_lambda=10", "plateau.window=30", "omega_normalization=max"])
 {'reg_lambda': 10, 'plateau': {'window': 30}, 'omega_normalization': 'max'}
 """
@@ -33,7 +39,7 @@ from typing import Any
 
 #: Overrides that apply to every method (the comparison must share the optimiser and its step size).
 SHARED = ("lr", "optimizer", "steps_per_batch")
-METHODS = ("plain", "buffer", "streammas", "streammas-buffer", "oracle", "iid")
+METHODS = ("plain", "buffer", "no-mas", "streammas", "streammas-buffer", "oracle", "baseline", "iid")
 #: The hard buffer of the ``buffer`` and ``streammas-buffer`` methods, unless ``--set hard_buffer=N`` (N > 0) says
 #: otherwise: the learner's default has none (see the README's results), and these two methods are about one.
 BUFFER_SIZE = 16
@@ -148,26 +154,43 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
+def no_memory() -> dict[str, Any]:
+    """The settings that switch every memory of the learner off: no regulariser, no hard buffer, no replay
+    (``replay`` only where the learner has that setting)."""
+    from streammas.learner import learner_defaults
+
+    off: dict[str, Any] = {"reg_lambda": 0.0, "hard_buffer": 0}
+    if "replay" in learner_defaults():
+        off["replay"] = 0
+    return off
+
+
 def default_methods(overrides: Mapping[str, Any] | None = None, names: Sequence[str] = METHODS,
                     factory: Callable | None = None) -> list[Method]:
     """The methods of a run, with ``overrides`` applied (see the module's docstring)."""
+    from streammas.evaluation.baseline import practitioner_baseline
+
     overrides = dict(overrides or {})
+    off = no_memory()
     shared = {k: v for k, v in overrides.items() if k in SHARED}
     tuned = dict(overrides)
     # The two buffer methods need a buffer even where the defaults under test have none.
     buffer_size = {"hard_buffer": overrides.get("hard_buffer") or BUFFER_SIZE}
     specs = {
-        "plain": Method("plain", {**shared, "reg_lambda": 0.0, "hard_buffer": 0},
-                        description="online SGD, nothing remembered"),
+        "plain": Method("plain", {**shared, **off}, description="the learner's defaults, nothing remembered"),
         "buffer": Method("buffer", {**shared, "reg_lambda": 0.0, **buffer_size}, description="hard buffer only"),
+        "no-mas": Method("no-mas", {**tuned, "reg_lambda": 0.0}, factory=factory,
+                         description="streammas defaults without the regulariser"),
         "streammas": Method("streammas", tuned, factory=factory, description="streammas defaults"),
         "streammas-buffer": Method("streammas-buffer", {**tuned, **buffer_size, "importance_source": "buffer"},
                                    factory=factory,
                                    description="importance on the hard buffer"),
         "oracle": Method("oracle", tuned, oracle=True, factory=factory,
                          description="consolidation at the true boundaries"),
-        "iid": Method("iid", {**shared, "reg_lambda": 0.0, "hard_buffer": 0}, iid=True,
-                      description="online SGD on the shuffled stream (upper bound)"),
+        "baseline": Method("baseline", {}, factory=practitioner_baseline,
+                           description="Adam 1e-3, running standardisation, 500-sample reservoir replay"),
+        "iid": Method("iid", {**shared, **off}, iid=True,
+                      description="plain on the shuffled stream (upper bound)"),
     }
     unknown = [n for n in names if n not in specs]
     if unknown:

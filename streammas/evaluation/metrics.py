@@ -41,7 +41,8 @@ def forgetting(matrix: Sequence[Sequence[float]], seen_at: Sequence[int], higher
             out.append(math.nan)
             continue
         best = column.max() if higher_is_better else column.min()
-        out.append(float(best - column[-1]) if higher_is_better else float(column[-1] - best))
+        with np.errstate(invalid="ignore"):  # an error that is infinite throughout: NaN
+            out.append(float(best - column[-1]) if higher_is_better else float(column[-1] - best))
     return out
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-COLORS = {"plain": "#7f7f7f", "buffer": "#bcbd22", "streammas": "#d62728", "streammas-buffer": "#ff7f0e",
-          "oracle": "#1f77b4", "iid": "#2ca02c"}
-YLABEL = {"classification": "test accuracy", "reconstruction": "test reconstruction error (MSE)",
+COLORS = {"plain": "#7f7f7f", "buffer": "#bcbd22", "no-mas": "#e377c2", "streammas": "#d62728",
+          "streammas-buffer": "#ff7f0e", "oracle": "#1f77b4", "baseline": "#9467bd", "iid": "#2ca02c"}
+YLABEL = {"classification": "test accuracy", "reconstruction": "test standardised reconstruction error",
           "anomaly": "test ROC AUC"}
 
 

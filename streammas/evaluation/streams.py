@@ -22,6 +22,11 @@ a regime is learned and then overwritten; ``"short"``: one pass):
 * ``recurring-prototypes``: generated (A B C A B C): each regime is 4 binary prototypes of its own over 32
   features plus noise, so that regimes share nothing and each overwrites the last.
 
+These six (:data:`TUNING`) are the streams the learner's defaults were chosen on. Ten more, held out
+(:data:`HELDOUT`, :mod:`~streammas.evaluation.heldout`), differ from them in the ways that broke the
+defaults: raw units, wide inputs, high noise floors, time-series windows, 2 to 8 regimes of 1 to 20 passes.
+They are registered into :data:`BENCHMARKS` too; :func:`stream_passes` gives each benchmark's passes.
+
 >>> s = make_stream("permuted-digits", "short", seed=0)
 >>> s.kind, s.x.shape[1], len(s.segments), s.n_regimes
 ('classification', 64, 5, 5)
@@ -130,6 +135,22 @@ class Stream:
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
+
+    @property
+    def held_out(self) -> bool:
+        """Whether the stream is one of the held-out ones (:data:`HELDOUT`), not one the defaults were tuned on."""
+        return self.name in HELDOUT
+
+    @functools.cached_property
+    def scale(self) -> np.ndarray:
+        """Per-feature standard deviation of the stream's samples, 1 where a feature is constant: the unit of the
+        standardised reconstruction error, the same for every method (float64, the sample's shape).
+
+        A feature that is almost constant (a pixel inked in one sample of thousands) gets a tiny unit, and its
+        errors weigh accordingly: the streams leave such features out."""
+        std = self.x.reshape(len(self.x), -1).std(axis=0, dtype=np.float64)
+        std[~(std > 0)] = 1.0
+        return std.reshape(self.sample_shape)
 
     def eval_points(self, per_segment: int = 4) -> list[int]:
         """Sample counts at which a learner is evaluated: ``per_segment`` points in each segment, its end included."""
@@ -331,7 +352,8 @@ def recurring_prototypes(passes: int, seed: int, order: Sequence[int] = (0, 1, 2
                 regime_names=[f"prototypes {'ABC'[r]}" for r in range(3)])
 
 
-#: Every benchmark ``make_stream`` knows; ``streammas evaluate`` runs them all by default.
+#: Every benchmark ``make_stream`` knows (the held-out ones are added below); ``streammas evaluate`` runs them all
+#: by default.
 BENCHMARKS: dict[str, Callable[..., dict]] = {
     "permuted-digits": permuted_digits,
     "recurring-digits": recurring_digits,
@@ -340,7 +362,15 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "anomaly-segments": anomaly_segments,
     "recurring-prototypes": recurring_prototypes,
 }
-DEFAULT_BENCHMARKS = tuple(BENCHMARKS)
+#: The six streams the defaults were tuned on.
+TUNING = tuple(BENCHMARKS)
+
+
+def stream_passes(benchmark: str, length: str) -> int:
+    """Passes per segment of a benchmark at a length: :data:`LENGTHS`, unless the benchmark sets its own."""
+    if length == "long" and benchmark in LONG_PASSES:
+        return LONG_PASSES[benchmark]
+    return LENGTHS[length]
 
 
 def make_stream(benchmark: str, length: str = "long", seed: int = 0, passes: int | None = None) -> Stream:
@@ -352,7 +382,7 @@ def make_stream(benchmark: str, length: str = "long", seed: int = 0, passes: int
         raise ValueError(f"unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}")
     if length not in LENGTHS:
         raise ValueError(f"unknown length {length!r}; choose from {', '.join(LENGTHS)}")
-    n_passes = LENGTHS[length] if passes is None else int(passes)
+    n_passes = stream_passes(benchmark, length) if passes is None else int(passes)
     spec = BENCHMARKS[benchmark](n_passes, seed)
     return Stream(name=benchmark, length=length, meta={"passes": n_passes, "seed": seed}, **spec)
 
@@ -361,3 +391,14 @@ def shuffled(stream: Stream, seed: int) -> tuple[np.ndarray, np.ndarray | None, 
     """The same samples in one random order (the i.i.d. upper bound); returns x, y and the order used."""
     order = np.random.default_rng([seed, 99]).permutation(len(stream.x))
     return stream.x[order], None if stream.y is None else stream.y[order], order
+
+
+# The held-out streams are built with the helpers above, so they are registered last.
+from streammas.evaluation.heldout import HELDOUT_BENCHMARKS, LONG_PASSES  # noqa: E402
+
+BENCHMARKS.update(HELDOUT_BENCHMARKS)
+#: The held-out streams (:mod:`~streammas.evaluation.heldout`): unlike the six in the ways that broke the defaults.
+HELDOUT = tuple(HELDOUT_BENCHMARKS)
+DEFAULT_BENCHMARKS = tuple(BENCHMARKS)
+#: Names ``--benchmarks`` accepts for a group of streams.
+GROUPS = {"tuning": TUNING, "held-out": HELDOUT}
