@@ -38,7 +38,7 @@ def main() -> None:
     consolidated: list[int] = []
     learner = OnlineMAS(model, callback=lambda e: consolidated.append(e.samples_seen)
                         if e.kind == "consolidation" else None)
-    plain = OnlineMAS(twin, reg_lambda=0.0)  # the same learner with no memory
+    plain = OnlineMAS(twin, reg_lambda=0.0, replay=0)  # the same learner with no memory
 
     for index, (start, end, regime) in enumerate(stream.segments):
         for b in range(start, end, BATCH):

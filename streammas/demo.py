@@ -11,8 +11,8 @@ What it does:
 3. a producer thread pushes the stream through that socket in wire format v1, batch by batch;
 4. shows progress, stops the service as a signal would (final checkpoint), and reports the plateaus and
    consolidations the service found *without being told where a regime ends*, and how well each regime is
-   still reconstructed at the end compared with a plain online learner (``reg_lambda=0, hard_buffer=0``)
-   trained on the same batches.
+   still reconstructed at the end compared with a plain online learner with no memory
+   (``reg_lambda=0, hard_buffer=0, replay=0``) trained on the same batches.
 
 ``--quick`` runs a reduced stream (used by the tests).
 """
@@ -74,7 +74,8 @@ class DemoResult:
     service_error : list of float
         Each regime's reconstruction error on its held-out samples, by the service's learner at the end.
     plain_error : list of float
-        The same for a plain online learner (``reg_lambda=0, hard_buffer=0``) trained on the same batches.
+        The same for a plain online learner with no memory (``reg_lambda=0, hard_buffer=0, replay=0``) trained on
+        the same batches.
     state_dir : str
         The state directory kept (``""``: a temporary one, deleted).
 
@@ -155,7 +156,7 @@ def _plain_errors(stream: Any, batch_size: int, seed: int, settings: dict[str, A
     torch.manual_seed(seed)
     shared = {k: v for k, v in settings.items() if k in SHARED}
     learner = OnlineMAS(build_model("mlp-autoencoder", stream.sample_shape), reg_lambda=0.0, hard_buffer=0,
-                        **shared)
+                        replay=0, **shared)
     for start in range(0, len(stream.x), batch_size):
         learner.learn_many(stream.x[start:start + batch_size])
     learner.flush()
@@ -163,7 +164,12 @@ def _plain_errors(stream: Any, batch_size: int, seed: int, settings: dict[str, A
 
 
 def _test_errors(learner: Any, stream: Any) -> list[float]:
-    return [float(learner.score_many(torch.from_numpy(x)).mean()) for x, _ in stream.tests]
+    """Each regime's mean squared reconstruction error, in the stream's own units (whatever a learner's scaling)."""
+    errors = []
+    for x, _ in stream.tests:
+        xt = torch.from_numpy(x)
+        errors.append(float((learner.predict_many(xt).cpu() - xt).pow(2).mean()))
+    return errors
 
 
 class _Display:

@@ -4,11 +4,12 @@ Reservoir sampling keeps every sample seen so far with the same chance ``capacit
 the stream's regimes in proportion to their length, old ones included (a highest-loss buffer, by contrast,
 fills with the current regime within a few steps). The samples are kept as they arrived, before input scaling,
 and scaled when replayed, so that they follow the scaler's statistics. Which slot a sample takes and which
-samples are replayed is drawn on the host with the memory's own generator: no device value is read.
+samples are replayed is drawn on the host with the memory's own generator: no tensor is read.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -55,7 +56,7 @@ class ReplayMemory:
         self.capacity = int(capacity)
         self.max_bytes = int(max_bytes)
         self.transform = transform
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.generator = random.Random(int(seed))
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self.seen = 0
@@ -73,20 +74,17 @@ class ReplayMemory:
             self.x = torch.empty((slots, *x.shape[1:]), dtype=x.dtype, device=x.device)
             self.y = None if y is None else torch.empty(slots, dtype=y.dtype, device=y.device)
         size = self.x.shape[0]
-        index = torch.arange(self.seen, self.seen + x.shape[0])
-        # Sample i (0-based, counted over the stream) fills an empty slot, or replaces a random one with
-        # chance size / (i + 1).
-        draws = (torch.rand(x.shape[0], generator=self.generator, dtype=torch.float64) * (index + 1)).long()
-        slot = torch.where(index < size, index, draws)
-        take = slot < size
+        chosen: dict[int, int] = {}  # slot -> row of the batch; a later row drawing the same slot wins
+        for row in range(x.shape[0]):
+            n = self.seen + row  # this sample's place in the stream (0-based)
+            slot = n if n < size else self.generator.randrange(n + 1)
+            if slot < size:
+                chosen[slot] = row
         self.seen += x.shape[0]
-        if not bool(take.any()):
+        if not chosen:
             return
-        # A later sample of the batch that draws the same slot wins, as it would one at a time.
-        rows, slots = take.nonzero().flatten(), slot[take]
-        last = {int(s): int(r) for r, s in zip(rows, slots)}
-        rows = torch.tensor(list(last.values()), device=x.device)
-        slots = torch.tensor(list(last.keys()), device=x.device)
+        slots = torch.tensor(list(chosen), device=x.device)
+        rows = torch.tensor(list(chosen.values()), device=x.device)
         self.x.index_copy_(0, slots, x.index_select(0, rows))
         if self.y is not None and y is not None:
             self.y.index_copy_(0, slots, y.index_select(0, rows))
@@ -96,7 +94,7 @@ class ReplayMemory:
         held = len(self)
         if held == 0:
             return x, y
-        pick = torch.randint(held, (x.shape[0],), generator=self.generator).to(self.x.device)
+        pick = torch.tensor([self.generator.randrange(held) for _ in range(x.shape[0])], device=self.x.device)
         replayed = self.x.index_select(0, pick)
         if self.transform is not None:
             replayed = self.transform(replayed)
@@ -110,10 +108,19 @@ class ReplayMemory:
 
     def state_dict(self) -> dict[str, Any]:
         return {"x": None if self.x is None else self.x.clone(), "y": None if self.y is None else self.y.clone(),
-                "seen": self.seen, "generator": self.generator.get_state()}
+                "seen": self.seen, "generator": _plain(self.generator.getstate())}
 
     def load_state_dict(self, state: Mapping[str, Any], device: torch.device | None = None) -> None:
         self.x = None if state["x"] is None else state["x"].to(device)
         self.y = None if state["y"] is None else state["y"].to(device)
         self.seen = int(state["seen"])
-        self.generator.set_state(state["generator"])
+        self.generator.setstate(_tuples(state["generator"]))
+
+
+def _plain(value: Any) -> Any:
+    """A generator's state (nested tuples of ints) as lists, which ``torch.load(weights_only=True)`` reads."""
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

@@ -7,10 +7,10 @@ batch before it is scored (no host synchronisation): ``"running"`` is the cumula
 every sample seen (a regime that comes later moves them less and less, so the meaning of old weights stays
 put), ``"frozen"`` stops updating after ``warmup`` samples.
 
-Finite but absurd values (a sample at 1e20 in a stream of watts) must not stop learning: a sample with any
-feature beyond ``clip`` standard deviations is left out of the statistics and counted, and the model sees
-``z`` clipped to ``[-clip, clip]``. The first batch, with no statistics yet, is judged against its own median
-and median absolute deviation, which one absurd sample cannot move.
+Finite but absurd values (a sample at 1e20 in a stream of watts) must not stop learning: a sample with a value
+further from its feature's mean than ``clip`` times the stream's largest scale is left out of the statistics
+and counted, and the model sees ``z`` clipped to ``[-clip, clip]``. The first batch, with no statistics yet,
+is judged against its own median and median absolute deviation, which one absurd sample cannot move.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ class InputScaler:
         ``"running"`` (cumulative statistics over every sample), ``"frozen"`` (fixed after ``warmup`` samples)
         or ``"none"`` (the identity).
     clip : float, default 100.0
-        Standardised values are clipped to ``[-clip, clip]``; a sample with any feature beyond it is counted
-        in :attr:`clipped` and left out of the statistics.
+        Standardised values are clipped to ``[-clip, clip]``. A sample with a value further from its feature's
+        mean than ``clip`` times the stream's largest scale (a feature's spread plus its magnitude) is absurd:
+        counted in :attr:`clipped` and left out of the statistics.
     warmup : int, default 1000
         With ``mode="frozen"``: the samples after which the statistics stop changing.
-    variance_floor : float, default 1e-2
-        A feature's variance is at least this share of the mean variance over features, so that a feature
-        constant so far (a border pixel) does not blow up when it first moves.
+    eps : float, default 1e-8
+        Added to each feature's variance before its square root (a feature constant so far).
 
     Attributes
     ----------
@@ -64,13 +64,13 @@ class InputScaler:
     """
 
     def __init__(self, mode: str = "running", *, clip: float = 100.0, warmup: int = 1000,
-                 variance_floor: float = 1e-2, device: torch.device | str | None = None) -> None:
+                 eps: float = 1e-8, device: torch.device | str | None = None) -> None:
         if mode not in SCALE_MODES:
             raise ValueError(f"scale_inputs must be one of {SCALE_MODES}, got {mode!r}")
         self.mode = mode
         self.clip = float(clip)
         self.warmup = int(warmup)
-        self.variance_floor = float(variance_floor)
+        self.eps = float(eps)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.count = torch.zeros((), dtype=torch.float64, device=self.device)
         self.mean: torch.Tensor | None = None
@@ -111,23 +111,26 @@ class InputScaler:
         return (flat * std + mean).reshape(z.shape)
 
     def _mean_std(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        var = torch.maximum(self.var, self.variance_floor * self.var.mean()).clamp_min(1e-12)
-        return self.mean.to(dtype), var.sqrt().to(dtype)
+        return self.mean.to(dtype), (self.var + self.eps).sqrt().to(dtype)
+
+    def _absurd_bound(self, center: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+        """How far from its center a value may lie before the sample is absurd: ``clip`` times the stream's
+        largest scale (a feature's spread plus its magnitude). Judged per stream, not per feature, so that a
+        feature constant so far (a border pixel) may start to move without being shut out of the statistics."""
+        return self.clip * (spread + center.abs()).max().clamp_min(1.0)
 
     def _start(self, flat: torch.Tensor) -> None:
         """Statistics from the first batch, its absurd samples judged against its median and MAD."""
         median = flat.median(dim=0).values
         mad = (flat - median).abs().median(dim=0).values * 1.4826
-        scale = torch.where(mad > 0, mad, median.abs().clamp_min(1.0))
-        keep = ((flat - median).abs() <= self.clip * scale).all(dim=1)
+        keep = ((flat - median).abs() <= self._absurd_bound(median, mad)).all(dim=1)
         self.count = torch.zeros((), dtype=torch.float64, device=flat.device)
         self.mean = torch.zeros(flat.shape[1], dtype=torch.float64, device=flat.device)
         self.var = torch.zeros_like(self.mean)
         self._merge(flat, keep)
 
     def _fold(self, flat: torch.Tensor) -> None:
-        mean, std = self._mean_std(torch.float64)
-        keep = ((flat - mean).abs() <= self.clip * std).all(dim=1)
+        keep = ((flat - self.mean).abs() <= self._absurd_bound(self.mean, self.var.sqrt())).all(dim=1)
         self._merge(flat, keep)
 
     def _merge(self, flat: torch.Tensor, keep: torch.Tensor) -> None:

@@ -216,8 +216,11 @@ class FusedUpdate(AutogradUpdate):
     ...     scores, mean = update(x, None, measure=False)
     >>> bool(mean < first.mean()), synapses.running_count
     (True, 16)
-    >>> adam = torch.optim.Adam(model.parameters(), lr=0.01)  # not plain SGD: the autograd step
+    >>> adam = torch.optim.Adam(model.parameters(), lr=0.01)  # Adam steps on the hand-derived gradients
     >>> type(make_update(model, reconstruction, adam, *parts)).__name__
+    'FusedUpdate'
+    >>> amsgrad = torch.optim.Adam(model.parameters(), lr=0.01, amsgrad=True)  # AMSGrad: the autograd step
+    >>> type(make_update(model, reconstruction, amsgrad, *parts)).__name__
     'AutogradUpdate'
     """
 

@@ -48,7 +48,8 @@ def test_step_bench_json(capsys):
 def test_step_bench_table_with_breakdown(capsys):
     text = _run(step, ["--models", "mlp", "--batches", "2", "--repeats", "1", "--block", "0.002", "--no-memory"],
                 capsys)
-    assert "plain SGD step" in text and "separate eval forward" in text and "state bytes" in text
+    # the baseline is named after the learner's default optimizer (streammas.bench.variants.OPTIMIZER): Adam
+    assert "plain Adam step" in text and "separate eval forward" in text and "state bytes" in text
 
 
 def test_memory_bench_json(capsys):

@@ -28,8 +28,8 @@ def test_example_configuration_is_valid():
     cfg = load_config(EXAMPLE)
     assert cfg.source.uri == "zmq+pull://127.0.0.1:5555"
     assert cfg.model.kind == "mlp-autoencoder"
-    assert cfg.learner.learner_kwargs() == {"objective": "reconstruction", "lr": 0.01, "reg_lambda": 1.0,
-                                            "on_bad_input": "skip"}
+    # the example keeps the learner's defaults: only the service's own defaults are set
+    assert cfg.learner.learner_kwargs() == {"objective": "reconstruction", "on_bad_input": "skip"}
     assert cfg.sink.uri == "jsonl:scores.jsonl"
     assert (cfg.state.dir, cfg.state.every_samples, cfg.state.every_seconds, cfg.state.keep) == ("state", 10000,
                                                                                               60.0, 3)

@@ -14,6 +14,10 @@ from streammas.models import ConvAutoencoder, MLPAutoencoder
 from streammas.objectives import reconstruction
 from streammas.update import FusedUpdate
 
+#: The settings these comparisons were written against (the learner's defaults before Adam, input scaling and
+#: replay): plain SGD, which the hand-derived step takes itself, on the raw input, nothing replayed.
+CLASSIC = dict(optimizer="sgd", lr=0.05, reg_lambda=0.15, scale_inputs="none", replay=0)
+
 
 def _chains():
     return {
@@ -28,8 +32,8 @@ def _chains():
 def _pair(make, **settings):
     torch.manual_seed(0)
     model = make()
-    fused = OnlineMAS(copy.deepcopy(model), fused_step=True, **settings)
-    reference = OnlineMAS(copy.deepcopy(model), fused_step=False, **settings)
+    fused = OnlineMAS(copy.deepcopy(model), fused_step=True, **CLASSIC, **settings)
+    reference = OnlineMAS(copy.deepcopy(model), fused_step=False, **CLASSIC, **settings)
     assert isinstance(fused.update, FusedUpdate) and not isinstance(reference.update, FusedUpdate)
     return fused, reference
 
@@ -79,7 +83,7 @@ def test_its_importance_is_the_exact_per_sample_importance(name):
 
 def test_a_non_finite_loss_leaves_the_model_and_the_importance_as_they_were():
     torch.manual_seed(4)
-    learner = OnlineMAS(MLPAutoencoder(12, hidden=(24,), latent=4), importance_every=1, sync_every=1)
+    learner = OnlineMAS(MLPAutoencoder(12, hidden=(24,), latent=4), importance_every=1, sync_every=1, **CLASSIC)
     data = torch.rand(64, 12)
     for i in range(20):
         learner.learn_many(data[i:i + 4])
@@ -180,7 +184,8 @@ def test_adam_takes_the_hand_derived_gradients_with_autograds_numbers(settings):
 
 def test_adam_skips_a_non_finite_step_on_the_hand_derived_path():
     torch.manual_seed(0)
-    learner = OnlineMAS(MLPAutoencoder(8, hidden=(8,), latent=2), optimizer="adam", lr=1e-2, recover_after=0)
+    learner = OnlineMAS(MLPAutoencoder(8, hidden=(8,), latent=2), optimizer="adam", lr=1e-2, recover_after=0,
+                        scale_inputs="none", replay=0)
     learner.learn_many(torch.rand(10, 8))
     before = [p.detach().clone() for p in learner.model.parameters()]
     moments = [s["exp_avg"].clone() for s in learner.optimizer.state.values()]

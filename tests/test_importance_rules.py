@@ -273,7 +273,8 @@ def test_the_learners_running_importance_is_the_exact_running_mean(make, share):
 
     torch.manual_seed(0)
     model = make().double()
-    learner = OnlineMAS(model, lr=0.0, hard_buffer=4, importance_every=1)
+    # the raw input, and a regulariser so that the importance is measured
+    learner = OnlineMAS(model, lr=0.0, hard_buffer=4, importance_every=1, scale_inputs="none", reg_lambda=0.15)
     learner.meter.share_forward = share
     shape = (12,) if isinstance(model, MLPAutoencoder) else (1, 6, 6)
     g = torch.Generator().manual_seed(1)

@@ -11,6 +11,11 @@ from streammas import OnlineMAS
 from streammas.models import ConvAutoencoder, MLPAutoencoder, MLPClassifier
 from streammas.update import FusedUpdate
 
+#: The settings the mechanism tests below were written against (the learner's defaults before Adam, input
+#: scaling and replay): the raw input, nothing replayed, and plain SGD.
+RAW = dict(scale_inputs="none", replay=0)
+CLASSIC = dict(optimizer="sgd", lr=0.05, reg_lambda=0.15, **RAW)
+
 
 def _data(n=256, d=16, seed=0):
     return torch.rand(n, d, generator=torch.Generator().manual_seed(seed))
@@ -21,7 +26,7 @@ def test_without_regulariser_and_buffer_it_is_plain_online_sgd(fused_step):
     torch.manual_seed(0)
     model = MLPAutoencoder(16, hidden=(32,), latent=4)
     reference = copy.deepcopy(model)
-    learner = OnlineMAS(model, lr=0.05, reg_lambda=0, hard_buffer=0, fused_step=fused_step)
+    learner = OnlineMAS(model, **{**CLASSIC, "reg_lambda": 0}, hard_buffer=0, fused_step=fused_step)
     assert isinstance(learner.update, FusedUpdate) == fused_step
     # autograd: bit for bit; the hand-derived step sums in another order, so: up to float rounding
     same = torch.equal if not fused_step else lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -41,7 +46,7 @@ def test_without_regulariser_and_buffer_it_is_plain_online_sgd(fused_step):
 
 def test_scores_are_prequential_and_exclude_the_regulariser():
     torch.manual_seed(1)
-    learner = OnlineMAS(MLPAutoencoder(16, hidden=(16,), latent=4), reg_lambda=1e3, lr=0.05)
+    learner = OnlineMAS(MLPAutoencoder(16, hidden=(16,), latent=4), **{**CLASSIC, "reg_lambda": 1e3})
     data = _data()
     for i in range(50):
         learner.learn_many(data[i:i + 8])
@@ -117,7 +122,7 @@ def test_non_finite_loss_skips_the_update_and_leaves_the_model_as_it_was(optimiz
 
 def _trained(**settings) -> tuple[OnlineMAS, torch.Tensor]:
     torch.manual_seed(4)
-    learner = OnlineMAS(MLPAutoencoder(16, hidden=(16,), latent=4), **settings)
+    learner = OnlineMAS(MLPAutoencoder(16, hidden=(16,), latent=4), **{**CLASSIC, **settings})
     data = _data(256, 16)
     for i in range(0, 256, 8):
         learner.learn_many(data[i:i + 8])
@@ -197,7 +202,6 @@ def _stream(patterns, steps, g):
 
 def _a_then_b(steps=1000, **settings):
     torch.manual_seed(0)
-    settings.setdefault("lr", 0.2)
     learner = OnlineMAS(MLPAutoencoder(64, hidden=(64,), latent=8), **settings)
     a, b = _regimes()
     g = torch.Generator().manual_seed(3)
@@ -211,8 +215,8 @@ def _a_then_b(steps=1000, **settings):
 
 
 def test_remembers_regime_a_after_learning_regime_b_without_being_told_where_a_ends():
-    plain, _ = _a_then_b(reg_lambda=0, hard_buffer=0)
-    mas, learner = _a_then_b()
+    plain, _ = _a_then_b(reg_lambda=0, hard_buffer=0, replay=0)  # no memory at all
+    mas, learner = _a_then_b()  # the defaults
     assert learner.consolidations >= 1
     assert learner.counters["plateaus"] >= 1 and learner.counters["peaks"] >= 1
     assert mas < 0.85 * plain, (mas, plain)
@@ -230,8 +234,9 @@ def _run(learner, data, steps, offset=0):
 def test_state_dict_round_trip_continues_bit_for_bit(tmp_path, settings):
     torch.manual_seed(3)
     data = torch.cat([_data(128, 16, 1), _data(128, 16, 2) * 3])
-    make = lambda: OnlineMAS(MLPAutoencoder(16, hidden=(16,), latent=4), lr=0.05,  # noqa: E731
-                             plateau={"window": 5, "patience": 3, "min_drop": 0.3, "progress_steps": 5}, **settings)
+    make = lambda: OnlineMAS(MLPAutoencoder(16, hidden=(16,), latent=4),  # noqa: E731
+                             plateau={"window": 5, "patience": 3, "min_drop": 0.3, "progress_steps": 5},
+                             **{**CLASSIC, **settings})
     original = make()
     _run(original, data, 150)
     torch.save(original.state_dict(), tmp_path / "state.pt")
@@ -248,7 +253,7 @@ def test_state_dict_round_trip_continues_bit_for_bit(tmp_path, settings):
 
 
 def test_learn_one_takes_dicts_arrays_and_tensors():
-    learner = OnlineMAS(MLPAutoencoder(3, hidden=(4,), latent=2))
+    learner = OnlineMAS(MLPAutoencoder(3, hidden=(4,), latent=2), **RAW)
     # learn_one returns the prequential loss: the sample's score just before the update
     before = learner.score_one(np.array([0.1, 0.2, 0.3]))
     assert before > 0 and learner.learn_one({"a": 0.1, "b": 0.2, "c": 0.3}) == pytest.approx(before)
@@ -280,7 +285,7 @@ def test_classification_needs_labels_and_learns():
 def test_buffer_sizes_and_repeated_steps(hard_buffer, steps_per_batch):
     torch.manual_seed(5)
     learner = OnlineMAS(ConvAutoencoder(1, channels=(2, 4)), hard_buffer=hard_buffer, steps_per_batch=steps_per_batch,
-                        lr=0.05)
+                        **CLASSIC)
     x = torch.rand(40, 1, 8, 8)
     first = learner.score_many(x).mean().item()
     sizes = []
@@ -293,7 +298,7 @@ def test_buffer_sizes_and_repeated_steps(hard_buffer, steps_per_batch):
 
 
 def test_buffer_keeps_the_highest_loss_samples():
-    learner = OnlineMAS(MLPAutoencoder(4, hidden=(4,), latent=2), hard_buffer=2, lr=0.0)
+    learner = OnlineMAS(MLPAutoencoder(4, hidden=(4,), latent=2), hard_buffer=2, lr=0.0, **RAW)
     x = torch.zeros(5, 4)
     x[3] = 5.0
     x[1] = 3.0
@@ -305,7 +310,8 @@ def test_buffer_keeps_the_highest_loss_samples():
 @pytest.mark.parametrize("decay", [1.0, 0.8])
 def test_an_outlier_leaves_the_buffer_after_a_while_unless_decay_is_one(decay):
     torch.manual_seed(0)
-    learner = OnlineMAS(MLPAutoencoder(4, hidden=(4,), latent=2), hard_buffer=1, hard_buffer_decay=decay, lr=0.0)
+    learner = OnlineMAS(MLPAutoencoder(4, hidden=(4,), latent=2), hard_buffer=1, hard_buffer_decay=decay, lr=0.0,
+                        **RAW)
     outlier, ordinary = torch.full((1, 4), 20.0), torch.full((2, 4), 2.0)
     learner.learn_many(torch.cat([outlier, ordinary]))
     ratio = (learner.score_many(ordinary)[0] / learner.score_many(outlier)[0]).item()  # lr 0: losses stay put

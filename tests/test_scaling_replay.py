@@ -72,7 +72,8 @@ def test_learner_on_raw_units_learns_without_skipping_and_predicts_in_input_unit
 
 def test_without_scaling_the_same_raw_stream_overflows_plain_sgd():
     torch.manual_seed(0)
-    learner = OnlineMAS(MLPAutoencoder(6, hidden=(16,), latent=3), recover_after=0)
+    learner = OnlineMAS(MLPAutoencoder(6, hidden=(16,), latent=3), recover_after=0, optimizer="sgd", lr=0.05,
+                        scale_inputs="none", replay=0)
     for x in _raw_stream(100):
         learner.learn_many(x)
     learner.flush()

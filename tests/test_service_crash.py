@@ -34,7 +34,10 @@ batch_size = 4
 factory = "counting_model:make"
 options = {{ n_rows = {ROWS}, ballast_mb = 8 }}
 [learner]
+# the model counts the rows of each training forward by their raw id: no held or replayed rows, no scaling
 hard_buffer = 0
+replay = 0
+scale_inputs = "none"
 consolidate_at = "plateau"
 [learner.plateau]
 window = 5

@@ -17,7 +17,8 @@ from streammas.service import Service
 def _config(tmp_path, **sections):
     raw = {
         "source": {"uri": f"npy:{tmp_path / 'x.npy'}", "batch_size": 32},
-        "learner": {"lr": 0.05, "consolidate_at": "plateau",
+        # a regulariser, so that the importance is measured and shown by inspect
+        "learner": {"consolidate_at": "plateau", "reg_lambda": 0.01,
                     "plateau": {"window": 10, "patience": 10, "progress_steps": 20}},
         "state": {"dir": str(tmp_path / "state"), "every_samples": 2000},
         "log": {"status_every_seconds": 0.0},
@@ -110,7 +111,8 @@ def test_a_failing_batch_is_counted_and_the_service_goes_on(tmp_path, monkeypatc
     else:
         x[64:96, 0] = -1.0  # exactly one batch of 32
     np.save(tmp_path / "x.npy", x)
-    cfg = _config(tmp_path, model={"factory": "picky_model:make"})
+    # the raw input: standardised, the marked feature would be negative in every batch (or in none)
+    cfg = _config(tmp_path, model={"factory": "picky_model:make"}, learner={"scale_inputs": "none"})
     service = Service(cfg, handle_signals=False)
     code = service.run()
     if all_bad:

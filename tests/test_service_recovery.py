@@ -15,12 +15,14 @@ def test_a_diverging_daemon_recovers_logs_it_and_checkpoints_finite_weights(tmp_
     x = digits(4000)
     np.savetxt(tmp_path / "digits.csv", x, delimiter=",", fmt="%.4f",
                header=",".join(f"p{i}" for i in range(x.shape[1])), comments="")
-    # A step size far beyond stable: the weights overflow within a few batches, every loss becomes inf.
+    # A plain SGD step size far beyond stable: the weights overflow within a few batches, every loss becomes inf
+    # (Adam's steps are bounded by lr: its weights stay finite).
     config = write_config(tmp_path / "streammas.toml", """
 [source]
 uri = "csv:digits.csv"
 batch_size = 10
 [learner]
+optimizer = "sgd"
 lr = 50.0
 recover_after = 32
 [state]

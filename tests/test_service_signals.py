@@ -20,7 +20,10 @@ CONFIG = """
 uri = "zmq+pull://127.0.0.1:*"
 batch_size = 32
 [learner]
+# plain SGD on the raw digits: the detector consolidates within the 6,400 samples sent
+optimizer = "sgd"
 lr = 0.05
+scale_inputs = "none"
 consolidate_at = "plateau"
 [learner.plateau]
 window = 10

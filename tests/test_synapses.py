@@ -9,6 +9,10 @@ from streammas import OnlineMAS
 from streammas.models import MLPAutoencoder
 from streammas.synapses import Synapses
 
+#: Plain SGD's proximal step on the raw input, nothing replayed: what the learner's defaults were when these
+#: tests were written (the Adam-preconditioned step: tests/test_scaling_replay.py).
+SGD_RAW = dict(optimizer="sgd", scale_inputs="none", replay=0)
+
 
 def _consolidated(seed: int = 0) -> tuple[list[torch.nn.Parameter], Synapses]:
     g = torch.Generator().manual_seed(seed)
@@ -81,7 +85,7 @@ def test_normalisation(normalization):
 def test_large_lambda_never_diverges(reg_lambda):
     torch.manual_seed(0)
     learner = OnlineMAS(MLPAutoencoder(16, hidden=(16,), latent=4), lr=0.1, reg_lambda=reg_lambda,
-                        omega_normalization="none", sync_every=1)
+                        omega_normalization="none", sync_every=1, **SGD_RAW)
     a = torch.rand(64, 16)
     b = a[:, torch.randperm(16)]
     start = learner.score_many(a).mean().item()

@@ -57,7 +57,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from streammas.evaluation.streams import (
+from streammas.evaluation.data import (
     ANOMALY_RATE,
     DIGIT_GROUPS,
     SCRAMBLE,

@@ -20,7 +20,7 @@ Overrides (``--set key=value``) change the streammas family (``no-mas``, ``strea
 the comparison stays fair.
 
 >>> [m.name for m in default_methods()]
-['plain', 'buffer', 'no-mas', 'streammas', 'streammas-buffer', 'oracle', 'baseline', 'iid']
+['plain', 'buffer', 'no-mas', 'streammas', 'mas', 'mas-only', 'streammas-buffer', 'oracle', 'baseline', 'iid']
 >>> m = {m.name: m for m in default_methods({"reg_lambda": 3.0, "lr": 0.05})}
 >>> m["streammas"].learner["reg_lambda"], m["plain"].learner["reg_lambda"], m["plain"].learner["lr"]
 (3.0, 0.0, 0.05)
@@ -39,7 +39,10 @@ from typing import Any
 
 #: Overrides that apply to every method (the comparison must share the optimiser and its step size).
 SHARED = ("lr", "optimizer", "steps_per_batch")
-METHODS = ("plain", "buffer", "no-mas", "streammas", "streammas-buffer", "oracle", "baseline", "iid")
+METHODS = ("plain", "buffer", "no-mas", "streammas", "mas", "mas-only", "streammas-buffer", "oracle", "baseline", "iid")
+#: MAS's strength in the ``mas`` and ``mas-only`` methods where the defaults under test have none (the measured best
+#: of 0.001, 0.01, 0.15; README, results).
+MAS_LAMBDA = 0.01
 #: The hard buffer of the ``buffer`` and ``streammas-buffer`` methods, unless ``--set hard_buffer=N`` (N > 0) says
 #: otherwise: the learner's default has none (see the README's results), and these two methods are about one.
 BUFFER_SIZE = 16
@@ -182,6 +185,10 @@ def default_methods(overrides: Mapping[str, Any] | None = None, names: Sequence[
         "no-mas": Method("no-mas", {**tuned, "reg_lambda": 0.0}, factory=factory,
                          description="streammas defaults without the regulariser"),
         "streammas": Method("streammas", tuned, factory=factory, description="streammas defaults"),
+        "mas": Method("mas", {"reg_lambda": MAS_LAMBDA, **tuned}, factory=factory,
+                      description="streammas defaults with the regulariser on (beside replay)"),
+        "mas-only": Method("mas-only", {"reg_lambda": MAS_LAMBDA, **tuned, "replay": 0}, factory=factory,
+                           description="the regulariser as the only memory (no replay)"),
         "streammas-buffer": Method("streammas-buffer", {**tuned, **buffer_size, "importance_source": "buffer"},
                                    factory=factory,
                                    description="importance on the hard buffer"),

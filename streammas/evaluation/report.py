@@ -10,6 +10,7 @@ from typing import Any
 from streammas.evaluation.summary import BAND, MAX_SKIPPED, PRIMARY, REFERENCES
 
 LABELS = {"plain": "plain (no memory)", "buffer": "hard buffer", "no-mas": "no MAS (λ = 0)",
+          "mas": "MAS λ 0.01 + replay", "mas-only": "MAS λ 0.01, no replay",
           "streammas": "**streammas**", "streammas-buffer": "streammas (buffer Ω)", "oracle": "oracle boundaries",
           "baseline": "baseline (Adam, replay)", "iid": "i.i.d. (bound)"}
 GROUPS = (("tuning", "The six tuning streams"), ("held-out", "Held-out streams"))

@@ -47,9 +47,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from streammas.evaluation.data import (
+    ANOMALY_RATE,
+    DIGIT_GROUPS,
+    SCRAMBLE,
+    _assemble,
+    _digits,
+    _image_segments,
+    _passes,
+    _permutations,
+    _scramble,
+)
+
 LENGTHS = {"long": 10, "short": 1}
-ANOMALY_RATE = 0.05
-SCRAMBLE = 0.25
 
 
 @dataclass
@@ -160,87 +170,6 @@ class Stream:
         return sorted(set(points))
 
 
-# -- data from installed packages ----------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    return (data.data / 16.0).astype(np.float32), data.target.astype(np.int64)
-
-
-@functools.lru_cache(maxsize=1)
-def _segments_raw() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    from river import datasets
-
-    rows, labels = [], []
-    for x, y in datasets.ImageSegments():
-        rows.append([float(v) for v in x.values()])
-        labels.append(y)
-    names = tuple(sorted(set(labels)))
-    return np.asarray(rows, dtype=np.float64), np.array([names.index(v) for v in labels]), names
-
-
-def _split(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, test_share: float = 0.25):
-    """A stratified train/test split."""
-    train, test = [], []
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        n_test = int(round(len(idx) * test_share))
-        test.append(idx[:n_test])
-        train.append(idx[n_test:])
-    train_idx, test_idx = np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
-    return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
-
-
-def _digits(rng: np.random.Generator):
-    x, y = _digits_raw()
-    return _split(x, y, rng)
-
-
-def _image_segments(rng: np.random.Generator):
-    x, y, names = _segments_raw()
-    xtr, ytr, xte, yte = _split(x, y, rng)
-    # Standardised with the training part's statistics; constant features stay 0.
-    mean, std = xtr.mean(0), xtr.std(0)
-    std[std == 0] = 1.0
-    return ((xtr - mean) / std).astype(np.float32), ytr, ((xte - mean) / std).astype(np.float32), yte, names
-
-
-def _permutations(rng: np.random.Generator, n: int, n_features: int) -> list[np.ndarray]:
-    """``n`` pixel permutations, the first of them the identity."""
-    return [np.arange(n_features)] + [rng.permutation(n_features) for _ in range(n - 1)]
-
-
-def _passes(n: int, passes: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of ``passes`` passes over ``n`` samples, each pass in a fresh random order."""
-    return np.concatenate([rng.permutation(n) for _ in range(passes)])
-
-
-def _scramble(x: np.ndarray, rng: np.random.Generator, fraction: float = 1.0) -> np.ndarray:
-    """Planted anomalies: in each sample, a random ``fraction`` of the features trade places at random (the
-    same values, part of the structure gone). A well-fitted model sees them; a model that forgot the regime
-    finds every sample of it equally strange."""
-    n, f = x.shape
-    k = max(2, int(round(fraction * f)))
-    out = x.copy()
-    for i in range(n):
-        cols = rng.choice(f, k, replace=False)
-        out[i, cols] = x[i, rng.permutation(cols)]
-    return out
-
-
-def _assemble(parts: Sequence[tuple[np.ndarray, np.ndarray | None, int]]):
-    xs, ys, segments, start = [], [], [], 0
-    for x, y, regime in parts:
-        xs.append(x)
-        ys.append(y)
-        segments.append((start, start + len(x), regime))
-        start += len(x)
-    y = None if ys[0] is None else np.concatenate(ys)
-    return np.concatenate(xs).astype(np.float32), y, segments
-
-
 # -- the benchmarks ------------------------------------------------------------------------------------------
 def permuted_digits(passes: int, seed: int, n_regimes: int = 5) -> dict:
     rng = np.random.default_rng([seed, 1])
@@ -254,9 +183,6 @@ def permuted_digits(passes: int, seed: int, n_regimes: int = 5) -> dict:
     return dict(kind="classification", x=x, y=y, segments=segments, n_classes=10,
                 tests=[(xte[:, perm], yte) for perm in perms],
                 regime_names=["identity"] + [f"permutation {r}" for r in range(1, n_regimes)])
-
-
-DIGIT_GROUPS = ((0, 1, 2, 3), (4, 5, 6), (7, 8, 9))
 
 
 def recurring_digits(passes: int, seed: int, order: Sequence[int] = (0, 1, 2, 0, 1, 2)) -> dict:

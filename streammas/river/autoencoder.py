@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from river import base
 
-from streammas.river.estimator import DEFAULTS, MASEstimator
+from streammas.river.estimator import DEFAULTS, SGD_LR, MASEstimator
 
 __all__ = ["MASAutoencoder"]
 
@@ -31,7 +31,7 @@ class MASAutoencoder(MASEstimator, base.AnomalyDetector):
     latent : int or None, default None
         Size of the code (``None``: sized from the number of features).
     lr : float, optional
-        SGD step size (default: the learner's, ``streammas.river.estimator.DEFAULTS``).
+        SGD step size (default 0.05, ``streammas.river.estimator.SGD_LR``).
     reg_lambda : float, optional
         Strength of the memory (0: plain online SGD; default: the learner's).
     hard_buffer : int, optional
@@ -65,7 +65,7 @@ class MASAutoencoder(MASEstimator, base.AnomalyDetector):
         self,
         hidden: int | None = None,
         latent: int | None = None,
-        lr: float = DEFAULTS["lr"],
+        lr: float = SGD_LR,
         reg_lambda: float = DEFAULTS["reg_lambda"],
         hard_buffer: int = DEFAULTS["hard_buffer"],
         batch_size: int = 10,

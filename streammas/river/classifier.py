@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from river import base
 
-from streammas.river.estimator import DEFAULTS, MASEstimator
+from streammas.river.estimator import DEFAULTS, SGD_LR, MASEstimator
 from streammas.river.frames import is_frame, label_list
 
 __all__ = ["MASClassifier"]
@@ -31,7 +31,7 @@ class MASClassifier(MASEstimator, base.MiniBatchClassifier):
     max_classes : int, default 16
         How many distinct classes the network can hold (its output size).
     lr : float, optional
-        SGD step size (default: the learner's, ``streammas.river.estimator.DEFAULTS``).
+        SGD step size (default 0.05, ``streammas.river.estimator.SGD_LR``).
     reg_lambda : float, optional
         Strength of the memory (0: plain online SGD; default: the learner's).
     hard_buffer : int, optional
@@ -65,7 +65,7 @@ class MASClassifier(MASEstimator, base.MiniBatchClassifier):
         self,
         hidden: int = 64,
         max_classes: int = 16,
-        lr: float = DEFAULTS["lr"],
+        lr: float = SGD_LR,
         reg_lambda: float = DEFAULTS["reg_lambda"],
         hard_buffer: int = DEFAULTS["hard_buffer"],
         batch_size: int = 10,

@@ -22,6 +22,10 @@ __all__ = ["DEFAULTS", "MASEstimator"]
 #: The learner's defaults (chosen with ``streammas evaluate``, see the README's results): the estimators take
 #: theirs from here, so that the two cannot drift apart.
 DEFAULTS = learner_defaults()
+#: The river estimators step with SGD at this rate (their own default, measured on the river examples: river
+#: pipelines scale their inputs themselves, and SGD at 0.05 beat Adam at the learner's 1e-3 there, 88% against
+#: 79% on Phishing).
+SGD_LR = 0.05
 
 
 class MASEstimator:
