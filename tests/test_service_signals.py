@@ -23,6 +23,7 @@ batch_size = 32
 # plain SGD on the raw digits: the detector consolidates within the 6,400 samples sent
 optimizer = "sgd"
 lr = 0.05
+reg_lambda = 0.15
 scale_inputs = "none"
 consolidate_at = "plateau"
 [learner.plateau]
