@@ -15,7 +15,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     out = result.stdout
     assert "streammas demo: report" in out
     assert "consolidations" in out and "plateau" in out
-    assert "streammas  plain SGD" in out
+    assert "streammas  no memory" in out
     assert "A: digits 0123" in out and "C: digits 789" in out
     assert "segment 6/6 learned" in result.stderr  # progress, one line per segment off a terminal
 

@@ -116,8 +116,8 @@ def peak_memory(kind: str, batch: int, args: argparse.Namespace) -> dict:
 
 def report(result: dict) -> str:
     env = result["env"]
-    lines = ["streammas bench step: OnlineMAS.learn_many against a plain hand-written torch SGD step "
-             f"(lr {LR}, same model, same data)", *timing.describe(env),
+    lines = ["streammas bench step: OnlineMAS.learn_many against a plain hand-written torch "
+             f"{_NAMES.get(OPTIMIZER, OPTIMIZER)} step (lr {LR}, same model, same data)", *timing.describe(env),
              "learners consolidated once before timing (the regulariser runs every step), unless noted"]
     fused = sorted({c["model_label"] for c in result["cases"] if c["fused_step"]})
     if fused:
