@@ -41,8 +41,8 @@ class Update(Protocol):
     skipped : torch.Tensor
         Steps skipped for a non-finite loss, counted on the device (a 0-d int64 tensor).
     last_rows : tuple of (torch.Tensor, torch.Tensor or None) or None
-        The rows the last call learned (the batch and the buffer's), with their labels; ``None`` before the
-        first call.
+        The rows the last call learned (the batch, the replayed samples and the buffer's), with their labels;
+        ``None`` before the first call.
 
     Examples
     --------
@@ -87,6 +87,8 @@ class AutogradUpdate:
         The regulariser's proximal step after each applied step.
     steps_per_batch : int, default 1
         Optimisation steps on each batch.
+    replay : ReplayMemory or None, default None
+        Past samples replayed beside each batch (as many as it holds); ``None``: none.
 
     Examples
     --------
