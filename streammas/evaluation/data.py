@@ -104,3 +104,18 @@ def _assemble(parts: Sequence[tuple[np.ndarray, np.ndarray | None, int]]):
         start += len(x)
     y = None if ys[0] is None else np.concatenate(ys)
     return np.concatenate(xs).astype(np.float32), y, segments
+
+
+def _permuted_classes(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, rng: np.random.Generator,
+                      passes: int, n_regimes: int, n_classes: int) -> dict:
+    """A classification stream of ``n_regimes`` fixed feature permutations (the first the identity), each shown
+    for ``passes`` passes, with the test set under each permutation."""
+    perms = _permutations(rng, n_regimes, xtr.shape[1])
+    parts = []
+    for r, perm in enumerate(perms):
+        idx = _passes(len(xtr), passes, rng)
+        parts.append((xtr[idx][:, perm], ytr[idx], r))
+    x, y, segments = _assemble(parts)
+    return dict(kind="classification", x=x, y=y, segments=segments, n_classes=n_classes,
+                tests=[(xte[:, perm].astype(np.float32), yte) for perm in perms],
+                regime_names=["identity"] + [f"permutation {r}" for r in range(1, n_regimes)])

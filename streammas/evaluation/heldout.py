@@ -65,6 +65,7 @@ from streammas.evaluation.data import (
     _digits_raw,
     _passes,
     _permutations,
+    _permuted_classes,
     _scramble,
     _split,
 )
@@ -195,15 +196,7 @@ def wine_raw(passes: int, seed: int, order: Sequence[int] = ABCABC) -> dict:
 def cancer_permuted(passes: int, seed: int, n_regimes: int = 4) -> dict:
     rng = np.random.default_rng([seed, 13])
     xtr, ytr, xte, yte = _split(*_sklearn("breast_cancer"), rng)
-    perms = _permutations(rng, n_regimes, xtr.shape[1])
-    parts = []
-    for r, perm in enumerate(perms):
-        idx = _passes(len(xtr), passes, rng)
-        parts.append((xtr[idx][:, perm], ytr[idx], r))
-    x, y, segments = _assemble(parts)
-    return dict(kind="classification", x=x, y=y, segments=segments, n_classes=2,
-                tests=[(xte[:, perm].astype(np.float32), yte) for perm in perms],
-                regime_names=["identity"] + [f"permutation {r}" for r in range(1, n_regimes)])
+    return _permuted_classes(xtr, ytr, xte, yte, rng, passes, n_regimes, n_classes=2)
 
 
 def cancer_anomaly(passes: int, seed: int, order: Sequence[int] = (0, 1)) -> dict:
@@ -229,15 +222,7 @@ def wide_digits(passes: int, seed: int, order: Sequence[int] = ABCABC) -> dict:
 def wide_permuted_digits(passes: int, seed: int, n_regimes: int = 8) -> dict:
     rng = np.random.default_rng([seed, 16])
     xtr, ytr, xte, yte = _split(*_wide_digits(), rng)
-    perms = _permutations(rng, n_regimes, xtr.shape[1])
-    parts = []
-    for r, perm in enumerate(perms):
-        idx = _passes(len(xtr), passes, rng)
-        parts.append((xtr[idx][:, perm], ytr[idx], r))
-    x, y, segments = _assemble(parts)
-    return dict(kind="classification", x=x, y=y, segments=segments, n_classes=10,
-                tests=[(xte[:, perm], yte) for perm in perms],
-                regime_names=["identity"] + [f"permutation {r}" for r in range(1, n_regimes)])
+    return _permuted_classes(xtr, ytr, xte, yte, rng, passes, n_regimes, n_classes=10)
 
 
 NOISE_FEATURES = 448

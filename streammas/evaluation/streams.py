@@ -56,6 +56,7 @@ from streammas.evaluation.data import (
     _image_segments,
     _passes,
     _permutations,
+    _permuted_classes,
     _scramble,
 )
 
@@ -174,15 +175,7 @@ class Stream:
 def permuted_digits(passes: int, seed: int, n_regimes: int = 5) -> dict:
     rng = np.random.default_rng([seed, 1])
     xtr, ytr, xte, yte = _digits(rng)
-    perms = _permutations(rng, n_regimes, xtr.shape[1])
-    parts = []
-    for r, perm in enumerate(perms):
-        idx = _passes(len(xtr), passes, rng)
-        parts.append((xtr[idx][:, perm], ytr[idx], r))
-    x, y, segments = _assemble(parts)
-    return dict(kind="classification", x=x, y=y, segments=segments, n_classes=10,
-                tests=[(xte[:, perm], yte) for perm in perms],
-                regime_names=["identity"] + [f"permutation {r}" for r in range(1, n_regimes)])
+    return _permuted_classes(xtr, ytr, xte, yte, rng, passes, n_regimes, n_classes=10)
 
 
 def recurring_digits(passes: int, seed: int, order: Sequence[int] = (0, 1, 2, 0, 1, 2)) -> dict:
