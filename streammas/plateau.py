@@ -16,6 +16,12 @@ window. The detector is *armed* at the start and after every peak; while armed i
   autoencoder's does for thousands of steps; asking the plateau to last keeps a one-pass regime, cut off as
   soon as it is learned, from being consolidated half-learned.)
 
+A loss that cannot halve (a high noise floor, irreducible error) is learned too when its drop is smaller but
+beyond what noise explains: at least ``floor_drop`` below the peak *and* ``floor_z`` standard errors of the
+window's median (estimated from the window's own spread, in log), with both conditions, and the lack of
+progress, lasting ``floor_patience`` steps. The flat loss right after initialisation does not qualify: its
+"drop" from its highest median is a few standard errors at most.
+
 Then it disarms and follows the plateau's level: the mean and the spread of log(median), with a time
 constant of ``level_steps``. A **peak** (which re-arms it) is a median above that level by more than
 ``peak_rise`` (a fraction) *and* by more than ``peak_z`` of the level's own standard deviations, for
@@ -81,6 +87,13 @@ class PlateauConfig:
         Rise (a fraction) of the latest losses while a plateau still holds.
     hold_recent : int, default 5
         Latest losses the hold test averages.
+    floor_drop : float, default 0.05
+        A loss that cannot halve: a smaller drop (this fraction below the peak) counts too, if the noise
+        cannot explain it (``floor_z``) and it lasts ``floor_patience`` steps; in [0, 1).
+    floor_z : float, default 8.0
+        That smaller drop must also be this many standard errors of the window's median.
+    floor_patience : int, default 60
+        Steps in a row the smaller drop, and the lack of progress, must last.
     rule : {"relative", "absolute"}, default "relative"
         Relative (scale-free) or absolute (thresholds in loss units).
     mean_threshold : float, default 0.1
@@ -116,6 +129,13 @@ class PlateauConfig:
     hold_rise: float = setting(0.5, help="rise (a fraction) of the latest losses while a plateau still holds",
                                check=non_negative)
     hold_recent: int = setting(5, help="latest losses the hold test averages", check=at_least(1))
+    floor_drop: float = setting(0.05, help="a loss that cannot halve: a drop this fraction below the peak counts "
+                                "too, beyond noise (floor_z) and lasting floor_patience steps",
+                                check=in_unit_interval(closed_low=True, closed_high=False))
+    floor_z: float = setting(8.0, help="that drop must also be this many standard errors of the window's median",
+                             check=non_negative)
+    floor_patience: int = setting(60, help="steps in a row that smaller drop, and no progress, must last",
+                                  check=at_least(1))
     rule: str = setting("relative", help="relative (scale-free) or absolute (thresholds in loss units)",
                         choices=("relative", "absolute"))
     mean_threshold: float = setting(0.1, help="absolute rule: window mean threshold")
@@ -163,6 +183,7 @@ class PlateauDetector:
         self.armed = True
         self.peak = -math.inf
         self.below = 0
+        self.floor_below = 0
         self.settled = 0
         self.over = 0
         self.level = math.nan  # relative rule: mean of log(median) while the plateau holds; absolute: its mean
@@ -191,11 +212,13 @@ class PlateauDetector:
             self._history.append(median)
             self.peak = max(self.peak, median)
             self.below = self.below + 1 if median <= self._low_enough() else 0
+            self.floor_below = self.floor_below + 1 if self._beyond_noise(median) else 0
             history = self._history
             settled = (len(history) == history.maxlen
                        and history[0] - median <= cfg.progress_share * (self.peak - median))
             self.settled = self.settled + 1 if settled else 0
-            if self.below >= cfg.patience and self.settled >= cfg.patience:
+            if ((self.below >= cfg.patience and self.settled >= cfg.patience)
+                    or (self.floor_below >= cfg.floor_patience and self.settled >= cfg.floor_patience)):
                 logs = [math.log(v) for v in history]
                 self.level = sum(logs) / len(logs)
                 self.level_var = sum((v - self.level) ** 2 for v in logs) / len(logs)
@@ -219,6 +242,19 @@ class PlateauDetector:
         recent = list(self._values)[-cfg.hold_recent:]
         recent_mean = sum(recent) / len(recent)
         return HOLD if recent_mean > 0 and math.log(recent_mean) - self.level <= math.log1p(cfg.hold_rise) else None
+
+    def _beyond_noise(self, median: float) -> bool:
+        """Whether the median is ``floor_drop`` below the peak and ``floor_z`` standard errors of a window
+        median below it (the standard error from the window's median absolute deviation, in log)."""
+        cfg = self.config
+        drop = math.log(self.peak / median)
+        if drop < -math.log1p(-cfg.floor_drop) or drop <= 0:
+            return False
+        logs = [math.log(v) for v in self._values if v > 0]
+        centre = statistics.median(logs)
+        mad = statistics.median(abs(v - centre) for v in logs)
+        # 1.4826 MAD estimates a normal spread; the median of n values has 1.2533 / sqrt(n) of it as error
+        return drop >= cfg.floor_z * 1.4826 * mad * 1.2533 / math.sqrt(len(logs))
 
     def _low_enough(self) -> float:
         """How low the median must be to count as learned: ``min_drop`` below the peak; after a peak, recovering
@@ -247,7 +283,7 @@ class PlateauDetector:
 
     def _rearm(self, statistic: float) -> None:
         self.armed = True
-        self.peak, self.below, self.settled, self.over = statistic, 0, 0, 0
+        self.peak, self.below, self.floor_below, self.settled, self.over = statistic, 0, 0, 0, 0
         self._history.clear()
 
     def state_dict(self) -> dict:
@@ -258,6 +294,7 @@ class PlateauDetector:
             "armed": self.armed,
             "peak": self.peak,
             "below": self.below,
+            "floor_below": self.floor_below,
             "settled": self.settled,
             "over": self.over,
             "level": self.level,
@@ -276,4 +313,5 @@ class PlateauDetector:
             setattr(self, key, float(state[key]))
         for key in ("below", "settled", "over", "steps"):
             setattr(self, key, int(state[key]))
+        self.floor_below = int(state.get("floor_below", 0))  # states written before the rule existed
 

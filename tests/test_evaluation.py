@@ -12,6 +12,7 @@ from streammas.evaluation import metrics
 from streammas.evaluation.harness import EvalConfig, evaluate, run_method, summarise
 from streammas.evaluation.methods import METHODS, default_methods, no_memory, parse_overrides
 from streammas.evaluation.streams import BENCHMARKS, HELDOUT, TUNING, make_stream, shuffled, stream_passes
+from streammas.plateau import PlateauDetector
 
 
 # -- streams ------------------------------------------------------------------------------------------------
@@ -227,3 +228,21 @@ def test_a_report_without_plain_sgd_renders():
                      passes={"short": 1}, eval_per_segment=1)
     text = render_markdown(evaluate(cfg))
     assert "Prequential ROC AUC per segment" in text and "| **streammas** |" in text
+
+
+def test_detector_replay_records_curves_and_scores_variants(tmp_path, capsys):
+    from streammas.cli import main
+    from streammas.evaluation.detector import record_curves, replay
+
+    curves = record_curves(["anomaly-segments"], ["long"], [0])
+    (curve,) = curves
+    assert curve.regimes == 4 and len(curve.values) == curve.regime_batches[-1][1]
+    counts = replay(curves, PlateauDetector)
+    # each long regime (the returning one is short) is learned to a plateau, none half-learned; changes are seen
+    assert counts["long_regimes"] == 3 and counts["long_learned"] == 3 and counts["premature"] == 0
+    assert counts["peaks_at_change"] >= 2
+    never = replay(curves, lambda: PlateauDetector(min_drop=0.99, floor_drop=0.99))
+    assert never["plateaus"] == 0 and never["long_learned"] == 0
+    assert main(["evaluate", "--detector", "--benchmarks", "wine-raw", "--lengths", "short", "--seeds", "1",
+                 "--out", str(tmp_path)]) == 0
+    assert "| defaults |" in (tmp_path / "detector.md").read_text()

@@ -34,6 +34,23 @@ def test_does_not_fire_on_the_flat_noisy_loss_after_initialisation():
     assert _decisions(flat) == []
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_a_loss_that_cannot_halve_is_learned_too(seed):
+    # a high noise floor: the loss falls by 15% only (2% noise per batch), then stays
+    values = _noisy(_learning_curve(steps=800, start=1.0, floor=0.85), seed=seed, noise=0.02)
+    events = _decisions(values)
+    assert [d for _, d in events] == ["plateau"]
+    assert events[0][0] > 180  # once most of the drop is behind it (three time constants)
+    # the rule switched off: no plateau at all, as before it existed
+    assert _decisions(values, floor_drop=0.99) == []
+
+
+@pytest.mark.parametrize("noise", [0.02, 0.1, 0.3])
+def test_the_flat_loss_after_initialisation_is_no_small_drop_either(noise):
+    for seed in range(10):
+        assert _decisions(_noisy([1.0] * 3000, seed=seed, noise=noise)) == []
+
+
 def test_rearms_on_a_peak_and_fires_again():
     values = _noisy(_learning_curve() + _learning_curve(start=3.0, floor=0.3), seed=2)
     events = _decisions(values)

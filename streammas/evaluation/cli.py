@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures (no matplotlib needed)")
     parser.add_argument("--verbose", action="store_true", help="one line per finished run")
+    parser.add_argument("--detector", action="store_true",
+                        help="instead: record the defaults' loss curves and replay the plateau detector on them "
+                             "(plateaus per regime, premature plateaus, peaks at regime changes)")
 
 
 def _jsonable(value: Any) -> Any:
@@ -108,6 +111,8 @@ def run_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    if args.detector:
+        return _detector_replay(args, n_seeds)
     passes = {length: args.passes for length in LENGTHS} if args.passes else (QUICK_PASSES if args.quick else None)
     cfg = EvalConfig(benchmarks=args.benchmarks, lengths=args.lengths,
                      seeds=tuple(range(args.seed, args.seed + n_seeds)), methods=args.methods,
@@ -133,4 +138,20 @@ def run_command(args: argparse.Namespace) -> int:
         figures = plot_results(results, out)
     print(markdown)
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}" + "".join(f", {f}" for f in figures))
+    return 0
+
+
+def _detector_replay(args: argparse.Namespace, n_seeds: int) -> int:
+    from streammas.evaluation.detector import record_curves, report
+
+    progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.verbose else None
+    curves = record_curves(args.benchmarks, args.lengths, range(args.seed, args.seed + n_seeds),
+                           batch_size=args.batch_size, progress=progress)
+    command = _command(args) + " --detector"
+    table = f"Plateau detector replayed on the defaults' loss curves (`{command}`):\n\n{report(curves)}\n"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "detector.md").write_text(table)
+    print(table)
+    print(f"wrote {out / 'detector.md'}")
     return 0
