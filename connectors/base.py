@@ -80,6 +80,8 @@ class Source(abc.ABC):
     [2.0, 1.0, 0.0]
     >>> source.finite  # the default: nothing promises that a source ends
     False
+    >>> source.drain(timeout=1.0)  # the default: nothing held back at a stop
+    []
     """
 
     #: Whether the source will end (and ``finished`` become true): a file not followed. ``False``, the
@@ -101,6 +103,16 @@ class Source(abc.ABC):
         """True once a finite source is exhausted; never true for an endless one."""
         return False
 
+    def drain(self, timeout: float) -> list[Batch]:
+        """The samples the source already holds, as batches, for a consumer that is about to stop.
+
+        Called once a stop was requested and before the last checkpoint, so that input already taken
+        from the producers is learned rather than lost. Returns within about ``timeout`` seconds; what
+        the source still holds then is not returned, and a source that can count it says so in its
+        counters (``dropped_at_shutdown``). The default holds nothing back: ``[]``. ``read`` may still be
+        called afterwards.
+        """
+        return []
 
     @property
     def counters(self) -> Mapping[str, int]:

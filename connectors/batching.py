@@ -243,6 +243,11 @@ class BatchingSource(Source):
     def _release(self) -> None:
         """Free sockets and files."""
 
+    def _drain_input(self, until: float) -> None:
+        """Move into the batcher, before the monotonic time ``until``, the input that a stop would lose,
+        and count what is left (see :meth:`drain`). The default moves nothing: a file is not lost at a
+        stop, it is read again from the last checkpoint's position."""
+
     # -- helpers for subclasses ----------------------------------------------------------------------
     def _push(
         self,
@@ -281,6 +286,20 @@ class BatchingSource(Source):
             self._fill(until)
             tried = True
             now = clock()
+
+    def drain(self, timeout: float) -> list[Batch]:
+        """Every sample waiting in the batcher (after ``_drain_input`` added what it could within
+        ``timeout`` seconds), as batches of at most ``batch_size``; ``[]`` once closed.
+
+        The batches count as read (``samples``, ``batches``, ``position``), as those of :meth:`read` do.
+        """
+        if self._closed:
+            return []
+        self._drain_input(time.monotonic() + max(0.0, timeout))
+        batches = []
+        while self._batcher.pending:
+            batches.append(self._cut())
+        return batches
 
     def _cut(self) -> Batch:
         x, y, position = self._batcher.take()

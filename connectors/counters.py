@@ -1,9 +1,10 @@
 """Counting what a source took in and what it turned away, and logging rejects at a bounded rate.
 
 Bad input never stops a source: the piece at fault (a message, a line, a row, or for non-finite values
-a sample) is skipped, counted under ``"rejected:<reason>"`` and reported through :mod:`logging`, at most
-``burst`` log records at once and then one every ``interval`` seconds, with a count of what was not
-logged in between, so that a producer sending garbage at full speed cannot flood the log.
+a sample) is skipped, its samples are counted under ``"rejected:<reason>"`` (one when a piece's samples
+cannot be known) and it is reported through :mod:`logging`, at most ``burst`` log records at once and then
+one every ``interval`` seconds, with a count of what was not logged in between, so that a producer sending
+garbage at full speed cannot flood the log.
 """
 
 from __future__ import annotations
@@ -21,20 +22,21 @@ REASONS: Mapping[str, str] = {
     "dtype": "unknown or unsupported dtype",
     "size": "byte count not matching the declared shape",
     "shape": "sample shape different from the stream's, or an invalid shape",
-    "too_large": "a message over max_message_bytes",
-    "nonfinite": "NaN or infinity in a sample or label (counts samples, not messages)",
+    "too_large": "a message over max_message_bytes, or a header declaring more",
+    "nonfinite": "NaN or infinity in a sample or label",
     "schema": "JSON without a numeric 'x', or with 'y' not matching it",
     "label": "a label that is missing or not of the label dtype",
     "columns": "a CSV row with the wrong number of fields",
     "parse": "a CSV field that is not a number",
     "encoding": "a line that is not valid UTF-8",
+    "decode": "input the decoder failed on in a way it does not foresee (worth reporting as a bug)",
 }
 
 
 class Reject(Exception):
     """Raised by decoding code for input that must be skipped; the source counts it under ``reason``.
 
-    The source counts ``count`` rejects under ``rejected:<reason>`` and logs ``detail`` at a bounded rate.
+    The source counts ``count`` samples under ``rejected:<reason>`` and logs ``detail`` at a bounded rate.
 
     Parameters
     ----------
@@ -43,7 +45,8 @@ class Reject(Exception):
     detail : str, default ""
         What was wrong, for the log (``""``: the reason); it is also the exception's message.
     count : int, default 1
-        How many rejects it stands for (samples, for non-finite values).
+        How many samples it stands for (1 when the piece's samples cannot be known); decoding code that
+        learns the count after raising sets the attribute before passing the reject on.
 
     Examples
     --------
@@ -129,6 +132,9 @@ class RateLimitedLog:
 class Counters:
     """Integer counters of a source: ``samples``, ``batches``, and ``rejected:<reason>`` per reason.
 
+    Rejects count samples; a source whose input comes in larger pieces may count those as well, under
+    ``rejected_<piece>:<reason>`` (the ZeroMQ source: ``rejected_messages:<reason>``).
+
     ``reject`` counts and logs (rate-limited) in one call. :meth:`snapshot` is a plain ``dict`` copy,
     safe to hand to another thread (a metrics exporter) while the source keeps counting.
 
@@ -157,8 +163,9 @@ class Counters:
     >>> c.reject(Reject("parse", "line 7: 'abc' is not a number"))
     >>> c.snapshot()
     {'samples': 32, 'batches': 0, 'rejected:parse': 1}
-    >>> c.rejected
-    1
+    >>> c.reject(Reject("shape", "a message of 100 samples of shape (5,)", count=100), piece="messages")
+    >>> c.rejected, c["rejected:shape"], c["rejected_messages:shape"]
+    (101, 100, 1)
     """
 
     def __init__(
@@ -179,15 +186,20 @@ class Counters:
     def add(self, key: str, n: int = 1) -> None:
         self._counts[key] = self._counts.get(key, 0) + n
 
-    def reject(self, error: Reject) -> None:
-        """Count ``error.count`` rejects under ``rejected:<reason>`` and log it at a bounded rate."""
+    def reject(self, error: Reject, piece: str | None = None) -> None:
+        """Count ``error.count`` samples under ``rejected:<reason>`` and log it at a bounded rate; with
+        ``piece`` (``"messages"``, say) count one more under ``rejected_<piece>:<reason>`` too."""
+        counts = self._counts
         key = "rejected:" + error.reason
-        self._counts[key] = self._counts.get(key, 0) + error.count
+        counts[key] = counts.get(key, 0) + error.count
+        if piece is not None:
+            key = f"rejected_{piece}:{error.reason}"
+            counts[key] = counts.get(key, 0) + 1
         self._log.emit(f"{self.name}: skipped input ({error.reason}): {error.detail}")
 
     @property
     def rejected(self) -> int:
-        """Total rejects over all reasons."""
+        """Samples rejected, over all reasons."""
         return sum(v for k, v in self._counts.items() if k.startswith("rejected:"))
 
     def snapshot(self) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""The CSV source: a header row, numeric feature columns and an optional label column.
+"""The CSV source: numeric feature columns and an optional label column, under a header row or none.
 
 Numeric blocks are parsed at once by numpy's C parser; a block with a bad row falls back to a row by
 row parse that names the line and the column at fault.
@@ -7,6 +7,7 @@ row parse that names the line and the column at fault.
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,9 +17,12 @@ from connectors.lines import LineCursor
 from connectors.samples import SampleShape
 from connectors.text import LineSource, lines_detail
 
-#: ``label`` default of :class:`CsvSource`: the column named "label" if the header has one.
+#: ``label`` and ``header`` default of :class:`CsvSource`: the column named "label" if the header has one;
+#: a header row unless the first row is all numbers.
 AUTO = "auto"
 _AUTO_LABEL = "label"
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,10 +34,17 @@ class _Layout:
 
 
 class CsvSource(LineSource):
-    """Samples from CSV files with a header row: numeric feature columns and an optional label column.
+    """Samples from CSV files: numeric feature columns and an optional label column.
 
-    A row with the wrong number of fields (``columns``), a field that is not a number (``parse``), a bad
-    label (``label``) or a NaN/infinity (``nonfinite``) is skipped. Blank lines are ignored.
+    What a file must look like: UTF-8 text, one sample per row, fields separated by ``delimiter`` (quoted
+    with ``"`` if need be); every feature column a number, the label an integer class (or a number with
+    ``label_dtype="float32"``). The first row names the columns; when it is all numbers (and ``header`` is
+    ``"auto"``) the file has no header: that row is data, the columns are named by their position
+    (``"0"``, ``"1"``, ...) and an info log line says so. Each file of a directory or glob is judged by its
+    own first row, and all must give the same number of features. Columns that are not features (a
+    timestamp, an id) must be left out with ``columns``: a row with the wrong number of fields
+    (``columns``), a field that is not a number (``parse``), a bad label (``label``) or a NaN/infinity
+    (``nonfinite``) is skipped and counted under that reason. Blank lines are ignored.
 
     Parameters
     ----------
@@ -43,6 +54,8 @@ class CsvSource(LineSource):
         The label column's name, ``None`` for none, or ``"auto"`` (a column named "label" if there is one).
     columns : list of str or None, default None
         The feature columns (``None``: every other column).
+    header : bool or "auto", default "auto"
+        Whether the first row names the columns; ``"auto"``: unless it is all numbers.
     delimiter : str, default ","
         The field delimiter, one character.
     label_dtype : {"int64", "float32"}, default "int64"
@@ -61,6 +74,16 @@ class CsvSource(LineSource):
     ...         batch = src.read()
     >>> batch.x.tolist(), batch.y.tolist(), src.counters["rejected:parse"]
     ([[1.0, 2.0], [5.0, 6.0]], [0, 1], 1)
+
+    A file with no header: every row is a sample, the columns are "0", "1", ...
+
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = pathlib.Path(d, "bare.csv")
+    ...     _ = path.write_text("1,2,0\\n3,4,1\\n")
+    ...     with CsvSource(str(path), label="2", batch_size=8) as src:
+    ...         batch = src.read()
+    >>> batch.x.tolist(), batch.y.tolist()
+    ([[1.0, 2.0], [3.0, 4.0]], [0, 1])
     """
 
     def __init__(
@@ -71,10 +94,13 @@ class CsvSource(LineSource):
         columns: list[str] | None = None,
         delimiter: str = ",",
         label_dtype: str = "int64",
+        header: bool | str = AUTO,
         **kwargs,
     ) -> None:
         if len(delimiter) != 1:
             raise ValueError("delimiter must be one character")
+        if header not in (True, False, AUTO):
+            raise ValueError(f"header must be true, false or 'auto', got {header!r}")
         if label_dtype not in ("int64", "float32"):
             raise ValueError(f"label_dtype must be 'int64' or 'float32', got {label_dtype!r}")
         self._label = label
@@ -82,12 +108,14 @@ class CsvSource(LineSource):
         self._delimiter = delimiter
         self._delim_b = delimiter.encode()
         self._label_dtype = label_dtype
+        self._header = header
+        self._told_headerless: set[str] = set()
         self._layout: _Layout | Reject | None = None
         self._shape = SampleShape()
         super().__init__(path, ".csv", **kwargs)
         header = self._cursor.first_line() if self._cursor is not None else None
         if header:  # fail fast on a configuration that cannot fit the first file
-            layout = self._layout_from(header)
+            layout = self._layout_from(header, self._cursor.path)
             if isinstance(layout, Reject):
                 self.close()
                 raise ValueError(f"{self._cursor.path}: {layout.detail}")
@@ -96,14 +124,39 @@ class CsvSource(LineSource):
     def _new_file(self, cursor: LineCursor) -> None:
         self._layout = None
 
-    def _layout_from(self, header: bytes) -> _Layout | Reject:
+    def _fields(self, row: bytes) -> list[str] | None:
         try:
-            text = header.decode("utf-8-sig").rstrip("\r")
+            text = row.decode("utf-8-sig").rstrip("\r")
         except UnicodeDecodeError:
+            return None
+        return [n.strip() for n in next(csv.reader([text], delimiter=self._delimiter), [])]
+
+    def _headerless(self, first_row: bytes) -> bool:
+        """Whether the first row is data: ``header=False``, or ``"auto"`` and every field a number."""
+        if self._header != AUTO:
+            return not self._header
+        fields = self._fields(first_row)
+        if not fields or fields == [""]:
+            return False
+        try:
+            for field in fields:
+                float(field)
+        except ValueError:
+            return False
+        return True
+
+    def _layout_from(self, header: bytes, path: str) -> _Layout | Reject:
+        names = self._fields(header)
+        if names is None:
             return Reject("encoding", "the header row is not UTF-8")
-        names = [n.strip() for n in next(csv.reader([text], delimiter=self._delimiter), [])]
         if not names or names == [""]:
             return Reject("columns", "empty header row")
+        if self._headerless(header):
+            names = [str(i) for i in range(len(names))]
+            if self._header == AUTO and path not in self._told_headerless:
+                self._told_headerless.add(path)
+                _log.info("%s: no header row (the first row is all numbers), so it is data and the columns are "
+                          "numbered 0 to %d (header = true reads the first row as names)", path, len(names) - 1)
         label = self._label
         if label == AUTO:
             label = _AUTO_LABEL if _AUTO_LABEL in names else None
@@ -125,10 +178,11 @@ class CsvSource(LineSource):
     def _parse(self, cursor: LineCursor, lines: list[bytes], first: int) -> None:
         if self._layout is None:
             if first == 1:
-                self._layout = self._layout_from(lines[0])
-                lines, first = lines[1:], 2
+                self._layout = self._layout_from(lines[0], cursor.path)
+                if not self._headerless(lines[0]):
+                    lines, first = lines[1:], 2
             else:
-                self._layout = self._layout_from(cursor.first_line() or b"")
+                self._layout = self._layout_from(cursor.first_line() or b"", cursor.path)
         layout = self._layout
         path = cursor.path
         if isinstance(layout, Reject):

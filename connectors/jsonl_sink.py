@@ -2,23 +2,30 @@
 :mod:`connectors.records`), appended to a file (``jsonl:scores.jsonl``) or written to standard output
 (``jsonl:-``).
 
-Each ``write`` is one ``write`` call of whole lines followed by a flush, so a reader tailing the file
-(``tail -f``, or this package's own ``jsonl:`` source with ``follow=True``) never sees half a batch
-once it has seen its first line's end; ``fsync=True`` also forces the lines to disk.
+Each ``write`` is one ``write`` call of whole lines, so a reader tailing the file (``tail -f``, or this
+package's own ``jsonl:`` source with ``follow=True``) never sees half a batch once it has seen its first
+line's end; ``fsync=True`` also forces the lines to disk. A file can be written for weeks: it rotates by
+size (``max_bytes``) or time (``rotate_seconds``), keeping ``keep`` old files, and works with logrotate's
+``copytruncate`` and ``create``; a failed write (a full disk) raises and is retried by the next one (see
+:mod:`connectors.rotating`).
+
+``seq`` numbers the records of the file across restarts: a sink appending to a file goes on from the last
+record's ``seq`` (in ``name.1`` when the file was just rotated). The service also adds ``sample``, the
+sample's number in the life of its state directory; after a ``kill -9`` the batches learned since the last
+checkpoint are learned and written again, under new ``seq`` numbers and their old ``sample`` numbers.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-from typing import IO
 
 import numpy as np
 
 from connectors.base import Batch, Sink
 from connectors.records import check_scores, jsonable, sample_records
+from connectors.rotating import RotatingFile, tail_line
 
 
 def _number(v: object) -> str:
@@ -41,10 +48,28 @@ def _plain_lines(scores: list[float], y: np.ndarray | None, seq: int) -> list[st
     ]
 
 
+def resume_seq(path: str) -> int:
+    """The ``seq`` after the last record of a JSON Lines file (or its ``.1``), 0 when there is none.
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = pathlib.Path(d, "s.jsonl").write_text('{"seq":6,"score":1.0}\\n{"seq":7,"score":0.5}\\n')
+    ...     resume_seq(f"{d}/s.jsonl"), resume_seq(f"{d}/none.jsonl")
+    (8, 0)
+    """
+    line = tail_line(path)
+    try:
+        seq = json.loads(line)["seq"] if line else None
+    except (ValueError, TypeError, KeyError):
+        return 0
+    return seq + 1 if type(seq) is int and seq >= 0 else 0
+
+
 class JsonlSink(Sink):
     """Appends one JSON record per sample to ``path`` (``"-"``: standard output).
 
-    ``seq`` counts the samples this sink has written, from 0. The parent directory is created.
+    ``seq`` numbers the records of the file, going on from its last one when appending (see the module
+    doc); to standard output, or with ``append=False``, it starts at 0. The parent directory is created.
 
     Parameters
     ----------
@@ -54,6 +79,23 @@ class JsonlSink(Sink):
         Also force the lines to disk after each ``write``.
     append : bool, default True
         Append to an existing file (``False``: truncate it).
+    max_bytes : int or None, default None
+        Rotate the file before it would grow past this many bytes.
+    rotate_seconds : float or None, default None
+        Rotate the file when a new period of this many seconds begins (``86400``: at midnight UTC).
+    keep : int, default 5
+        Rotated files kept: ``path.1`` (the newest) to ``path.<keep>``.
+    max_pending : int, default 1 MiB
+        After a failed write, the most bytes kept for the next write to retry (the oldest lines beyond it
+        are dropped and counted in :attr:`dropped`).
+
+    Attributes
+    ----------
+    dropped : int
+        Records given up after failed writes (0 for standard output, whose failures drop nothing silently:
+        they raise).
+    rotations : int
+        Rotations of the file done by this sink.
 
     Examples
     --------
@@ -62,49 +104,64 @@ class JsonlSink(Sink):
     ...     path = pathlib.Path(d, "out", "scores.jsonl")
     ...     with JsonlSink(str(path)) as sink:
     ...         sink.write(Batch(np.zeros((2, 1), dtype=np.float32)), np.array([0.25, 0.5]))
+    ...     with JsonlSink(str(path)) as sink:  # a restart: seq goes on
+    ...         sink.write(Batch(np.zeros((1, 1), dtype=np.float32)), np.array([0.75]))
     ...     print(path.read_text(), end="")
     {"seq":0,"score":0.25}
     {"seq":1,"score":0.5}
+    {"seq":2,"score":0.75}
     """
 
-    def __init__(self, path: str, *, fsync: bool = False, append: bool = True) -> None:
+    def __init__(self, path: str, *, fsync: bool = False, append: bool = True, max_bytes: int | None = None,
+                 rotate_seconds: float | None = None, keep: int = 5, max_pending: int = 1 << 20) -> None:
         self.path = path
-        self._fsync = bool(fsync)
-        self._seq = 0
         self._closed = False
-        self._file: IO[bytes]
+        self._file: RotatingFile | None = None
         if path == "-":
-            self._file = sys.stdout.buffer
-            self._owned = False
+            if max_bytes is not None or rotate_seconds is not None:
+                raise ValueError("standard output cannot be rotated; give the sink a file")
+            self._seq = 0
         else:
-            parent = os.path.dirname(os.path.abspath(path))
-            os.makedirs(parent, exist_ok=True)
-            self._file = open(path, "ab" if append else "wb")  # noqa: SIM115 - closed in close()
-            self._owned = True
+            self._seq = resume_seq(path) if append else 0
+            self._file = RotatingFile(path, max_bytes=max_bytes, rotate_seconds=rotate_seconds, keep=keep,
+                                      fsync=fsync, truncate=not append, max_pending=max_pending)
+
+    @property
+    def dropped(self) -> int:
+        return 0 if self._file is None else self._file.dropped
+
+    @property
+    def rotations(self) -> int:
+        return 0 if self._file is None else self._file.rotations
+
+    def _lines(self, batch: Batch, scores: np.ndarray, extra: dict | None) -> list[str]:
+        if extra:
+            records = sample_records(batch, scores, extra, first_seq=self._seq)
+            dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+            return [dumps(r) + "\n" for r in records]
+        # the common case, formatted directly: the same text, several times faster
+        return _plain_lines(check_scores(batch, scores).tolist(), batch.y, self._seq)
 
     def write(self, batch: Batch, scores: np.ndarray, extra: dict | None = None) -> None:
         if self._closed:
             raise ValueError(f"write to closed sink {self.path}")
-        if extra:
-            records = sample_records(batch, scores, extra, first_seq=self._seq)
-            dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-            lines = [dumps(r) + "\n" for r in records]
-        else:  # the common case, formatted directly: the same text, several times faster
-            lines = _plain_lines(check_scores(batch, scores).tolist(), batch.y, self._seq)
+        lines = self._lines(batch, scores, extra)
         if not lines:
             return
         data = "".join(lines).encode()
-        self._file.write(data)
-        self._file.flush()
-        if self._fsync and self._owned:
-            os.fsync(self._file.fileno())
+        # seq moves on before the write: lines kept after a failure are written later under these numbers
         self._seq += len(lines)
+        if self._file is None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:
+            self._file.write(data)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._owned:
-            self._file.close()
+        if self._file is None:
+            sys.stdout.buffer.flush()
         else:
-            self._file.flush()
+            self._file.close()

@@ -7,7 +7,11 @@ the data the cursor notices
 * a *rotation* (the path now names another file, e.g. ``mv data.csv data.csv.1`` then a new
   ``data.csv``): it finishes the old file, then continues with the new one from its start;
 * a *truncation* (the file shrank below what was read, e.g. ``copytruncate``): it starts again from
-  the beginning.
+  the beginning;
+* a *rewrite* in place (truncated and written again, longer, between two looks): the size alone cannot
+  tell it from an append, so the cursor keeps the first bytes it read (up to :data:`HEAD_BYTES`) and the
+  last few (:data:`TAIL_BYTES`) and, before each read of a followed file, checks that the file still holds
+  them; when it does not, it starts again from the beginning of the new content (logged).
 
 A position records the path, the offset, the line number and a checksum of the file's first bytes, so
 that a resume continues exactly where it stopped, and starts from the beginning (with a warning) when
@@ -24,6 +28,8 @@ _log = logging.getLogger(__name__)
 
 #: How many leading bytes identify a file across a restart.
 HEAD_BYTES = 1024
+#: How many of the last bytes read a followed file must still hold where they were read (else: rewritten).
+TAIL_BYTES = 64
 #: Longer lines are skipped (and reported) rather than held in memory.
 MAX_LINE_BYTES = 16 << 20
 
@@ -104,7 +110,9 @@ class LineCursor:
         self.line = 0  # lines consumed in the current file
         self.at_end = False  # a finite file was read to its end
         self.generation = 0  # counts the files (or restarts of a truncated one) begun so far
-        self._head: list[int] | None = None
+        self._head_bytes = b""  # the file's first bytes read so far (up to HEAD_BYTES) ...
+        self._tail_bytes = b""  # ... and the last ones (up to TAIL_BYTES): what a rewrite would change
+        self._head_sum = (0, 0)  # (n, CRC-32 of the first n bytes) of the last position()
         self._ends: list[int] = []
         self.block_start = 0
         self._discarding = False  # inside a line longer than max_line_bytes
@@ -129,7 +137,9 @@ class LineCursor:
             return False
         st = os.fstat(fd)
         self._fd, self._ino = fd, (st.st_dev, st.st_ino)
-        self._data, self._base, self._start, self.line, self._head = b"", 0, 0, 0, None
+        self._data, self._base, self._start, self.line = b"", 0, 0, 0
+        self._head_bytes = self._tail_bytes = b""
+        self._head_sum = (0, 0)
         self._discarding = False
         self.generation += 1
         position, self._resume = self._resume, None
@@ -149,6 +159,9 @@ class LineCursor:
             return
         os.lseek(self._fd, offset, os.SEEK_SET)
         self._base, self.line = offset, int(position.get("line", 0))
+        self._head_bytes = _pread(self._fd, min(offset, HEAD_BYTES), 0)
+        n = min(offset, TAIL_BYTES)
+        self._tail_bytes = _pread(self._fd, n, offset - n)
 
     def _reopen(self) -> None:
         self.close()
@@ -167,17 +180,31 @@ class LineCursor:
 
     # -- reading -------------------------------------------------------------------------------------
     def _fill_buffer(self) -> bool:
+        if self.follow and self._rewritten():
+            return False  # nothing more of this content: _changed() says what happened
+        end = self._base + len(self._data)
         chunk = os.read(self._fd, self._read_size)
         if not chunk:
             return False
+        if end < HEAD_BYTES:
+            self._head_bytes += chunk[: HEAD_BYTES - end]
+        self._tail_bytes = chunk[-TAIL_BYTES:] if len(chunk) >= TAIL_BYTES else (self._tail_bytes + chunk)[-TAIL_BYTES:]
         data, start = self._data, self._start
         self._data = data[start:] + chunk if start < len(data) else chunk
         self._base += start
         self._start = 0
         return True
 
+    def _rewritten(self) -> bool:
+        """Whether the open file no longer holds the bytes read from it where they were read."""
+        head, tail = self._head_bytes, self._tail_bytes
+        if head and _pread(self._fd, len(head), 0) != head:
+            return True
+        end = self._base + len(self._data)
+        return bool(tail) and end > len(head) and _pread(self._fd, len(tail), end - len(tail)) != tail
+
     def _changed(self) -> str | None:
-        """In follow mode at the end of the data: ``"rotated"``, ``"truncated"`` or ``None``."""
+        """In follow mode at the end of the data: ``"rotated"``, ``"truncated"``, ``"rewritten"`` or ``None``."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -186,6 +213,8 @@ class LineCursor:
             return "rotated"
         if os.fstat(self._fd).st_size < self._base + len(self._data):
             return "truncated"
+        if self._rewritten():
+            return "rewritten"
         return None
 
     def read_lines(self, max_lines: int) -> tuple[list[bytes], int]:
@@ -232,8 +261,12 @@ class LineCursor:
             change = self._changed()
             if change is None:
                 break
-            if change == "truncated":
-                _log.warning("%s was truncated; reading it again from the start", self.path)
+            if change != "rotated":
+                _log.warning(
+                    "%s was %s; reading it again from the start",
+                    self.path,
+                    "truncated" if change == "truncated" else "rewritten (its bytes read so far changed)",
+                )
                 self._reopen()
                 self.block_start = self.offset
                 continue
@@ -290,13 +323,8 @@ class LineCursor:
             return dict(self._resume)
         offset = self.offset if offset is None else offset
         line = self.line if line is None else line
-        if self._head is not None and offset >= HEAD_BYTES:
-            head = self._head
-        elif self._fd is None or offset == 0:
-            head = [0, 0]
-        else:
-            n = min(offset, HEAD_BYTES)
-            head = [n, file_head(self._fd, n)]
-            if n == HEAD_BYTES:
-                self._head = head
+        n = min(offset, len(self._head_bytes))  # every offset given was read: the bytes before it are known
+        if n != self._head_sum[0]:
+            self._head_sum = (n, zlib.crc32(self._head_bytes[:n]) if n else 0)
+        head = list(self._head_sum)
         return {"path": self.path, "offset": offset, "line": line, "head": head}

@@ -43,6 +43,7 @@ BUILTIN: dict[str, str] = {
     "jsonl": "connectors.files:JSONL",
     "npy": "connectors.files:NPY",
     "npz": "connectors.files:NPZ",
+    "alerts": "connectors.alerts_sink:ALERTS",
 }
 
 #: file extension -> scheme, for URIs given as bare paths.

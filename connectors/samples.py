@@ -87,52 +87,93 @@ def drop_nonfinite(x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarr
 
 
 class SampleShape:
-    """The stream's sample shape (``x.shape[1:]``): fixed up front or by the first accepted input, then enforced.
+    """The stream's sample shape (``x.shape[1:]``): configured up front, or fixed by the first samples taken.
 
-    :meth:`check` fixes the shape if it is not yet known, and otherwise raises :class:`~connectors.counters.Reject`
-    (reason ``shape``) for a shape that differs.
+    A source either checks and fixes in one step (:meth:`check`, for input taken as soon as it is checked),
+    or checks each piece of input with :meth:`admit` and calls :meth:`fix` once samples of it are really
+    taken: input that is then rejected for another reason (its labels, its size, non-finite values) never
+    decides the stream's shape. :meth:`admit` also refuses, unless configured, samples that cannot be
+    learned (without a dimension, or without a value), so that no such input can fix the shape either.
+    Every refusal raises :class:`~connectors.counters.Reject` (reason ``shape``).
 
     Parameters
     ----------
     shape : sequence of int or None, default None
-        The shape fixed up front (``None``: the first accepted input fixes it).
+        The shape fixed up front (``None``: the first samples taken fix it).
 
     Attributes
     ----------
     shape : tuple of int or None
         The stream's sample shape, ``None`` while it is not known.
+    configured : bool
+        Whether the shape was given up front.
 
     Examples
     --------
     >>> s = SampleShape()
-    >>> s.check((4,))
+    >>> s.admit((0,))
+    Traceback (most recent call last):
+    ...
+    connectors.counters.Reject: samples of shape (0,) hold no value
+    >>> s.admit((4,)); s.shape is None  # admitted, not yet taken
+    True
+    >>> s.fix((4,))
     >>> s.check((5,))
     Traceback (most recent call last):
     ...
-    connectors.counters.Reject: sample shape (5,) differs from the stream's (4,)
+    connectors.counters.Reject: sample shape (5,) differs from the stream's (4,), fixed by its first samples
     """
 
     def __init__(self, shape: Sequence[int] | None = None) -> None:
         self.shape: tuple[int, ...] | None = None if shape is None else tuple(int(d) for d in shape)
+        self.configured = shape is not None
+
+    def admit(self, shape: tuple[int, ...], count: int = 1) -> None:
+        """Raise ``Reject("shape", ..., count)`` unless samples of ``shape`` may join the stream."""
+        shape = tuple(shape)
+        if self.shape is not None:
+            if shape != self.shape:
+                raise Reject("shape", self._differs(shape), count)
+            return
+        if not shape:
+            raise Reject("shape", "samples without a dimension (a bare [B] array); send [B, 1] for one value "
+                                  "per sample", count)
+        if 0 in shape:
+            raise Reject("shape", f"samples of shape {shape} hold no value", count)
+
+    def fix(self, shape: tuple[int, ...]) -> None:
+        """Fix the stream's shape to ``shape`` if it is not known yet (samples of it were taken)."""
+        if self.shape is None:
+            self.shape = tuple(shape)
 
     def check(self, shape: tuple[int, ...]) -> None:
+        """Fix the shape if it is not known yet, else raise ``Reject("shape")`` for a shape that differs."""
         if self.shape is None:
             self.shape = tuple(shape)
         elif shape != self.shape:
-            raise Reject("shape", f"sample shape {tuple(shape)} differs from the stream's {self.shape}")
+            raise Reject("shape", self._differs(tuple(shape)))
+
+    def _differs(self, shape: tuple[int, ...]) -> str:
+        source = "configured" if self.configured else "fixed by its first samples"
+        return f"sample shape {shape} differs from the stream's {self.shape}, {source}"
 
     @property
     def ndim(self) -> int | None:
         return None if self.shape is None else len(self.shape)
 
 
-def json_samples(obj: object, shape: SampleShape) -> tuple[np.ndarray, np.ndarray | None]:
+def json_samples(
+    obj: object, shape: SampleShape, *, fix: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Samples from a decoded JSON value: ``{"x": sample}`` or ``{"x": sample, "y": label}`` for one
     sample, ``{"x": [sample, ...], "y": [label, ...]}`` for several, or a bare ``sample`` list.
 
     Whether ``x`` is one sample or a list of samples follows from its depth against the stream's sample
     shape; before the shape is known, a flat list is one sample and a nested list is several vector
-    samples. Returns float32 ``x`` of shape ``[n, ...]`` and ``y`` (``None`` without labels).
+    samples. Returns float32 ``x`` of shape ``[n, ...]`` and ``y`` (``None`` without labels). The shape is
+    checked with :meth:`SampleShape.admit` (samples without a value are refused) and, with ``fix``, fixed
+    once the whole value was accepted; a caller that may still drop the samples passes ``fix=False`` and
+    fixes it itself. A reject counts the samples when they are known (``Reject.count``).
 
     >>> shape = SampleShape()
     >>> x, y = json_samples({"x": [[1, 2], [3, 4]], "y": [0, 1]}, shape)
@@ -165,10 +206,17 @@ def json_samples(obj: object, shape: SampleShape) -> tuple[np.ndarray, np.ndarra
         single = x.ndim == 1
     if single:
         x = x[None]
-    shape.check(x.shape[1:])
+    n = x.shape[0]
+    shape.admit(x.shape[1:], n)
     y = None
     if raw_y is not None:
-        y = _json_labels(raw_y, single, x.shape[0])
+        try:
+            y = _json_labels(raw_y, single, n)
+        except Reject as e:
+            e.count = n
+            raise
+    if fix and n:
+        shape.fix(x.shape[1:])
     return np.ascontiguousarray(x), y
 
 

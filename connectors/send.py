@@ -3,26 +3,48 @@
     streammas send data.csv --to tcp://127.0.0.1:5555 [--batch-size N] [--rate R]
 
 The file is anything a file source reads (CSV, JSON Lines, ``.npy``, ``.npz``, a directory or a glob,
-or a URI such as ``csv:data.txt``); bad rows are skipped and counted as the sources do. Messages are
-wire format v1 (binary), sent over PUSH (connecting to the service's PULL source) or PUB (``--pattern
-pub``, binding, for SUB sources). ``--rate`` paces the samples per second; ``--follow`` keeps sending
-what is appended to a CSV or JSON Lines file.
+or a URI such as ``csv:data.txt``); bad rows are skipped and counted as the sources do (the first ten
+with a warning each, the rest in one line at the end). Messages are wire format v1 (binary), sent over
+PUSH (connecting to the service's PULL source) or PUB (``--pattern pub``, binding, for SUB sources).
+``--rate`` paces the samples per second; ``--follow`` keeps sending what is appended to a CSV or JSON
+Lines file.
+
+Exit status: 0 when every valid sample went to a receiver that had connected; 1 when nothing could be
+delivered (no valid sample in the file, no receiver within ``--connect-timeout``) or the receiver stopped
+taking messages (``--timeout``); 2 for a usage error (a missing file, a bad address); 130 on Ctrl-C.
+ZeroMQ does not acknowledge messages, so "delivered" means handed to a receiver that completed the
+ZeroMQ handshake; one that dies with messages in flight loses them.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 DEFAULT_BATCH = 256
+#: Skipped-input warnings shown one by one; the rest are summed up in one line at the end.
+SHOWN_SKIPS = 10
+_REASON = re.compile(r"skipped input \((\w+)\)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("exit status: 0 when the samples went to a receiver that connected; 1 when nothing could be "
+                     "delivered (no valid sample, no receiver within --connect-timeout) or the receiver stopped "
+                     "taking messages; 2 for a usage error")
     parser.add_argument("file", help="file, directory or glob to send (csv, jsonl, npy, npz), or a source URI")
-    parser.add_argument("--to", default="tcp://127.0.0.1:5555", help="address to send to (default: %(default)s)")
+    parser.add_argument("--to", default="tcp://127.0.0.1:5555",
+                        help="the receiver's address: tcp://HOST:PORT, HOST:PORT or :PORT (host 127.0.0.1), "
+                             "ipc://PATH (default: %(default)s)")
+    parser.add_argument(
+        "--connect-timeout", type=float, default=10.0,
+        help="seconds to wait for a receiver to connect before giving up with status 1 (default: %(default)s; "
+             "0: send at once, ZeroMQ queues the messages until one connects)",
+    )
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -35,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic", default=None, help="topic frame for --pattern pub")
     parser.add_argument("--follow", action="store_true", help="keep sending lines appended to a CSV/JSONL file")
     parser.add_argument("--label", default=None, help="CSV label column (default: a column named 'label', if any)")
+    parser.add_argument("--columns", default=None, metavar="A,B,...",
+                        help="CSV feature columns, comma-separated (default: every column but the label); "
+                             "in a file with no header row the columns are named 0, 1, 2, ...")
+    parser.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                        help="whether CSV files start with a header row (default: yes, unless the first row is "
+                             "all numbers)")
     parser.add_argument("--no-labels", action="store_true", help="send the samples without their labels")
     parser.add_argument(
         "--timeout", type=float, default=None, help="fail when the receiver takes nothing for this many seconds"
@@ -109,30 +137,97 @@ def _batch_size(args: argparse.Namespace) -> int:
     return DEFAULT_BATCH
 
 
-def run_command(args: argparse.Namespace) -> int:
-    from connectors.curve import CurveOptions
+class _SkipReport(logging.Handler):
+    """Prints a source's first ``SHOWN_SKIPS`` skipped-input warnings and notes how many rows they covered.
+
+    The source's own rate limit lets its first ten rejects through at once, so the rows skipped by the
+    time the tenth is shown are the rows those warnings speak for; the rest are summed up at the end.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self._source: Any = None
+        self._csv = False
+        self.shown = 0
+        self.covered = 0
+        self._hinted = False
+
+    def watch(self, source: Any, csv: bool) -> None:
+        """The source whose counters tell how many rows the warnings shown speak for."""
+        self._source, self._csv = source, csv
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        reason = _REASON.search(message)
+        if reason is None:
+            print(f"streammas send: {message}", file=sys.stderr)
+            return
+        if self.shown >= SHOWN_SKIPS:
+            return
+        self.shown += 1
+        self.covered = _rejected(self._source.counters) if self._source is not None else self.shown
+        if self._csv and reason.group(1) == "parse" and not self._hinted:
+            self._hinted = True
+            message += " (a column that is not a feature? choose the feature columns with --columns A,B,...)"
+        print(f"streammas send: {message}", file=sys.stderr)
+
+
+def _rejected(counters: Mapping[str, int]) -> int:
+    return sum(v for k, v in counters.items() if k.startswith("rejected:"))
+
+
+def _open_source(args: argparse.Namespace) -> tuple[Any, str]:
     from connectors.registry import open_source, split_uri
-    from connectors.zmq import ZmqProducer
-
-    if not logging.getLogger().handlers:  # skipped rows are reported as they happen, tersely
-        logging.basicConfig(level=logging.WARNING, format="streammas send: %(message)s")
-
-    def fail(message: str) -> int:
-        print(f"streammas send: error: {message}", file=sys.stderr)
-        return 2
 
     options: dict[str, Any] = {}
+    scheme = split_uri(args.file)[0]
+    if args.follow:
+        options["follow"] = True
+    csv_only = {"--label": args.label, "--columns": args.columns, "--header/--no-header": args.header}
+    for flag, value in csv_only.items():
+        if value is not None and scheme != "csv":
+            raise ValueError(f"{flag} is for CSV files")
+    if args.label is not None:
+        options["label"] = args.label
+    if args.columns is not None:
+        options["columns"] = [c.strip() for c in args.columns.split(",") if c.strip()]
+    if args.header is not None:
+        options["header"] = args.header
+    return open_source(args.file, batch_size=_batch_size(args), max_latency_ms=50, **options), scheme
+
+
+def _fail(message: str) -> int:
+    print(f"streammas send: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.connect_timeout < 0:
+        return _fail("--connect-timeout must be >= 0")
+    # The sources log what they skip under "connectors", from their first row on (a CSV source reads its
+    # header when it opens); here it goes to the terminal, ten at most.
+    logger = logging.getLogger("connectors")
+    report = _SkipReport()
+    saved = logger.propagate, logger.level
+    logger.addHandler(report)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
     try:
-        scheme = split_uri(args.file)[0]
-        if args.follow:
-            options["follow"] = True
-        if args.label is not None:
-            if scheme != "csv":
-                return fail("--label is for CSV files")
-            options["label"] = args.label
-        source = open_source(args.file, batch_size=_batch_size(args), max_latency_ms=50, **options)
+        return _open_and_send(args, report)
+    finally:
+        logger.removeHandler(report)
+        logger.propagate, logger.level = saved
+
+
+def _open_and_send(args: argparse.Namespace, report: _SkipReport) -> int:
+    from connectors.curve import CurveOptions
+    from connectors.zmq import ZmqProducer
+
+    try:
+        source, scheme = _open_source(args)
     except (OSError, ValueError) as e:
-        return fail(str(e))
+        return _fail(str(e))
+    report.watch(source, scheme == "csv")
     try:
         producer = ZmqProducer(
             args.to,
@@ -145,36 +240,75 @@ def run_command(args: argparse.Namespace) -> int:
         )
     except Exception as e:  # a bad address or key file: say so, no traceback
         source.close()
-        return fail(f"cannot open {args.to}: {e}")
+        return _fail(f"cannot open {args.to}: {e}")
+    return _send(args, source, producer, report)
 
+
+def _no_receiver(args: argparse.Namespace, producer: Any, waited: float) -> str:
+    bound = args.bind or args.pattern == "pub"
+    why = producer.refused or ("nothing connected to this address" if bound else
+                               "is the service running, with a zmq+pull source bound there?")
+    return f"no receiver connected to {producer.address} within {waited:g} s ({why})"
+
+
+def _send(args: argparse.Namespace, source: Any, producer: Any, report: _SkipReport) -> int:
     bar = _progress(getattr(source, "size_hint", None), not args.no_progress)
     pacer = Pacer(args.rate)
     sent = 0
     code = 0
+    problem = ""
+    connected = False
     start = time.monotonic()
     try:
         for batch in source:
+            if not connected:
+                # waited for only once there is something to send: a file with nothing valid says so at once
+                connected = producer.wait_for_peer(args.connect_timeout)
+                if not connected and args.connect_timeout > 0:
+                    problem, code = f"{_no_receiver(args, producer, args.connect_timeout)}: nothing sent", 1
+                    break
+                if not connected:
+                    print(f"streammas send: warning: no receiver connected to {producer.address} yet; "
+                          "the messages wait in the queue for one", file=sys.stderr)
             pacer.wait(len(batch))
             producer.send(batch.x, None if args.no_labels else batch.y)
             sent += len(batch)
             bar.update(len(batch))
+            connected = connected or producer.peers > 0
     except KeyboardInterrupt:
         code = 130
     except TimeoutError as e:
-        print(f"streammas send: error: {e} (after {sent} samples)", file=sys.stderr)
-        code = 1
+        problem, code = f"{e} (after {sent:,} samples)", 1
     finally:
         bar.close()
         counters = dict(source.counters)
         source.close()
-        producer.close()
+    if sent and not connected and code == 0:
+        # --connect-timeout 0: the queue is delivered if a receiver comes before --linger runs out
+        connected = producer.wait_for_peer(args.linger)
+        if not connected:
+            problem, code = f"{_no_receiver(args, producer, args.linger)}: nothing delivered", 1
+    if connected and code == 0 and producer.peers == 0:
+        print(f"streammas send: warning: the receiver at {producer.address} went away before the end; what "
+              f"was still queued is delivered only if it comes back within --linger ({args.linger:g} s)",
+              file=sys.stderr)
+    producer.close(None if connected else 0)  # with no receiver, lingering delivers nothing
     elapsed = max(time.monotonic() - start, 1e-9)
-    summary = (
-        f"sent {sent:,} samples in {producer.sent:,} messages to {producer.address} "
-        f"in {elapsed:.1f} s ({sent / elapsed:,.0f} samples/s)"
-    )
     rejected = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("rejected:") and v}
+    if report.shown >= SHOWN_SKIPS and sum(rejected.values()) > report.covered:
+        print(f"streammas send: {sum(rejected.values()) - report.covered:,} more bad rows skipped after the first "
+              f"{SHOWN_SKIPS} warnings, not shown one by one", file=sys.stderr)
+    if code == 0 and sent == 0:
+        problem, code = f"no valid samples in {args.file}: nothing sent", 1
+    parts = []
+    if sent:
+        parts.append(f"{'sent' if connected else 'queued but not delivered:'} {sent:,} samples in "
+                     f"{producer.sent:,} messages to {producer.address} in {elapsed:.1f} s "
+                     f"({sent / elapsed:,.0f} samples/s)")
     if rejected:
-        summary += "; skipped bad input: " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))
-    print(summary, file=sys.stderr)
+        parts.append("skipped bad input: " + ", ".join(f"{k} {v:,}" for k, v in sorted(rejected.items())))
+    if parts:
+        print("; ".join(parts), file=sys.stderr)
+    if problem:
+        print(f"streammas send: error: {problem}", file=sys.stderr)
     return code

@@ -27,6 +27,9 @@ from connectors.samples import MAX_SAMPLE_NDIM, WIRE_DTYPES
 
 VERSION = 1
 DEFAULT_LABELS_DTYPE = "int64"
+#: The most payload bytes a header may declare when its reader sets no lower limit (1 TiB): a bound that
+#: keeps every declared dimension within what numpy can index.
+MAX_PAYLOAD_BYTES = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -80,19 +83,31 @@ def load_json(raw: bytes) -> object:
         raise Reject("json", f"invalid UTF-8 JSON ({str(e)[:80]})") from None
 
 
-def parse_header(raw: bytes) -> Header:
+def parse_header(raw: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> Header:
     """Decode and validate a binary header frame (reasons ``json``, ``header``, ``version``, ``dtype``,
-    ``shape``)."""
-    return header_from(load_json(raw))
+    ``shape``, ``too_large``; see :func:`header_from`)."""
+    return header_from(load_json(raw), max_bytes)
 
 
-def header_from(obj: object) -> Header:
+def header_from(obj: object, max_bytes: int = MAX_PAYLOAD_BYTES) -> Header:
+    """A :class:`Header` from a decoded header frame, every declared size checked before anything is
+    allocated for it: a shape is 1 to ``MAX_SAMPLE_NDIM + 1`` integers >= 0 whose samples hold at least
+    one value (reason ``shape``), and whose payload (or, for an empty batch, one sample) declares at most
+    ``max_bytes`` bytes (reason ``too_large``). Every dimension is then at most ``max_bytes``, so that the
+    shape is one numpy can make, whatever a producer declares.
+
+    >>> try:
+    ...     header_from({"v": 1, "dtype": "float32", "shape": [0, 10**30]})
+    ... except Reject as e:
+    ...     print(e.reason)
+    too_large
+    """
     if not isinstance(obj, dict):
         raise Reject("header", "header is not a JSON object")
     if "v" not in obj:
         raise Reject("header", "header without a version 'v'")
     if obj["v"] != VERSION or isinstance(obj["v"], bool):
-        raise Reject("version", f"unknown wire format version {obj['v']!r}")
+        raise Reject("version", f"unknown wire format version {short_repr(obj['v'])}")
     dtype = _dtype(obj.get("dtype"), "dtype")
     labels_dtype = _dtype(obj.get("labels_dtype", DEFAULT_LABELS_DTYPE), "labels_dtype")
     shape = obj.get("shape")
@@ -101,13 +116,32 @@ def header_from(obj: object) -> Header:
         or not 1 <= len(shape) <= MAX_SAMPLE_NDIM + 1
         or not all(type(d) is int and d >= 0 for d in shape)
     ):
-        raise Reject("shape", f"'shape' must be a list of 1 to {MAX_SAMPLE_NDIM + 1} sizes >= 0, got {shape!r}")
+        most = MAX_SAMPLE_NDIM + 1
+        raise Reject("shape", f"'shape' must be a list of 1 to {most} sizes >= 0, got {short_repr(shape)}")
+    sample_bytes = math.prod(shape[1:]) * dtype.itemsize
+    if sample_bytes == 0:
+        raise Reject("shape", f"samples of shape {short_repr(shape[1:])} hold no value")
+    # (Products are compared, never printed: a declared size may have more digits than Python prints.)
+    if sample_bytes > max_bytes:
+        raise Reject("too_large", f"samples of shape {short_repr(shape[1:])} declare over {max_bytes} bytes each")
+    if shape[0] * sample_bytes > max_bytes:
+        raise Reject("too_large", f"shape {short_repr(shape)} declares over {max_bytes} bytes")
     return Header(dtype, tuple(shape), labels_dtype)
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for putting what a producer sent into a log line.
+
+    >>> short_repr(list(range(100)), 20)
+    '[0, 1, 2, 3, 4, 5...'
+    """
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _dtype(name: object, field: str) -> np.dtype:
     if not isinstance(name, str) or name not in WIRE_DTYPES:
-        raise Reject("dtype", f"unknown {field} {name!r}; use one of {', '.join(WIRE_DTYPES)}")
+        raise Reject("dtype", f"unknown {field} {short_repr(name)}; use one of {', '.join(WIRE_DTYPES)}")
     return WIRE_DTYPES[name]
 
 

@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=10, help="passes over a regime per segment (default 10)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    # Micro-batches of a small network: one thread beats torch's one per core (the README's "Threads").
     torch.set_num_threads(1)
     stream = make_stream("recurring-digits", seed=args.seed, passes=args.passes)
 

@@ -8,8 +8,24 @@
 torch.Size([10])
 """
 
-from streammas.learner import Event, OnlineMAS
-from streammas.plateau import PlateauConfig, PlateauDetector
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["Event", "OnlineMAS", "PlateauConfig", "PlateauDetector"]
 __version__ = "0.1.0"
+
+# Imported on first use: `python -m streammas run` must install its signal handlers before torch loads.
+_LAZY = {"Event": "streammas.learner", "OnlineMAS": "streammas.learner", "PlateauConfig": "streammas.plateau",
+         "PlateauDetector": "streammas.plateau"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'streammas' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -17,7 +17,9 @@ directory; a crash at any moment leaves either the old set of checkpoints or the
 under a checkpoint's name. Reading: the newest checkpoint that loads and verifies; each bad one is reported
 (and, by the service, renamed ``*.corrupt`` so that it leaves the rotation but stays for inspection).
 
-A lock file (``flock``) makes sure one process at a time writes to a directory.
+A lock file (``flock``, :mod:`streammas.statelock`) makes sure one process at a time writes to a directory;
+:meth:`CheckpointStore.save` first checks that the directory and the lock are still there (one ``stat``),
+creating them again if the directory was deleted, and refusing to write if another process took it meanwhile.
 
 >>> import tempfile, torch
 >>> with tempfile.TemporaryDirectory() as d:
@@ -46,10 +48,10 @@ from typing import Any
 
 import torch
 
-try:  # POSIX
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no locking
-    fcntl = None  # type: ignore[assignment]
+from streammas.statelock import LOCK_NAME, DirLock, StateDirLocked
+
+__all__ = ["LOCK_NAME", "Checkpoint", "CheckpointStore", "CorruptCheckpoint", "LoadReport", "StateDirLocked",
+           "content_digest", "read_checkpoint", "write_atomic"]
 
 _log = logging.getLogger(__name__)
 
@@ -57,7 +59,6 @@ FORMAT = "streammas.checkpoint"
 VERSION = 1
 _NAME = re.compile(r"ckpt-(\d{8,})\.pt")
 _ANY_SEQ = re.compile(r"ckpt-(\d{8,})\.pt(?:\.corrupt)?")
-LOCK_NAME = "lock"
 
 
 class CorruptCheckpoint(Exception):
@@ -76,28 +77,6 @@ class CorruptCheckpoint(Exception):
     Traceback (most recent call last):
         ...
     streammas.checkpoint.CorruptCheckpoint: cannot load it (...)
-    """
-
-
-class StateDirLocked(Exception):
-    """Another process holds the state directory.
-
-    Raised by :meth:`CheckpointStore.lock` when the directory's lock file is held (by another process,
-    or by another store on the same directory); the message names the holder's pid.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     first = CheckpointStore(d)
-    ...     first.lock()
-    ...     try:
-    ...         CheckpointStore(d).lock()
-    ...     except StateDirLocked as e:
-    ...         print("locked:", e)
-    ...     finally:
-    ...         first.unlock()
-    locked: state directory ... is in use by pid ...
     """
 
 
@@ -281,7 +260,8 @@ class CheckpointStore:
 
     ``keep`` checkpoints are kept; older ones are deleted after each successful save. Files named
     ``*.corrupt`` (set aside by :meth:`quarantine`) are neither loaded nor rotated. A writer takes the
-    directory's lock with :meth:`lock` (and gives it back with :meth:`unlock`).
+    directory's lock with :meth:`lock` (and gives it back with :meth:`unlock`); :meth:`save` :meth:`ensure`-s
+    first that the directory and the lock are still there.
 
     Parameters
     ----------
@@ -317,7 +297,7 @@ class CheckpointStore:
         if create:
             self.directory.mkdir(parents=True, exist_ok=True)
         self._seq = self._max_seq()
-        self._lock_file: Any = None
+        self._lock = DirLock(self.directory)
 
     # -- files -----------------------------------------------------------------------------------------------
     def paths(self) -> list[Path]:
@@ -351,7 +331,12 @@ class CheckpointStore:
 
     # -- save / load -------------------------------------------------------------------------------------------
     def save(self, learner_state: Mapping[str, Any], meta: Mapping[str, Any]) -> Checkpoint:
-        """Write a new checkpoint atomically and rotate; returns it."""
+        """Write a new checkpoint atomically and rotate; returns it.
+
+        The directory is :meth:`ensure`-d first: a store never writes into a directory whose lock another
+        process holds.
+        """
+        self.ensure()
         self._seq = max(self._seq, self._max_seq()) + 1
         obj: dict[str, Any] = {"format": FORMAT, "version": VERSION, "seq": self._seq, "created": time.time(),
                                "meta": dict(meta), "learner": dict(learner_state)}
@@ -400,25 +385,27 @@ class CheckpointStore:
     # -- one writer per directory -----------------------------------------------------------------------------
     def lock(self) -> None:
         """Take the directory's lock (raises :class:`StateDirLocked` if another process holds it)."""
-        if fcntl is None or self._lock_file is not None:  # pragma: no cover
-            return
-        f = open(self.directory / LOCK_NAME, "a+")  # noqa: SIM115 - held until unlock()
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise StateDirLocked(f"state directory {self.directory} is in use by {holder}") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}\n")
-        f.flush()
-        self._lock_file = f
+        self._lock.acquire()
 
     def unlock(self) -> None:
-        if self._lock_file is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
+        """Give the directory's lock back."""
+        self._lock.release()
+
+    def intact(self) -> bool:
+        """Whether the directory is there and, if this store took its lock, still locked by it (one ``stat``)."""
+        return self._lock.intact() if self._lock.wanted else self.directory.is_dir()
+
+    def ensure(self) -> bool:
+        """Make sure the directory exists and, if this store took its lock, that the lock is still its lock file.
+
+        Returns ``True`` when the directory (or its lock) had vanished and was created (taken) again. Raises
+        :class:`StateDirLocked` when another process took the directory meanwhile, and ``OSError`` when it
+        cannot be created.
+        """
+        if self.intact():
+            return False
+        if self._lock.wanted:
+            self._lock.reacquire()
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        return True

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send": ("connectors.send", "stream a file into a ZeroMQ source (the producer side)"),
     "inspect": ("streammas.inspect", "summarise a state directory (samples, consolidations, importance)"),
     "evaluate": ("streammas.evaluation.cli", "task-free continual-learning benchmarks with no boundaries given"),
-    "bench": ("streammas.bench", "speed and memory benchmarks (step, importance, ingest)"),
+    "bench": ("streammas.bench", "speed and memory benchmarks (step, importance, memory, ingest)"),
 }
 
 
@@ -54,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         top.error(f"unknown command {name!r}; choose from {', '.join(sorted(COMMANDS))}")
     module_name, help_ = COMMANDS[name]
+    if name == "run":
+        # before torch loads (seconds): a SIGTERM during start-up then stops the service cleanly
+        from streammas.service.signals import install_early
+
+        install_early()
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"streammas {name}", description=help_)
     module.add_arguments(parser)

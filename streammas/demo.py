@@ -172,8 +172,17 @@ def _test_errors(learner: Any, stream: Any) -> list[float]:
     return errors
 
 
+def _consolidation_samples(learner: Any) -> list[int]:
+    """When each consolidation so far happened (samples seen), read while the service's thread learns."""
+    if learner is None:
+        return []
+    while True:
+        with contextlib.suppress(RuntimeError):  # the event history grew while it was copied: copy again
+            return [int(e["samples_seen"]) for e in list(learner.events) if e.get("kind") == "consolidation"]
+
+
 class _Display:
-    """A bar on a terminal; otherwise one line per regime segment."""
+    """A bar on a terminal; otherwise one line per regime segment, once the segment is learned."""
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
@@ -184,30 +193,39 @@ class _Display:
             with contextlib.suppress(ImportError):
                 self._bar = make_bar(total=self.total, description="learning")
 
-    def update(self, learned: int, consolidations: int) -> None:
+    def update(self, learned: int, consolidated: list[int]) -> None:
+        """``consolidated``: the samples seen at each consolidation so far."""
         if self._bar is not None:
-            self._bar.set_postfix(regime=self._regime(learned), consolidations=consolidations, refresh=False)
+            self._bar.set_postfix(regime=self._regime(learned), consolidations=len(consolidated), refresh=False)
             self._bar.update(learned - self._bar.n)
             return
         segments = self.stream.segments
-        while self._segment < len(segments) and learned >= segments[self._segment][1]:
-            start, end, r = segments[self._segment]
-            print(f"  segment {self._segment + 1}/{len(segments)} learned: regime {LETTERS[r]} "
-                  f"({self.stream.regime_names[r]}), samples {start}-{end}, consolidations so far {consolidations}",
-                  file=sys.stderr, flush=True)
-            self._segment += 1
+        # The last segment waits for close(): its last consolidation may be recorded after its last sample.
+        while self._segment < len(segments) - 1 and learned >= segments[self._segment][1]:
+            self._line(consolidated)
+
+    def _line(self, consolidated: list[int]) -> None:
+        # Polled every 0.1 s, ``learned`` may be hundreds of samples into the next segment, with a consolidation
+        # there already: count those of this segment and before, placed as the report places them.
+        index = self._segment
+        start, end, r = self.stream.segments[index]
+        so_far = sum(1 for at in consolidated if _segment_of(at, self.stream.segments) <= index)
+        print(f"  segment {index + 1}/{len(self.stream.segments)} learned: regime {LETTERS[r]} "
+              f"({self.stream.regime_names[r]}), samples {start}-{end}, consolidations so far {so_far}",
+              file=sys.stderr, flush=True)
+        self._segment += 1
 
     def _regime(self, learned: int) -> str:
-        segments = self.stream.segments
-        for start, end, r in segments:
-            if start <= learned < end:
-                return LETTERS[r]
-        return LETTERS[segments[-1][2]]
+        return LETTERS[self.stream.segments[_segment_of(learned, self.stream.segments)][2]]
 
-    def close(self) -> None:
+    def close(self, learned: int, consolidated: list[int]) -> None:
+        """The lines still due, once the service has stopped and its history is complete."""
         if self._bar is not None:
             close_bar(self._bar)
             self._bar = None
+            return
+        while self._segment < len(self.stream.segments) and learned >= self.stream.segments[self._segment][1]:
+            self._line(consolidated)
 
 
 def run_demo(*, quick: bool = False, data: str = "auto", seed: int = 0, batch_size: int = 10,
@@ -264,7 +282,7 @@ def run_demo(*, quick: bool = False, data: str = "auto", seed: int = 0, batch_si
             time.sleep(0.1)
             learner = service.learner
             learned = learner.samples_seen if learner is not None else 0
-            display.update(learned, learner.consolidations if learner is not None else 0)
+            display.update(learned, _consolidation_samples(learner))
             if learned != last:
                 last, last_change = learned, time.monotonic()
             elif produced or time.monotonic() - last_change > stall_seconds:
@@ -273,7 +291,7 @@ def run_demo(*, quick: bool = False, data: str = "auto", seed: int = 0, batch_si
         service.request_stop("demo finished")
         thread.join(timeout=30)
         producer.join(timeout=5)
-        display.close()
+        display.close(learned, _consolidation_samples(service.learner))
     if failure:
         raise RuntimeError(f"the service failed: {failure[0]}")
     if produced:
@@ -298,12 +316,19 @@ def run_demo(*, quick: bool = False, data: str = "auto", seed: int = 0, batch_si
     return result
 
 
+def _segment_of(samples: int, segments: list[tuple[int, int, int]]) -> int:
+    """The index of the segment a sample count falls in (the last one past the end)."""
+    for i, (start, end, _) in enumerate(segments):
+        if start <= samples < end:
+            return i
+    return len(segments) - 1
+
+
 def _where(samples: int, segments: list[tuple[int, int, int]]) -> str:
     """Which segment a sample count falls in, and how far into it."""
-    for i, (start, end, regime) in enumerate(segments):
-        if start <= samples < end or i == len(segments) - 1:
-            return f"segment {i + 1} (regime {LETTERS[regime]}), {samples - start:,} samples after it began"
-    return ""
+    i = _segment_of(samples, segments)
+    start, _, regime = segments[i]
+    return f"segment {i + 1} (regime {LETTERS[regime]}), {samples - start:,} samples after it began"
 
 
 def _settings_text(settings: dict[str, Any], prefix: str = "") -> str:

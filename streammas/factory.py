@@ -5,6 +5,11 @@ the shape of one sample (a tuple, no batch dimension); it returns a ``torch.nn.M
 imported from the configuration file's directory, the working directory, or the installed packages.
 :func:`resolve` imports it at start-up, so that a wrong name fails at once and not at the first sample.
 
+Those directories are on ``sys.path`` only while the factory's module is imported and while the factory is
+called, never for the rest of the process: a file beside the configuration (a ``zmq.py``, say) must not
+shadow a package the service imports later. So the factory's module can import its neighbours at its top or
+inside the factory function; an import deferred further (inside a model's ``forward``) does not see them.
+
 The :class:`ModelSpec` (what builds the model, its options, and the sample shape once known) is stored in
 every checkpoint, so a restarted service rebuilds the same model before loading its weights.
 
@@ -20,10 +25,11 @@ streammas.factory.FactoryError: cannot import the model factory 'no_such_module_
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,19 +55,39 @@ class FactoryError(Exception):
     """
 
 
+@contextlib.contextmanager
+def importable_from(search: Sequence[str]) -> Iterator[None]:
+    """``search`` and the working directory first on ``sys.path`` inside the block, as they were after it.
+
+    >>> before = list(sys.path)
+    >>> with importable_from(["/nonexistent/models"]):
+    ...     sys.path[0]
+    '/nonexistent/models'
+    >>> sys.path == before
+    True
+    """
+    added = []
+    for directory in dict.fromkeys(os.path.abspath(d) for d in [*search, os.getcwd()]):
+        if directory not in sys.path:
+            added.append(directory)
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for directory in added:
+            with contextlib.suppress(ValueError):  # the factory's code may have removed it itself
+                sys.path.remove(directory)
+
+
 def resolve(spec: str, search: Sequence[str] = ()) -> Callable[..., nn.Module]:
-    """The callable ``"package.module:function"`` names; ``search``: directories tried first."""
+    """The callable ``"package.module:function"`` names; ``search``: directories tried first (on
+    ``sys.path`` only during the import, see :func:`importable_from`)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise FactoryError(f"a model factory is \"package.module:function\", got {spec!r}")
-    added = []
-    for directory in [*search, os.getcwd()]:
-        directory = os.path.abspath(directory)
-        if directory not in sys.path:
-            sys.path.insert(0, directory)
-            added.append(directory)
     try:
-        obj: Any = importlib.import_module(module_name)
+        with importable_from(search):
+            obj: Any = importlib.import_module(module_name)
     except Exception as e:  # ImportError, or whatever the module raised while importing
         why = str(e) if isinstance(e, ImportError) else f"{type(e).__name__}: {e}"
         raise FactoryError(f"cannot import the model factory {spec!r}: {why}") from None
@@ -118,9 +144,9 @@ class ModelSpec:
     ...     _ = pathlib.Path(d, "doc_models.py").write_text(code)
     ...     spec = ModelSpec(kind=None, factory="doc_models:make", options={"width": 3}, search=[d])
     ...     model = spec.build((5,))
-    ...     sys.path.remove(d)  # resolve() put the directory on sys.path
-    >>> model, spec.name
-    (Linear(in_features=5, out_features=3, bias=True), 'doc_models:make')
+    ...     on_path = d in sys.path  # only while importing and calling the factory
+    >>> model, spec.name, on_path
+    (Linear(in_features=5, out_features=3, bias=True), 'doc_models:make', False)
     >>> del sys.modules["doc_models"]
     """
 
@@ -145,7 +171,8 @@ class ModelSpec:
         if self.factory is not None:
             fn = resolve(self.factory, self.search)
             try:
-                model = fn(tuple(shape), **self.options)
+                with importable_from(self.search):  # the factory may import its neighbours when called
+                    model = fn(tuple(shape), **self.options)
             except Exception as e:
                 raise FactoryError(f"the model factory {self.factory!r} failed for samples of shape {tuple(shape)}: "
                                    f"{type(e).__name__}: {e}") from e

@@ -1,8 +1,11 @@
-"""``streammas inspect STATE_DIR [--json]``: what a state directory holds, from its newest valid checkpoint.
+"""``streammas inspect STATE_DIR [--json] [--plot out.png]``: what a state directory holds, from its newest valid
+checkpoint.
 
 Samples seen, consolidations and the learner's other counters, the plateau/peak/consolidation history, the
-model and the source's position, and per-layer statistics of the consolidated importance (Omega). Reading
-never changes the directory (safe while the service runs); corrupt checkpoints are listed and skipped.
+latest batch losses (the plateau detector's window), the model and the source's position, and per-layer
+statistics of the consolidated importance (Omega). ``--plot`` draws the history and the importance
+(:mod:`streammas.inspect_plot`; needs matplotlib). Reading never changes the directory (safe while the
+service runs); corrupt checkpoints are listed and skipped.
 
 >>> import tempfile, torch
 >>> from streammas import OnlineMAS
@@ -83,6 +86,15 @@ def _omega(learner: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {}
 
 
+def _loss_window(learner: Mapping[str, Any]) -> dict[str, Any]:
+    """The plateau detector's latest batch losses and its step count (empty for a detector of another kind)."""
+    detector = learner.get("detector")
+    if not isinstance(detector, Mapping) or not isinstance(detector.get("values"), (list, tuple)):
+        return {}
+    values = [float(v) for v in detector["values"] if isinstance(v, (int, float))]
+    return {"values": values, "steps": int(detector.get("steps") or len(values))}
+
+
 def summarize_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
     """The summary of one loaded checkpoint (see the module doc)."""
     learner = ckpt.learner
@@ -101,12 +113,13 @@ def summarize_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
         "steps": int(learner.get("steps", 0)),
         "counters": counters,
         "plateau_history": [e for e in events if e.get("kind") in HISTORY_KINDS],
+        "loss_window": _loss_window(learner),
         "importance": {name: tensor_stats(t) for name, t in omega.items()},
         "model": {**(meta.get("model") or {}), "tensor_elements": parameters},
         "source": meta.get("source"),
         "service": meta.get("service"),
         "checkpoint": {"path": str(ckpt.path), "seq": ckpt.seq, "bytes": ckpt.nbytes, "created": ckpt.created,
-                       "created_utc": _dt.datetime.fromtimestamp(ckpt.created, _dt.timezone.utc).isoformat(),
+                       "created_utc": _dt.datetime.fromtimestamp(ckpt.created, _dt.UTC).isoformat(),
                        "reason": meta.get("reason"), "streammas_version": meta.get("streammas_version")},
     }
 
@@ -192,6 +205,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("state_dir", metavar="STATE_DIR", help="the service's [state] dir")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--history", type=int, default=20, metavar="N", help="plateau events shown (text)")
+    parser.add_argument("--plot", metavar="FILE", help="also draw the event history and the importance per layer "
+                        "to FILE (.png, .svg, .pdf; needs matplotlib: pip install 'streammas[plot]')")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -200,6 +215,17 @@ def run_command(args: argparse.Namespace) -> int:
     except InspectError as e:
         print(f"streammas inspect: {e}", file=sys.stderr)
         return 2
+    if args.plot:
+        from streammas.inspect_plot import PlotUnavailable, plot_summary
+
+        try:
+            plot_summary(summary, args.plot, name=args.state_dir)
+        except PlotUnavailable as e:
+            print(f"streammas inspect: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:
+            print(f"streammas inspect: cannot write {args.plot}: {e.strerror or e}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps(_jsonable(summary), indent=2, default=str))
     else:

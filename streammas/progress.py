@@ -151,13 +151,16 @@ class Progress:
         else:
             self.tick()
 
+    def status_due(self) -> bool:
+        """Whether the next :meth:`update` or :meth:`tick` logs a status line (so fresh values can be given)."""
+        return (self._bar is None and self._status_every > 0
+                and time.monotonic() - self._last_status >= self._status_every)
+
     def tick(self) -> None:
         """Log a status line if one is due (also call it while idle)."""
-        if self._bar is not None or self._status_every <= 0:
+        if not self.status_due():
             return
         now = time.monotonic()
-        if now - self._last_status < self._status_every:
-            return
         rate = (self.samples - self._last_samples) / max(now - self._last_status, 1e-9)
         self._last_status, self._last_samples = now, self.samples
         logs.log_event(self._logger, "status", samples_per_s=round(rate, 1), **self._status)

@@ -43,12 +43,12 @@ def test_minimal_configuration_takes_defaults():
     assert cfg.sink.uri is None and cfg.metrics.port is None
     assert cfg.learner.device == "auto" and cfg.learner.on_bad_input == "skip"
     assert cfg.as_dict()["source"] == {"uri": "csv:data.csv", "batch_size": 32, "max_latency_ms": 50.0,
-                                       "resume": True, "options": {}}
+                                       "resume": True, "drain_seconds": 5.0, "options": {}}
 
 
 @pytest.mark.parametrize(("text", "message"), [
     ('[source]\nuri = "a"\nbatchsize = 1\n', "[source] unknown key 'batchsize'; accepted keys: uri, batch_size, "
-                                              "max_latency_ms, resume, options"),
+                                              "max_latency_ms, resume, sample_shape, drain_seconds, options"),
     ('[source]\nuri = "a"\n[state]\nevery = 5\n', "[state] unknown key 'every'; accepted keys: dir, every_samples"),
     ('[source]\nuri = "a"\n[learner.plateau]\nwin = 5\n', "[learner.plateau] unknown key 'win'; accepted keys: "
                                                           "window, min_drop"),
@@ -143,3 +143,25 @@ def test_schema_description_lists_every_key():
         for f in dataclasses.fields(cls):
             assert f"  {f.name} " in text or f"[{name}.{f.name}]" in text
     assert "[learner.plateau]" in text
+
+
+def test_schema_description_shows_the_learner_defaults_not_unset():
+    """`streammas run --help-config` tells what a [learner] key left out means: the learner's own default."""
+    from streammas.learner import learner_defaults
+
+    text = describe_schema()
+    learner_part = text.split("[learner]\n", 1)[1].split("\n\n", 1)[0]
+    plateau_part = text.split("[learner.plateau]\n", 1)[1].split("\n\n", 1)[0]
+    shown = {}
+    for line in (learner_part + "\n" + plateau_part).splitlines():
+        key, default = line.split()[:2]
+        shown[key] = default
+    defaults = {**learner_defaults(), **dataclasses.asdict(PlateauConfig())}
+    service_own = {"objective": "reconstruction", "on_bad_input": "skip", "device": "auto", "threads": 1, "seed": 0}
+    for key, value in shown.items():
+        expected = service_own.get(key, defaults.get(key))
+        if expected is None:
+            assert value == "(unset)", key  # the learner's default is "none" (importance_output: the model's output)
+        else:
+            assert value == repr(expected).split()[0], key
+    assert sum(v == "(unset)" for v in shown.values()) == 1

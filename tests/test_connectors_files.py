@@ -1,10 +1,10 @@
-"""File sources (CSV, JSON Lines, .npy, .npz), follow mode, positions, and the JSON Lines sink."""
+"""File sources (CSV, JSON Lines, .npy, .npz), positions, and the JSON Lines sink (following files:
+test_connectors_follow.py)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -295,55 +295,6 @@ def test_directory_of_csv_files(tmp_path: Path) -> None:
     assert [b.x[:, 0].tolist() for b in batches] == [[1, 2], [3]]
 
 
-# -- follow mode --------------------------------------------------------------------------------------
-def test_follow_picks_up_appends_partial_lines_rotation_and_truncation(tmp_path: Path) -> None:
-    path = tmp_path / "live.csv"
-    write_csv(path, ["1,1,0", "2,2,0"])
-    with open_source(str(path), batch_size=100, max_latency_ms=1, follow=True, poll_interval=0.01) as src:
-        x, _ = read_n(src, 2)
-        assert x[:, 0].tolist() == [1, 2]
-        assert src.read(timeout=0.05) is None and not src.finished
-
-        write_csv(path, ["3,3,1"], header=None, mode="a")
-        with open(path, "a") as f:
-            f.write("4,4")  # a writer mid-line: not a row yet
-        assert read_n(src, 1)[0][:, 0].tolist() == [3]
-        assert src.read(timeout=0.05) is None
-        with open(path, "a") as f:
-            f.write(",1\n")
-        assert read_n(src, 1)[0][:, 0].tolist() == [4]
-
-        # Rotation: the old file is renamed and still written to once, then a new file appears.
-        os.rename(path, tmp_path / "live.csv.1")
-        write_csv(tmp_path / "live.csv.1", ["5,5,0"], header=None, mode="a")
-        with open(tmp_path / "live.csv.1", "a") as f:
-            f.write("6,6,0")  # unterminated tail of a rotated file: still a row
-        write_csv(path, ["7,7,1", "8,8,1"], header="a,b,label")
-        assert read_n(src, 4)[0][:, 0].tolist() == [5, 6, 7, 8]
-
-        # Truncation (copytruncate): start again from the top of the same file.
-        with open(path, "w") as f:
-            f.write("a,b,label\n9,9,0\n")
-        assert read_n(src, 1)[0][:, 0].tolist() == [9]
-        position = src.position
-    # Resume after all of it: nothing again, then what is appended.
-    write_csv(path, ["10,10,0"], header=None, mode="a")
-    with open_source(str(path), batch_size=100, max_latency_ms=1, follow=True, position=position) as src:
-        assert read_n(src, 1)[0][:, 0].tolist() == [10]
-
-
-def test_follow_waits_for_the_file_and_for_later_files_of_a_glob(tmp_path: Path) -> None:
-    with open_source(
-        f"jsonl:{tmp_path}/*.jsonl", batch_size=10, max_latency_ms=1, follow=True, poll_interval=0.01
-    ) as src:
-        assert src.read(timeout=0.05) is None
-        (tmp_path / "a.jsonl").write_text('{"x": [1]}\n')
-        assert read_n(src, 1)[0].tolist() == [[1]]
-        (tmp_path / "b.jsonl").write_text('{"x": [2]}\n{"x": [3]}\n')
-        assert read_n(src, 2)[0].tolist() == [[2], [3]]
-        assert src.position["path"].endswith("b.jsonl")
-
-
 def test_line_cursor_resume_and_offsets(tmp_path: Path) -> None:
     path = tmp_path / "t.txt"
     path.write_bytes(b"ab\ncd\r\nef")
@@ -398,16 +349,6 @@ def test_lines_too_long_to_hold_are_skipped_and_positions_stay_exact(tmp_path: P
             rest = [b.x[:, 0] for b in src]
         done = sum(len(b) for b in batches[: k + 1])
         assert (np.concatenate(rest).tolist() if rest else []) == [1, 2, 3, 4, 5][done:]
-
-
-def test_follow_finishes_a_file_with_an_unterminated_line_before_the_next(tmp_path: Path) -> None:
-    (tmp_path / "a.jsonl").write_text('{"x": [1]}\n{"x": [2]}')
-    with open_source(
-        f"jsonl:{tmp_path}/*.jsonl", batch_size=10, max_latency_ms=1, follow=True, poll_interval=0.01
-    ) as src:
-        assert read_n(src, 1)[0].tolist() == [[1]]
-        (tmp_path / "b.jsonl").write_text('{"x": [3]}\n')
-        assert read_n(src, 2)[0].tolist() == [[2], [3]]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_service_support import child_env, streammas
 
 from connectors import send
 from connectors.zmq import ZmqSource
@@ -95,3 +96,102 @@ def test_batch_size_follows_the_rate() -> None:
     assert send._batch_size(parse("f.csv", "--rate", "100")) == 5
     assert send._batch_size(parse("f.csv", "--rate", "1e9")) == 256
     assert send._batch_size(parse("f.csv", "--rate", "100", "--batch-size", "50")) == 50
+
+
+def vacant_address() -> str:
+    """A TCP address on 127.0.0.1 that nothing listens on: a port the system just gave a source and took back."""
+    with ZmqSource("tcp://127.0.0.1:*", batch_size=1) as src:
+        return src.address
+
+
+def test_nobody_listening_fails_within_the_connect_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("a,b\n" + "".join(f"{i},{i}\n" for i in range(5000)))
+    host_port = vacant_address().removeprefix("tcp://")  # the bare host:port form
+    started = time.monotonic()
+    done = streammas("send", str(path), "--to", host_port, "--connect-timeout", "1", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < 20  # not the 30 s linger
+    assert f"no receiver connected to tcp://{host_port} within 1 s" in done.stderr
+    assert "nothing sent" in done.stderr and "sent 5,000" not in done.stderr
+
+
+def test_a_file_with_no_valid_row_fails_and_names_the_columns_option(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("a,when,b\n" + "".join(f"{i},2024-05-{i % 28 + 1:02d},{-i}\n" for i in range(500)))
+    with ZmqSource("tcp://127.0.0.1:*", batch_size=1000, max_latency_ms=5) as src:
+        done = streammas("send", str(path), "--to", src.address, cwd=tmp_path)
+        assert done.returncode == 1, done.stderr
+        assert "no valid samples" in done.stderr and "nothing sent" in done.stderr
+        warnings = [line for line in done.stderr.splitlines() if "skipped input (parse)" in line]
+        assert len(warnings) == send.SHOWN_SKIPS
+        assert "--columns" in warnings[0]
+        assert "490 more bad rows skipped after the first 10 warnings" in done.stderr
+        assert "skipped bad input: parse 500" in done.stderr
+
+        # the option the warning names is the way out
+        done = streammas("send", str(path), "--to", src.address, "--columns", "a,b", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        x, _ = receive(src, 500)
+    assert x[:, 0].tolist() == list(range(500)) and x[:, 1].tolist() == [-i for i in range(500)]
+
+
+def test_host_port_and_port_alone_mean_tcp_on_that_host(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "d.npy"
+    np.save(path, np.arange(12, dtype=np.float32).reshape(6, 2))
+    with ZmqSource("tcp://127.0.0.1:*", batch_size=64, max_latency_ms=5) as src:
+        port = src.address.rpartition(":")[2]
+        for to in (f"127.0.0.1:{port}", f":{port}"):
+            assert send.run_command(parse(str(path), "--to", to, "--no-progress")) == 0
+            assert f"sent 6 samples in 1 messages to tcp://127.0.0.1:{port}" in capsys.readouterr().err
+        x, _ = receive(src, 12)
+    assert x.shape == (12, 2)
+
+
+def test_a_peer_that_is_no_receiver_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import zmq
+
+    np.save(tmp_path / "d.npy", np.zeros((3, 2), np.float32))
+    context = zmq.Context()
+    wrong = context.socket(zmq.PUSH)  # a PUSH cannot feed a PUSH: the handshake fails
+    try:
+        port = wrong.bind_to_random_port("tcp://127.0.0.1")
+        args = parse(str(tmp_path / "d.npy"), "--to", f"tcp://127.0.0.1:{port}", "--connect-timeout", "1")
+        assert send.run_command(args) == 1
+    finally:
+        wrong.close(0)
+        context.term()
+    assert "did not complete the ZeroMQ handshake" in capsys.readouterr().err
+
+
+def test_without_waiting_the_queue_reaches_a_receiver_that_comes_late(tmp_path: Path) -> None:
+    path = tmp_path / "d.npy"
+    np.save(path, np.arange(20, dtype=np.float32).reshape(10, 2))
+    address = vacant_address()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streammas", "send", str(path), "--to", address, "--connect-timeout", "0"],
+        cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(1.0)  # the sender has queued everything by now, with nobody there
+        with ZmqSource(address, batch_size=64, max_latency_ms=5) as src:
+            x, _ = receive(src, 10)
+            _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert "no receiver connected" in err and "yet" in err  # the warning, not an error
+    assert "sent 10 samples" in err
+    assert x[:, 0].tolist() == list(range(0, 20, 2))
+
+
+def test_a_headerless_csv_is_sent_whole(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "bare.csv"
+    path.write_text("".join(f"{i},{i * 2}\n" for i in range(500)))
+    with ZmqSource("tcp://127.0.0.1:*", batch_size=1000, max_latency_ms=5) as src:
+        assert send.run_command(parse(str(path), "--to", src.address, "--no-progress")) == 0
+        x, y = receive(src, 500)
+    assert x[:, 0].tolist() == list(range(500)) and y is None
+    err = capsys.readouterr().err
+    assert "no header row" in err and "sent 500 samples" in err

@@ -139,3 +139,69 @@ def test_json_samples_rejects(obj, reason: str) -> None:
     with pytest.raises(Reject) as info:
         json_samples(obj, shape)
     assert info.value.reason == reason
+
+
+# -- what a hostile producer may declare ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("shape", "reason"),
+    [
+        ("0, 1" + "0" * 30, "too_large"),  # an empty payload agrees with it; numpy could not make the shape
+        ("1" + "0" * 30 + ", 1", "too_large"),
+        (f"{2**40}, {2**40}", "too_large"),
+        (f"1, {2**62}, {2**62}", "too_large"),
+        ("1, 0", "shape"),  # samples without a value
+        ("0, 0", "shape"),
+        ("4, 3, 0", "shape"),
+        ("1, " + "9" * 5000, "json"),  # more digits than Python turns into an integer
+    ],
+)
+def test_declared_sizes_are_bounded_before_anything_is_allocated(shape: str, reason: str) -> None:
+    with pytest.raises(Reject) as info:
+        parse_header(b'{"v": 1, "dtype": "float32", "shape": [' + shape.encode() + b"]}")
+    assert info.value.reason == reason
+    assert len(str(info.value)) < 300  # what a producer declared is never printed whole
+
+
+def test_header_size_limit_is_the_readers() -> None:
+    assert parse_header(b'{"v": 1, "dtype": "float32", "shape": [10, 10]}', max_bytes=400).nbytes == 400
+    with pytest.raises(Reject, match="over 399 bytes") as info:
+        parse_header(b'{"v": 1, "dtype": "float32", "shape": [10, 10]}', max_bytes=399)
+    assert info.value.reason == "too_large"
+    # an empty batch still may not declare a sample the reader would refuse
+    with pytest.raises(Reject, match="over 399 bytes each"):
+        parse_header(b'{"v": 1, "dtype": "float32", "shape": [0, 100]}', max_bytes=399)
+    assert parse_header(b'{"v": 1, "dtype": "float32", "shape": [0, 99]}', max_bytes=399).count == 0
+
+
+def test_a_shape_is_fixed_only_by_samples_taken_and_never_by_unlearnable_ones() -> None:
+    shape = SampleShape()
+    for unlearnable in [(), (0,), (3, 0)]:
+        with pytest.raises(Reject) as info:
+            shape.admit(unlearnable, count=7)
+        assert (info.value.reason, info.value.count) == ("shape", 7)
+    shape.admit((4,))
+    assert shape.shape is None  # admitted, not taken
+    # a JSON value rejected for its labels leaves the shape open, its samples counted
+    with pytest.raises(Reject) as info:
+        json_samples({"x": [[1, 2, 3], [4, 5, 6]], "y": ["a", "b"]}, shape)
+    assert (info.value.reason, info.value.count, shape.shape) == ("label", 2, None)
+    x, _ = json_samples({"x": [1, 2]}, shape, fix=False)
+    assert x.shape == (1, 2) and shape.shape is None
+    json_samples({"x": [1, 2]}, shape)
+    assert shape.shape == (2,)
+    with pytest.raises(Reject, match=r"\(3,\) differs from the stream's \(2,\), fixed by its first samples") as info:
+        json_samples({"x": [[1, 2, 3]] * 5}, shape)
+    assert info.value.count == 5
+    # a configured shape decides, even one a stream could not fix by itself
+    scalars = SampleShape([])
+    scalars.admit(())
+    with pytest.raises(Reject, match="configured"):
+        scalars.admit((1,))
+
+
+@pytest.mark.parametrize("obj", [{"x": []}, {"x": [[]]}, {"x": [[], []]}, []])
+def test_json_samples_without_a_value_are_rejected(obj) -> None:
+    shape = SampleShape()
+    with pytest.raises(Reject) as info:
+        json_samples(obj, shape)
+    assert info.value.reason == "shape" and shape.shape is None

@@ -21,6 +21,7 @@ from connectors.base import Batch
 from connectors.curve import create_keys
 from connectors.registry import open_sink, open_source
 from connectors.zmq import ZmqProducer, ZmqSink, ZmqSource, endpoint, is_loopback
+from connectors.zmq.source import FRAME_SLACK
 
 REPO = Path(__file__).resolve().parents[1]
 GUARD_S = 60.0  # a safety net against hangs, never a performance assertion
@@ -98,30 +99,40 @@ def f32(*shape, fill=1.0) -> bytes:
 def test_each_kind_of_bad_input_is_counted_and_the_source_keeps_going(caplog: pytest.LogCaptureFixture) -> None:
     nan_rows = np.ones((3, 4), dtype=np.float32)
     nan_rows[1, 2], nan_rows[2, 0] = np.nan, np.inf
-    bad: list[tuple[list[bytes], str]] = [
-        ([b"{bad"], "json"),
-        ([b"\xff\xfe\x00"], "json"),
-        ([b""], "json"),
-        ([b"", b""], "json"),
-        ([hdr((1, 4))], "frames"),
-        ([hdr((1, 4)), f32(1, 4), np.zeros(1, np.int64).tobytes(), b"more"], "frames"),
-        ([b"[1, 2]", f32(1, 4)], "header"),
-        ([json.dumps({"v": 2, "dtype": "float32", "shape": [1, 4]}).encode(), f32(1, 4)], "version"),
-        ([json.dumps({"v": 1, "dtype": "complex64", "shape": [1, 4]}).encode(), f32(1, 4)], "dtype"),
-        ([hdr((1, 4)), f32(1, 4)[:-1]], "size"),
-        ([hdr((2, 4)), f32(2, 4), np.zeros(1, np.int64).tobytes()], "size"),
-        ([hdr((1, 5)), f32(1, 5)], "shape"),
-        ([hdr((1000, 4)), f32(1000, 4)], "too_large"),
-        ([b'{"y": 1}'], "schema"),
-        ([b'{"x": [1, 2, 3]}'], "shape"),
-        ([b'{"x": [1, 2, 3, 4], "y": "cat"}'], "label"),
-        ([b'{"x": [1, 2, 3, NaN]}'], "nonfinite"),
-        ([hdr((3, 4)), nan_rows.tobytes()], "nonfinite"),  # row 0 is fine and is kept
+    labels = np.zeros(600, np.int64).tobytes()
+    # (frames, reason, samples rejected): a message's samples when its payload agrees with its header, else 1
+    bad: list[tuple[list[bytes], str, int]] = [
+        ([b"{bad"], "json", 1),
+        ([b"\xff\xfe\x00"], "json", 1),
+        ([b""], "json", 1),
+        ([b"", b""], "json", 1),
+        ([hdr((1, 4))], "frames", 1),
+        ([hdr((1, 4)), f32(1, 4), np.zeros(1, np.int64).tobytes(), b"more"], "frames", 1),
+        ([b"[1, 2]", f32(1, 4)], "header", 1),
+        ([json.dumps({"v": 2, "dtype": "float32", "shape": [1, 4]}).encode(), f32(1, 4)], "version", 1),
+        ([json.dumps({"v": 1, "dtype": "complex64", "shape": [1, 4]}).encode(), f32(1, 4)], "dtype", 1),
+        ([hdr((1, 4)), f32(1, 4)[:-1]], "size", 1),
+        ([hdr((2, 4)), f32(2, 4), np.zeros(1, np.int64).tobytes()], "size", 2),
+        ([hdr((1, 5)), f32(1, 5)], "shape", 1),
+        ([hdr((3, 5)), f32(3, 5)], "shape", 3),
+        ([hdr((3,)), f32(3)], "shape", 3),  # samples without a dimension
+        ([hdr((1, 0)), b""], "shape", 1),  # samples without a value
+        ([hdr((0, 10**30)), b""], "too_large", 1),  # once a fatal ValueError in numpy's reshape
+        ([hdr((600, 4)), f32(600, 4), labels], "too_large", 600),  # each frame fits, the message does not
+        ([json.dumps({"x": [1.0] * 400}).encode()], "too_large", 1),  # JSON takes ~8x its size to decode
+        ([b'{"y": 1}'], "schema", 1),
+        ([b'{"x": [1, 2, 3]}'], "shape", 1),
+        ([b'{"x": [[1, 2, 3], [4, 5, 6]]}'], "shape", 2),
+        ([b'{"x": []}'], "shape", 1),
+        ([b'{"x": [1, 2, 3, 4], "y": "cat"}'], "label", 1),
+        ([b'{"x": [1, 2, 3, NaN]}'], "nonfinite", 1),
+        ([hdr((3, 4)), nan_rows.tobytes()], "nonfinite", 2),  # row 0 is fine and is kept
     ]
-    expected_counts = {"nonfinite": 3}
-    for _, reason in bad:
-        if reason != "nonfinite":
-            expected_counts[reason] = expected_counts.get(reason, 0) + 1
+    samples: dict[str, int] = {}
+    messages: dict[str, int] = {}
+    for _, reason, n in bad:
+        samples[reason] = samples.get(reason, 0) + n
+        messages[reason] = messages.get(reason, 0) + 1
 
     ctx = zmq.Context()
     with ZmqSource("tcp://127.0.0.1:*", batch_size=1000, max_latency_ms=10, max_message_bytes=10_000) as src:
@@ -131,7 +142,7 @@ def test_each_kind_of_bad_input_is_counted_and_the_source_keeps_going(caplog: py
         push.send_multipart([hdr((1, 4)), f32(1, 4, fill=-1.0)])  # fixes the stream's sample shape (4,)
         expected.append(-1.0)
         with caplog.at_level(logging.WARNING, logger="connectors.zmq"):
-            for k, (frames, _) in enumerate(bad):
+            for k, (frames, _, _) in enumerate(bad):
                 push.send_multipart(frames)
                 if frames[0] == hdr((3, 4)):
                     expected.append(1.0)
@@ -143,11 +154,16 @@ def test_each_kind_of_bad_input_is_counted_and_the_source_keeps_going(caplog: py
     ctx.term()
     assert x[:, 0].tolist() == expected
     assert np.isfinite(x).all()
-    rejected = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("rejected:")}
-    assert rejected == expected_counts
+    assert {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("rejected:")} == samples
+    assert {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("rejected_messages:")} == messages
     assert counters["messages"] == 1 + 2 * len(bad)
     assert "skipped input (json): message 2: " in caplog.text
-    assert len(caplog.records) == 10  # logged at a bounded rate: a burst of 10, then 1 per 10 s
+    skipped = [r for r in caplog.records if "skipped input" in r.getMessage()]
+    assert len(skipped) == 10  # logged at a bounded rate: a burst of 10, then 1 per 10 s
+    # A shape change is logged on its own (once a minute), naming both shapes, however many rejects come first.
+    shape_lines = [r.getMessage() for r in caplog.records if "rejected for their shape" in r.getMessage()]
+    assert len(shape_lines) == 1
+    assert "sample shape (5,) differs from the stream's (4,), fixed by its first samples" in shape_lines[0]
 
 
 def test_a_partial_batch_is_flushed_after_max_latency() -> None:
@@ -175,7 +191,10 @@ def test_pub_sink_to_sub_source_with_topic_and_extras() -> None:
         raw = ctx.socket(zmq.SUB)
         raw.subscribe(b"scores")
         raw.connect(sink.address)
-        with ZmqSource(sink.address, pattern="sub", topic="scores", batch_size=4, max_latency_ms=5) as src:
+        # Scores are samples without a dimension, which only a stream configured for them takes.
+        with ZmqSource(
+            sink.address, pattern="sub", topic="scores", sample_shape=[], batch_size=4, max_latency_ms=5
+        ) as src:
             batch = Batch(np.zeros((2, 3), np.float32), y=np.array([1, 0]), position={"row": 2})
             deadline = time.monotonic() + GUARD_S
             got, frames = None, None
@@ -198,6 +217,105 @@ def test_pub_sink_to_sub_source_with_topic_and_extras() -> None:
     assert meta["extra"] == {"loss": [1.0, 2.0], "events": ["plateau"]}
     assert np.frombuffer(payload, np.float32).tolist() == [0.5, 2.5]
     assert np.frombuffer(labels, np.int64).tolist() == [1, 0]
+
+
+def test_input_that_cannot_be_learned_never_fixes_the_stream_shape() -> None:
+    nan = np.full((2, 7), np.nan, np.float32).tobytes()
+    first = [
+        [hdr((1, 0)), b""],  # no value
+        [hdr((3,)), f32(3)],  # no dimension
+        [b'{"x": []}'],
+        [hdr((2, 7)), nan],  # every sample non-finite
+        [b'{"x": [1, 2, 3, 4, 5], "y": "cat"}'],  # rejected for its label
+        [hdr((0, 9)), b""],  # no samples at all
+    ]
+    ctx = zmq.Context()
+    with ZmqSource("tcp://127.0.0.1:*", batch_size=100, max_latency_ms=5) as src:
+        push = ctx.socket(zmq.PUSH)
+        push.connect(src.address)
+        for frames in first:
+            push.send_multipart(frames)
+        for k in range(5):
+            push.send_multipart([hdr((2, 4)), f32(2, 4, fill=float(k))])
+        x, _, _ = read_samples(src, 10)
+        shape, counters = src.sample_shape, dict(src.counters)
+        push.close(linger=0)
+    ctx.term()
+    assert shape == (4,) and x[:, 0].tolist() == [k for k in range(5) for _ in range(2)]
+    rejected = {k: v for k, v in counters.items() if k.startswith("rejected")}
+    assert rejected == {
+        "rejected:shape": 5, "rejected_messages:shape": 3,
+        "rejected:nonfinite": 2, "rejected_messages:nonfinite": 1,
+        "rejected:label": 1, "rejected_messages:label": 1,
+    }  # fmt: skip
+
+
+def test_a_configured_sample_shape_decides_from_the_first_message() -> None:
+    with ZmqSource("tcp://127.0.0.1:*", sample_shape=[4], batch_size=100, max_latency_ms=5) as src:
+        assert src.sample_shape == (4,)
+        with ZmqProducer(src.address) as producer:
+            producer.send(np.ones((1, 200_000), np.float32))  # valid, but not this stream's
+            producer.send_json([[1.0, 2.0, 3.0]] * 3)
+            producer.send(np.full((3, 4), 7, np.float32))
+        x, _, _ = read_samples(src, 3)
+        counters = dict(src.counters)
+    assert x.tolist() == [[7.0] * 4] * 3
+    assert counters["rejected:shape"] == 4 and counters["rejected_messages:shape"] == 2
+
+
+def test_libzmq_drops_an_oversized_frame_before_allocating_it() -> None:
+    limit = 1 << 20
+    with ZmqSource("tcp://127.0.0.1:*", max_message_bytes=limit, batch_size=4, max_latency_ms=1) as src:
+        assert src._socket.getsockopt(zmq.MAXMSGSIZE) == limit + FRAME_SLACK
+        with ZmqProducer(src.address, linger_ms=-1) as big:
+            big.send_frames([hdr((1, 1 << 20)), f32(1, 1 << 20)])  # a 4 MiB payload frame
+        # libzmq drops it with the connection: it never reaches the source, not even to be counted
+        assert src.read(timeout=1.0) is None
+        with ZmqProducer(src.address) as producer:  # a new connection is served as before
+            producer.send(np.ones((2, 3), np.float32))
+        x, _, _ = read_samples(src, 2)
+        counters = dict(src.counters)
+    assert x.tolist() == [[1.0] * 3] * 2 and counters["messages"] == 1
+
+
+def test_drain_returns_what_the_socket_and_the_batcher_hold() -> None:
+    messages, per = 40, 3
+    with ZmqSource("tcp://127.0.0.1:*", batch_size=16, max_latency_ms=60_000) as src:
+        with ZmqProducer(src.address, linger_ms=-1) as producer:
+            for k in range(messages):
+                producer.send(np.full((per, 2), k, np.float32), y=np.full(per, k))
+        first = src.read(timeout=GUARD_S)  # leaves part of a message in the batcher
+        assert first is not None and len(first) == 16
+        time.sleep(0.5)  # (a margin for a loaded machine: drain itself waits a moment for messages in flight)
+        batches = src.drain(timeout=GUARD_S)
+        counters = dict(src.counters)
+        assert src.drain(timeout=0) == []
+    assert src.drain(timeout=GUARD_S) == []  # closed
+    x = np.concatenate([first.x] + [b.x for b in batches])
+    y = np.concatenate([first.y] + [b.y for b in batches])
+    assert x[:, 0].tolist() == y.tolist() == [k for k in range(messages) for _ in range(per)]
+    assert all(len(b) <= 16 for b in batches)
+    assert counters["samples"] == messages * per and counters["batches"] == 1 + len(batches)
+    assert counters["dropped_at_shutdown"] == counters["dropped_messages_at_shutdown"] == 0
+
+
+def test_what_a_drain_has_no_time_for_is_counted(caplog: pytest.LogCaptureFixture) -> None:
+    with ZmqSource("tcp://127.0.0.1:*", batch_size=100, max_latency_ms=60_000) as src:
+        with ZmqProducer(src.address, linger_ms=-1) as producer:
+            producer.send(np.zeros((3, 2), np.float32))
+            deadline = time.monotonic() + GUARD_S
+            while src.counters["messages"] < 1:  # taken into the batcher, not yet due
+                assert src.read(timeout=0.1) is None and time.monotonic() < deadline
+            for k in range(20):
+                producer.send(np.full((5, 2), k, np.float32))
+            producer.send_json([1.0, 2.0])  # its samples are not known without decoding: one
+        time.sleep(0.5)
+        with caplog.at_level(logging.WARNING, logger="connectors.zmq"):
+            batches = src.drain(timeout=0)
+        counters = dict(src.counters)
+    assert [len(b) for b in batches] == [3]  # the batcher's samples are never dropped
+    assert counters["dropped_at_shutdown"] == 101 and counters["dropped_messages_at_shutdown"] == 21
+    assert "21 messages (101 samples) still queued at shutdown were not learned" in caplog.text
 
 
 def test_uris_options_and_transports(tmp_path: Path) -> None:

@@ -28,3 +28,21 @@ def test_demo_result_keeps_state_for_inspect(tmp_path):
     assert list((tmp_path / "state").glob("ckpt-*.pt"))
     report = render_report(result)
     assert f"streammas inspect {tmp_path / 'state'}" in report
+
+
+def test_progress_counts_a_consolidation_in_the_segment_where_it_happened(capsys):
+    """The progress poll lands hundreds of samples into the next segment; a consolidation there is not the
+    previous segment's."""
+    from streammas.demo import _Display
+
+    stream = make_demo_stream(quick=True, passes=1)
+    (_, end1, _), (start2, end2, _), (_, end3, _) = stream.segments[:3]
+    consolidated = [start2 + 5, end2 + 5]  # early in segment 2, early in segment 3
+    display = _Display(stream)
+    display.update(end2 + 40, consolidated)  # seen at one poll, already past the second consolidation
+    display.update(end3 + 1, consolidated)
+    display.close(len(stream.x), consolidated)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == len(stream.segments)
+    assert [line.rsplit(" ", 1)[1] for line in lines[:3]] == ["0", "1", "2"]
+    assert lines[0].startswith("  segment 1/") and f"samples 0-{end1}" in lines[0]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from connectors.curve import CurveOptions
 from connectors.wire import encode, encode_json
@@ -13,13 +15,28 @@ from connectors.zmq.socket import ZmqSocket, topic_frame
 
 __all__ = ["ZmqProducer"]
 
+#: The monitor events that tell whether a receiver is there: a TCP connection (which can be anything: a peer
+#: of the wrong socket type, not ZeroMQ at all), the ZeroMQ handshake that proves it is a receiver, the
+#: ways a handshake fails, and the end of a connection.
+_PEER_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+_REFUSALS = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the peer refused this client's CurveZMQ key",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the ZeroMQ handshake failed (a protocol error)",
+}
+_NO_HANDSHAKE = ("a peer took the connection but did not complete the ZeroMQ handshake (not a PULL or SUB "
+                 "socket, not ZeroMQ, or a CurveZMQ setting that does not match)")
+
 
 class ZmqProducer:
     """Sends samples in wire format v1 from Python, over PUSH or PUB.
 
     PUSH connects by default, to a PULL source; PUB binds by default, and SUB sources connect to it.
     ``send`` blocks while the receiver's and this socket's queues (``hwm`` messages each) are full,
-    which is how a slow consumer slows a producer down.
+    which is how a slow consumer slows a producer down. ZeroMQ queues what is sent before a receiver is
+    there without a word (and PUB drops it), so :meth:`wait_for_peer` says whether one has connected.
 
     Parameters
     ----------
@@ -57,6 +74,9 @@ class ZmqProducer:
     ...         got += len(src.read(timeout=10))
     >>> producer.sent, got
     (2, 3)
+    >>> with ZmqProducer("tcp://127.0.0.1:1", linger_ms=0) as lonely:  # nobody listens on port 1
+    ...     lonely.wait_for_peer(0.2)
+    False
     """
 
     def __init__(
@@ -90,13 +110,65 @@ class ZmqProducer:
             curve=curve,
             context=context,
             options=options,
+            monitor=_PEER_EVENTS,
         )
         self.sent = 0
+        self._peers = 0
+        self._unproven = 0  # TCP connections whose handshake has not completed yet
+        self._failed = False
+        #: Why the last handshake with a peer failed (``None``: none failed).
+        self.refused: str | None = None
 
     @property
     def address(self) -> str:
         """The endpoint bound or connected to (the real port when bound to ``*``)."""
         return self._sock.address
+
+    @property
+    def peers(self) -> int:
+        """Peers connected now, with the ZeroMQ handshake completed (a PUSH connects to one receiver)."""
+        self._read_events(0)
+        return self._peers
+
+    def wait_for_peer(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until a peer is connected; whether one is.
+
+        Messages sent before then are queued (PUSH) or dropped (PUB); a receiver that never comes means
+        nothing is delivered. A failed handshake (a peer of the wrong socket type, a Curve key it refuses)
+        is recorded in :attr:`refused`.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        while self.peers == 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._read_events(left)
+        return True
+
+    def _read_events(self, timeout: float) -> None:
+        monitor = self._sock.monitor
+        if monitor is None:
+            return
+        wait_ms = int(timeout * 1000)
+        while monitor.poll(wait_ms):
+            event = recv_monitor_message(monitor)["event"]
+            if event in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
+                self._unproven += 1
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._unproven = max(0, self._unproven - 1)
+                self._peers += 1
+            elif event == zmq.EVENT_DISCONNECTED:
+                if self._unproven:  # the connection ended before its handshake completed
+                    self._unproven -= 1
+                    if not self._failed:  # a failure event named the reason already
+                        self.refused = _NO_HANDSHAKE
+                    self._failed = False
+                else:
+                    self._peers = max(0, self._peers - 1)
+            else:
+                self.refused = _REFUSALS.get(event, "the ZeroMQ handshake failed")
+                self._failed = True
+            wait_ms = 0
 
     def send(self, x: np.ndarray, y: np.ndarray | None = None, **fields: Any) -> None:
         """Send ``x`` (``[B, ...]``) and optional labels ``y`` (``[B]``) as one binary message."""

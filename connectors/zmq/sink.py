@@ -23,8 +23,9 @@ class ZmqSink(Sink):
     and the header adds ``"kind": "scores"``, ``"seq"`` (the first sample's running number),
     ``"position"`` and ``"extra"`` (per-sample arrays as lists, batch-level values as given).
 
-    A ``zmq+sub`` source can read it back. Nothing blocks: with no subscriber, or a slow one past
-    ``hwm`` messages, messages are dropped (counted in ``dropped``), as PUB does.
+    A ``zmq+sub`` source configured with ``sample_shape=[]`` (samples without a dimension) can read it
+    back. Nothing blocks: with no subscriber, or a slow one past ``hwm`` messages, messages are dropped
+    (counted in ``dropped``), as PUB does.
 
     Parameters
     ----------

@@ -73,6 +73,9 @@ class ZmqSocket:
         A context to share (``None``: the socket makes and terminates its own).
     options : dict
         Socket options set before binding or connecting (``{zmq.LINGER: 0, ...}``).
+    monitor : int, default 0
+        ``zmq.EVENT_*`` flags to report on :attr:`monitor`, a PAIR socket that receives them (0: no monitor).
+        It is attached before binding or connecting, so that the first connection's events are not missed.
 
     Examples
     --------
@@ -94,6 +97,7 @@ class ZmqSocket:
         curve: CurveOptions,
         context: zmq.Context | None,
         options: dict[int, Any],
+        monitor: int = 0,
     ) -> None:
         self.address = endpoint(address)
         self.bind = bind
@@ -101,7 +105,10 @@ class ZmqSocket:
         self.context = zmq.Context() if context is None else context
         self.socket = self.context.socket(kind)
         self.auth = None
+        self.monitor = None
         try:
+            if monitor:
+                self.monitor = self.socket.get_monitor_socket(monitor)
             for opt, value in options.items():
                 self.socket.setsockopt(opt, value)
             if "[" in self.address:
@@ -125,6 +132,10 @@ class ZmqSocket:
     def close(self, linger_ms: int) -> None:
         """Close the socket (waiting up to ``linger_ms`` for queued messages), the authenticator, and the
         context if this object made it. Idempotent."""
+        if self.monitor is not None:
+            self.socket.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
         if self.socket is not None:
             self.socket.close(linger=linger_ms)
             self.socket = None

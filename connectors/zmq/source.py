@@ -16,10 +16,10 @@ import numpy as np
 import zmq
 
 from connectors.batching import BatchingSource
-from connectors.counters import Reject
+from connectors.counters import RateLimitedLog, Reject
 from connectors.curve import CurveOptions
 from connectors.samples import SampleShape, as_features, as_labels, drop_nonfinite, json_samples
-from connectors.wire import Header, load_json, parse_header
+from connectors.wire import Header, load_json, parse_header, short_repr
 from connectors.zmq.socket import ZmqSocket, topic_frame
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ZmqSource"]
@@ -28,13 +28,35 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 _MAX_WAIT_MS = 3_600_000
+#: Decoding JSON holds a Python object per number, up to about this many times the message's size: a JSON
+#: message is taken up to this fraction of max_message_bytes, so that decoding it stays within that.
+JSON_EXPANSION = 8
+#: Bytes a frame may exceed max_message_bytes by on the wire before libzmq drops it: CurveZMQ adds a few
+#: dozen to each frame, and a message the source itself can count as too large is better than a dropped peer.
+FRAME_SLACK = 1024
+#: How long :meth:`ZmqSource.drain` waits, once the queue is empty, for messages still on their way.
+DRAIN_QUIET_S = 0.1
+#: How many messages a drain counts without decoding when the receive queue has no bound (``hwm=0``).
+_UNBOUNDED_QUEUE_COUNT = 10_000
 
 
 class ZmqSource(BatchingSource):
     """Samples from a ZeroMQ PULL or SUB socket, in wire format v1.
 
     Producers PUSH to a PULL source, which binds by default; a SUB source connects to a publisher by default.
-    Counters add ``messages``. Endless: never ``finished``, and not resumable (``position`` is ``None``).
+    Endless: never ``finished``, and not resumable (``position`` is ``None``).
+
+    Nothing a producer sends can stop the source: every declared size is checked before anything is
+    allocated for it (:func:`connectors.wire.header_from`), and input that is not accepted is skipped and
+    counted. Counters (see :class:`~connectors.counters.Counters`) add ``messages``;
+    ``rejected:<reason>`` counts samples (one for a message whose samples cannot be known) and
+    ``rejected_messages:<reason>`` the messages; :meth:`drain` adds ``dropped_at_shutdown`` (samples, one
+    per message whose samples are not known) and ``dropped_messages_at_shutdown``.
+
+    The stream's sample shape is ``sample_shape`` when given; otherwise the first samples taken fix it, and
+    input that cannot be learned (samples without a dimension or without a value), or that is turned away
+    for any other reason, never does. Samples of another shape are rejected (reason ``shape``) and a
+    warning naming both shapes is logged at most once a minute, whatever else is being rejected.
 
     Parameters
     ----------
@@ -49,9 +71,17 @@ class ZmqSource(BatchingSource):
     max_latency_ms : float, default 50.0
         Micro-batching, as :class:`~connectors.batching.BatchingSource`'s.
     max_message_bytes : int, default DEFAULT_MAX_MESSAGE_BYTES
-        The largest message taken; larger ones are counted ``too_large`` and skipped.
+        The largest message taken; larger ones, and headers declaring more, are counted ``too_large`` and
+        skipped. libzmq itself refuses a frame over it (``ZMQ_MAXMSGSIZE``, set to it plus
+        :data:`FRAME_SLACK`) before allocating anything for it: it then **disconnects the peer** that sent
+        it, the source never sees that message (it is not counted), and what that peer had queued on the
+        connection is lost; a producer's socket reconnects by itself. A JSON message is taken up to
+        ``1 / JSON_EXPANSION`` of it, as decoding one takes up to that many times its size. The receive
+        queue holds at most ``hwm`` messages of frames of at most this size.
     sample_shape : list or tuple of int, or None, default None
-        The samples' shape (``None``: the first accepted message fixes it).
+        The samples' shape (``None``: the first samples taken fix it). ``[]`` takes samples without a
+        dimension (a bare ``[B]`` array, such as a :class:`~connectors.zmq.ZmqSink`'s scores), which a
+        stream without a configured shape refuses.
     topic : str, bytes or None, default None
         (SUB) Subscribe to the messages whose first frame is this topic.
     hwm : int, default 100
@@ -80,6 +110,15 @@ class ZmqSource(BatchingSource):
     ...     batch = src.read(timeout=10)
     >>> batch.x.tolist(), batch.y.tolist(), src.counters["messages"]
     ([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]], [0, 1, 2], 1)
+
+    At a stop, :meth:`drain` returns what the socket and the batcher already hold:
+
+    >>> with ZmqSource("inproc://doc-drain", batch_size=4, max_latency_ms=60_000) as src:
+    ...     with ZmqProducer(src.address, context=src.context) as producer:
+    ...         for k in range(3):
+    ...             producer.send(np.full((2, 2), k, dtype=np.float32))
+    ...     [len(b) for b in src.drain(timeout=10)], src.counters["dropped_at_shutdown"]
+    ([4, 2], 0)
     """
 
     def __init__(
@@ -113,16 +152,19 @@ class ZmqSource(BatchingSource):
             batch_size=batch_size,
             max_latency_ms=max_latency_ms,
             logger=_log,
-            counter_keys=("messages",),
+            counter_keys=("messages", "dropped_at_shutdown", "dropped_messages_at_shutdown"),
         )
         self.pattern = pattern
         self._max = int(max_message_bytes)
         self._check_finite = bool(check_finite)
         self._shape = SampleShape(sample_shape)
+        self._shape_log = RateLimitedLog(lambda m: _log.warning("%s", m), burst=1, interval=60.0)
         self._last_raw: bytes | None = None
         self._last_header: Header | None = None
         self._messages = 0
-        options: dict[int, Any] = {zmq.RCVHWM: int(hwm), zmq.LINGER: 0}
+        self._hwm = int(hwm)
+        # libzmq drops a larger frame while reading its length, before allocating it (see the docstring).
+        options: dict[int, Any] = {zmq.RCVHWM: self._hwm, zmq.LINGER: 0, zmq.MAXMSGSIZE: self._max + FRAME_SLACK}
         if pattern == "sub":
             options[zmq.SUBSCRIBE] = self._topic or b""
         self._sock = ZmqSocket(
@@ -143,6 +185,16 @@ class ZmqSource(BatchingSource):
     def address(self) -> str:
         """The endpoint bound or connected to (the real port when bound to ``*``)."""
         return self._sock.address
+
+    @property
+    def context(self) -> zmq.Context | None:
+        """The socket's ZeroMQ context (to share with ``inproc://`` peers); ``None`` once closed."""
+        return self._sock.context
+
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """The stream's sample shape: configured, fixed by the first samples taken, or ``None`` before."""
+        return self._shape.shape
 
     # -- BatchingSource ------------------------------------------------------------------------------
     def _fill(self, until: float | None) -> None:
@@ -179,6 +231,45 @@ class ZmqSource(BatchingSource):
     def _release(self) -> None:
         self._sock.close(0)
 
+    def _drain_input(self, until: float) -> None:
+        """Decode what the socket holds until it has been quiet for :data:`DRAIN_QUIET_S` (messages still
+        in flight) or ``until``; then count, without decoding and without waiting, what it still holds."""
+        socket, receive, clock = self._socket, self._receive, time.monotonic
+        while (left := until - clock()) > 0:
+            try:
+                receive(zmq.NOBLOCK)
+            except zmq.Again:
+                if not socket.poll(math.ceil(min(left, DRAIN_QUIET_S) * 1000.0)):
+                    break
+        messages = samples = 0
+        # The receive queue holds at most hwm messages; counting them takes microseconds each.
+        for _ in range(self._hwm or _UNBOUNDED_QUEUE_COUNT):
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            messages += 1
+            samples += self._declared_count(frames)
+        if messages:
+            counts = self._counters.counts
+            counts["dropped_messages_at_shutdown"] += messages
+            counts["dropped_at_shutdown"] += samples
+            _log.warning("%s: %d messages (%d samples) still queued at shutdown were not learned",
+                         self.name, messages, samples)
+
+    def _declared_count(self, frames: list[zmq.Frame]) -> int:
+        """The samples of a binary message whose payload agrees with its header, else 1 (the message)."""
+        if self._topic is not None:
+            frames = frames[1:]
+        if len(frames) in (2, 3):
+            try:
+                header = self._header(frames[0].bytes)
+            except Reject:
+                return 1
+            if len(frames[1]) == header.nbytes:
+                return header.count
+        return 1
+
     # -- decoding ------------------------------------------------------------------------------------
     def _receive(self, flags: int) -> None:
         """Take one whole message (raises ``zmq.Again`` when none is waiting) and push its samples."""
@@ -196,23 +287,43 @@ class ZmqSource(BatchingSource):
             else:
                 raise Reject("frames", f"{n} frames; wire format v1 has 1, 2 or 3 (after any topic)")
         except Reject as e:
-            self._reject(Reject(e.reason, f"message {self._messages}: {e.detail}", e.count))
+            self._reject_message(e)
+        except Exception as e:  # what the checks did not foresee must still not stop the source
+            self._reject_message(Reject("decode", f"{type(e).__name__}: {short_repr(str(e))}"))
+
+    def _reject_message(self, e: Reject) -> None:
+        detail = f"message {self._messages}: {e.detail}"
+        self._counters.reject(Reject(e.reason, detail, e.count), piece="messages")
+        if e.reason == "shape" and self._shape.shape is not None:
+            # Its own, slower budget: a shape change must show even amid a flood of other rejects.
+            rejected = self._counters["rejected:shape"]
+            hint = "" if self._shape.configured else " (a configured sample_shape decides it up front)"
+            self._shape_log.emit(f"{self.name}: {detail}; {rejected} samples rejected for their shape so far{hint}")
+
+    def _header(self, raw: bytes) -> Header:
+        if raw != self._last_raw:
+            self._last_header = parse_header(raw, self._max)
+            self._last_raw = raw
+        return self._last_header
 
     def _binary(self, frames: list[zmq.Frame]) -> None:
-        raw = frames[0].bytes
-        if raw == self._last_raw:
-            header = self._last_header
-        else:
-            header = parse_header(raw)
-            self._last_raw, self._last_header = raw, header
-        self._shape.check(header.sample_shape)
-        size = sum(len(f) for f in frames)
-        if size > self._max:
-            raise Reject("too_large", f"{size} bytes > max_message_bytes {self._max}")
-        x = self._array(frames[1], header.dtype, header.shape, header.nbytes, "payload")
-        y = None
-        if len(frames) == 3:
-            y = as_labels(self._array(frames[2], header.labels_dtype, header.shape[:1], header.labels_nbytes, "labels"))
+        header = self._header(frames[0].bytes)
+        payload = frames[1]
+        # The declared count is believed only when the payload agrees with it.
+        count = header.count if len(payload) == header.nbytes else 1
+        try:
+            size = sum(len(f) for f in frames)
+            if size > self._max:
+                raise Reject("too_large", f"{size} bytes > max_message_bytes {self._max}")
+            self._shape.admit(header.sample_shape)
+            x = self._array(payload, header.dtype, header.shape, header.nbytes, "payload")
+            y = None
+            if len(frames) == 3:
+                labels = self._array(frames[2], header.labels_dtype, header.shape[:1], header.labels_nbytes, "labels")
+                y = as_labels(labels)
+        except Reject as e:
+            e.count = count
+            raise
         self._accept(as_features(x), y)
 
     def _array(self, frame: zmq.Frame, dtype: np.dtype, shape: tuple[int, ...], nbytes: int, what: str) -> np.ndarray:
@@ -230,23 +341,22 @@ class ZmqSource(BatchingSource):
         return out
 
     def _json(self, frame: zmq.Frame) -> None:
-        if len(frame) > self._max:
-            raise Reject("too_large", f"{len(frame)} bytes > max_message_bytes {self._max}")
+        if len(frame) * JSON_EXPANSION > self._max:
+            raise Reject("too_large", f"JSON of {len(frame)} bytes > max_message_bytes {self._max} / {JSON_EXPANSION}")
         obj = load_json(frame.bytes)
         if isinstance(obj, dict) and "v" in obj:
             if "x" not in obj:
                 raise Reject("frames", "a binary header without its payload frame")
             if obj["v"] != 1:
-                raise Reject("version", f"unknown wire format version {obj['v']!r}")
-        x, y = json_samples(obj, self._shape)
+                raise Reject("version", f"unknown wire format version {short_repr(obj['v'])}")
+        x, y = json_samples(obj, self._shape, fix=False)
         self._accept(x, y)
 
     def _accept(self, x: np.ndarray, y: np.ndarray | None) -> None:
-        if not self._check_finite:
+        if self._check_finite:
+            x, y, dropped = drop_nonfinite(x, y)
+            if dropped:
+                self._reject_message(Reject("nonfinite", f"{dropped} samples with NaN or infinity", dropped))
+        if x.shape[0]:
+            self._shape.fix(x.shape[1:])
             self._push(x, y)
-            return
-        x, y, dropped = drop_nonfinite(x, y)
-        if dropped:
-            detail = f"message {self._messages}: {dropped} samples with NaN or infinity"
-            self._reject(Reject("nonfinite", detail, dropped))
-        self._push(x, y)

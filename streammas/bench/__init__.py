@@ -10,7 +10,7 @@ import argparse
 import importlib
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "step": ("streammas.bench.step", "OnlineMAS.learn_many against a plain torch online SGD step"),
+    "step": ("streammas.bench.step", "OnlineMAS.learn_many against a plain step of the same optimizer"),
     "importance": ("streammas.bench.importance", "exact per-sample importance: fast rules, vmap, a loop"),
     "memory": ("streammas.bench.memory", "learner memory over a long stream (flat within 5 percent)"),
     "ingest": ("streammas.bench.ingest", "ZeroMQ decoding against a bare pyzmq loop; file source rows/s"),

@@ -1,7 +1,8 @@
 """``streammas bench step``: the cost of a full ``OnlineMAS.learn_many`` step against a plain hand-written torch
-online SGD step (same model, same data, same learning rate), on an MLP autoencoder 784-256-64-256-784 and a
-small conv autoencoder, batches of 10 and 64; the learner's state against the model's parameters; peak
-memory (CUDA: the allocator's peak; CPU: peak resident memory of a process running only that variant).
+step of the learner's own optimizer (same model, same data, same learning rate), on an MLP autoencoder
+784-256-64-256-784 and a small conv autoencoder, batches of 10 and 64; the learner's state against the model's
+parameters; peak memory (CUDA: the allocator's peak; CPU: peak resident memory of a process running only that
+variant).
 
 The learners are measured in their steady state: consolidated once before the clock starts, so that the
 regulariser (the proximal step) runs on every update, as it does once a stream has had its first plateau.

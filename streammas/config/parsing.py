@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
+import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -20,12 +20,6 @@ from typing import Any
 
 from streammas.config.sections import MODEL_KINDS, SECTIONS, Config, ConfigError
 from streammas.settings import LearnerSettings, problem_with
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 
 # -- validation -------------------------------------------------------------------------------------------------
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}

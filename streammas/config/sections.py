@@ -7,7 +7,7 @@ defaults, checks and help, so that a new learner setting needs no edit here.
 Examples
 --------
 >>> LearnerConfig().lr is None, [f.name for f in dataclasses.fields(StateConfig)]
-(True, ['dir', 'every_samples', 'every_seconds', 'keep'])
+(True, ['dir', 'every_samples', 'every_seconds', 'keep', 'start_fresh'])
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from connectors.samples import MAX_SAMPLE_NDIM
 from streammas.plateau import PlateauConfig
 from streammas.settings import LearnerSettings, non_negative, positive
 
@@ -56,6 +57,11 @@ def _port(value: Any) -> str | None:
     return None if 0 <= value <= 65535 else "must be a TCP port between 0 and 65535 (0: any free port)"
 
 
+def _sample_shape(value: Any) -> str | None:
+    ok = 1 <= len(value) <= MAX_SAMPLE_NDIM and all(type(d) is int and d > 0 for d in value)
+    return None if ok else f"must be a list of 1 to {MAX_SAMPLE_NDIM} sizes > 0, e.g. [784] or [1, 28, 28]"
+
+
 def _factory_spec(value: Any) -> str | None:
     module, sep, attr = value.partition(":")
     if not sep or not module or not attr:
@@ -78,6 +84,13 @@ class SourceConfig:
         A batch is cut after this wait even when it is not full (>= 0).
     resume : bool, default True
         Continue a file source from the checkpoint's position.
+    sample_shape : list of int or None, default None
+        The shape of one sample, e.g. ``[784]`` or ``[1, 28, 28]``, for the sources that take it (ZeroMQ,
+        JSON Lines): samples of any other shape are rejected from the first message on (``None``: the first
+        samples taken decide, so that a stray first message can fix a wrong shape).
+    drain_seconds : float, default 5.0
+        On SIGTERM, read what the source already holds (a ZeroMQ socket's queue) for at most this long and
+        learn it before the final checkpoint; what is left is counted (``dropped_at_shutdown``; with 0, all of it).
     options : dict, default {}
         Extra keyword arguments for the connector (``follow``, ``label`` ...).
 
@@ -86,7 +99,16 @@ class SourceConfig:
     >>> from streammas.config import parse_config
     >>> cfg = parse_config('[source]\\nuri = "csv:data.csv"\\noptions = {label = "y"}\\n')
     >>> cfg.source
-    SourceConfig(uri='csv:data.csv', batch_size=32, max_latency_ms=50.0, resume=True, options={'label': 'y'})
+    SourceConfig(uri='csv:data.csv', batch_size=32, max_latency_ms=50.0, resume=True, sample_shape=None, \
+drain_seconds=5.0, options={'label': 'y'})
+    >>> cfg = parse_config('[source]\\nuri = "zmq+pull://127.0.0.1:5555"\\nsample_shape = [64]\\n')
+    >>> cfg.source.connector_options()
+    {'sample_shape': [64]}
+    >>> parse_config('[source]\\nuri = "zmq+pull://127.0.0.1:5555"\\nsample_shape = [8, 0]\\n')
+    Traceback (most recent call last):
+        ...
+    streammas.config.ConfigError: [source] sample_shape must be a list of 1 to 8 sizes > 0, e.g. [784] or \
+[1, 28, 28]; got [8, 0]
     >>> parse_config('[source]\\nuri = "csv:data.csv"\\nbatch_size = "8"\\n')
     Traceback (most recent call last):
         ...
@@ -98,7 +120,18 @@ class SourceConfig:
     max_latency_ms: float = _spec(50.0, help="a batch is cut after this wait even when not full",
                                   check=non_negative)
     resume: bool = _spec(True, help="continue a file source from the checkpoint's position")
+    sample_shape: list | None = _spec(None, help="shape of one sample, e.g. [784]; other shapes are rejected "
+                                                 "(unset: the first samples decide; ZeroMQ and JSON Lines)",
+                                      check=_sample_shape)
+    drain_seconds: float = _spec(5.0, help="on SIGTERM, learn what the source already holds, for at most this "
+                                           "long (0: only count it)", check=non_negative)
     options: dict = _spec(help="extra keyword arguments for the connector (follow, label)", factory=dict)
+
+    def connector_options(self) -> dict[str, Any]:
+        """The keyword arguments for the connector: ``options``, with ``sample_shape`` when it is set."""
+        if self.sample_shape is None:
+            return dict(self.options)
+        return {**self.options, "sample_shape": list(self.sample_shape)}
 
 
 @dataclass
@@ -234,13 +267,17 @@ class StateConfig:
         Checkpoint after this many seconds with new samples (0: never).
     keep : int, default 3
         How many checkpoints are kept (> 0).
+    start_fresh : bool, default False
+        When the directory holds checkpoints but every one is damaged, rename them to ``*.corrupt`` and start
+        over; off, the service refuses to start (exit status 2) rather than learn everything again. It never
+        discards a valid checkpoint.
 
     Examples
     --------
     >>> from streammas.config import parse_config
     >>> cfg = parse_config('[source]\\nuri = "csv:a.csv"\\n', overrides={"state.dir": "/tmp/s", "state.keep": 5})
     >>> cfg.state
-    StateConfig(dir='/tmp/s', every_samples=10000, every_seconds=60.0, keep=5)
+    StateConfig(dir='/tmp/s', every_samples=10000, every_seconds=60.0, keep=5, start_fresh=False)
     """
 
     dir: str = _spec("state", help="directory of checkpoints (one service per directory)")
@@ -249,6 +286,8 @@ class StateConfig:
     every_seconds: float = _spec(60.0, help="checkpoint after this many seconds with new samples (0: never)",
                                  check=non_negative)
     keep: int = _spec(3, help="checkpoints kept", check=positive)
+    start_fresh: bool = _spec(False, help="when every checkpoint is damaged, set them aside (*.corrupt) and start "
+                                          "over instead of refusing to start")
 
 
 @dataclass
@@ -347,7 +386,7 @@ class Config:
     >>> cfg.learner.lr, cfg.learner.learner_kwargs()
     (0.01, {'objective': 'reconstruction', 'lr': 0.01, 'on_bad_input': 'skip'})
     >>> cfg.as_dict()["state"]
-    {'dir': 'state', 'every_samples': 10000, 'every_seconds': 60.0, 'keep': 3}
+    {'dir': 'state', 'every_samples': 10000, 'every_seconds': 60.0, 'keep': 3, 'start_fresh': False}
     >>> Config(SourceConfig(uri="csv:a.csv")).model.name
     'mlp-autoencoder'
     """

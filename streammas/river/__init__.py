@@ -13,6 +13,12 @@ that first sample; learning happens in micro-batches of ``batch_size`` samples (
 as the plateau detector expects. ``learn_many``/``score_many`` (and the classifier's ``*_many``) take any
 dataframe river accepts (pandas, polars, ...), a 2-D array, or a list of dicts.
 
+Threads: the estimators run on torch's thread pool, whose size belongs to the program, so they leave it
+alone. On torch's default (one thread per core) the micro-batches of a small network run up to several
+times slower than on one thread once other processes share the cores: call ``torch.set_num_threads(1)`` at
+the start of a program that runs these estimators (as the examples do), and more threads only for a large
+network, measured.
+
 >>> from river import compose, preprocessing
 >>> from streammas.river import MASAutoencoder
 >>> model = compose.Pipeline(preprocessing.StandardScaler(), MASAutoencoder(seed=0))

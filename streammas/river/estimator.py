@@ -36,7 +36,8 @@ class MASEstimator:
     the parameters both share (``lr``, ``reg_lambda``, ``hard_buffer``, ``batch_size``, ``optimizer``,
     ``plateau``, ``learner_params``, ``seed``; see theirs). Features are sorted by name on the first
     sample; ``learn_one`` collects ``batch_size`` samples before the learner learns them together; a
-    pickle carries the learner's state (the samples still waiting included).
+    pickle carries the learner's state (the samples still waiting included). Torch's thread count is the
+    program's to set (``torch.set_num_threads(1)`` suits these small networks; see :mod:`streammas.river`).
 
     Attributes
     ----------

@@ -28,11 +28,15 @@ Modules, one concept each:
 All of them log through the one logger ``streammas.service``.
 """
 
-from streammas.service.app import Service, resolve_device
-from streammas.service.cli import DEFAULT_CONFIG, add_arguments, config_from_args, run_command
-from streammas.service.errors import ServiceError
-from streammas.service.loop import MAX_CONSECUTIVE_ERRORS, READ_TIMEOUT
-from streammas.service.telemetry import LOSS_WINDOWS
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Imported on first use, so that importing streammas.service.signals stays cheap (see that module).
+_LAZY = {"Service": "app", "resolve_device": "app", "DEFAULT_CONFIG": "cli", "add_arguments": "cli",
+         "config_from_args": "cli", "run_command": "cli", "ServiceError": "errors",
+         "MAX_CONSECUTIVE_ERRORS": "loop", "READ_TIMEOUT": "loop", "LOSS_WINDOWS": "telemetry"}
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -46,3 +50,13 @@ __all__ = [
     "resolve_device",
     "run_command",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"streammas.service.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'streammas.service' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from connectors.base import Sink, Source
-from connectors.registry import open_sink, open_source
+from connectors.registry import open_sink, open_source, split_uri
 from streammas import logs
 from streammas.checkpoint import Checkpoint, CheckpointStore
 from streammas.config import Config
@@ -26,6 +26,7 @@ from streammas.metrics import MetricsPortInUse, ServiceMetrics
 from streammas.service.checkpointing import Checkpointer, restore_tally, resume_position, run_meta
 from streammas.service.errors import ServiceError, why
 from streammas.service.loop import Loop
+from streammas.service.notify import SystemdNotifier, status_line
 from streammas.service.signals import SignalHandlers
 from streammas.service.telemetry import Tally, Telemetry
 
@@ -48,6 +49,20 @@ def resolve_device(setting: str) -> str:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ServiceError(f"[learner] device {setting!r}: no CUDA device is available")
     return setting
+
+
+def takes_sample_shape(uri: str) -> bool:
+    """Whether the built-in source for ``uri`` takes ``sample_shape`` (ZeroMQ and JSON Lines: the sources whose
+    samples each say their own shape).
+
+    >>> [takes_sample_shape(uri) for uri in ("zmq+pull://127.0.0.1:5555", "jsonl:x.jsonl", "x.csv")]
+    [True, True, False]
+    """
+    try:
+        scheme = split_uri(uri)[0]
+    except ValueError:
+        return False
+    return scheme.startswith("zmq") or scheme == "jsonl"
 
 
 class Service:
@@ -109,8 +124,11 @@ class Service:
         self.tally = Tally()
         self.telemetry = Telemetry(self.metrics)
         self.checkpoints = Checkpointer(config.state, self.metrics)
+        self.notifier = SystemdNotifier()
         self.loop = Loop(self)
-        self._signals = SignalHandlers(stop=self.request_stop, checkpoint=self.request_checkpoint)
+        self._closed: set[str] = set()
+        self._signals = SignalHandlers(stop=self.request_stop, checkpoint=self.request_checkpoint,
+                                       repeated=self._repeated_stop)
 
     # -- control (thread-safe; also what the signal handlers call) ---------------------------------------------
     def request_stop(self, reason: str = "requested") -> None:
@@ -124,6 +142,13 @@ class Service:
     def request_checkpoint(self) -> None:
         """Write a checkpoint after the current batch."""
         self.loop.checkpoint_now.set()
+
+    def poll_signals(self) -> None:
+        """Act on the signals that arrived since the last call (the loop calls it between batches)."""
+        self._signals.poll()
+
+    def _repeated_stop(self, count: int) -> None:
+        logs.log_event(log, "stopping", signals=count, msg="already stopping; finishing the checkpoint")
 
     @property
     def source_address(self) -> str | None:
@@ -156,6 +181,7 @@ class Service:
         if cfg.learner.threads:
             torch.set_num_threads(cfg.learner.threads)
         self.check()
+        self.metrics.device = self.device
         ckpt = self.checkpoints.open()
         if ckpt is not None:
             self._resume(ckpt)
@@ -168,6 +194,7 @@ class Service:
         self._open_sink()
         self._open_source()
         self.started.set()
+        self.notifier.ready(f"reading {self.config.source.uri}")
 
     def _resume(self, ckpt: Checkpoint) -> None:
         meta = ckpt.meta
@@ -206,9 +233,14 @@ class Service:
 
     def _open_source(self) -> None:
         cfg = self.config.source
+        options = cfg.connector_options()
+        shape = self.learner.sample_shape if self.learner is not None else None
+        if "sample_shape" not in options and shape is not None and takes_sample_shape(cfg.uri):
+            # resumed: the learner can take one shape only, so a stray first message must not decide another
+            options["sample_shape"] = list(shape)
         try:
             self.source = open_source(cfg.uri, batch_size=cfg.batch_size, max_latency_ms=cfg.max_latency_ms,
-                                      position=self.position, **cfg.options)
+                                      position=self.position, **options)
         except Exception as e:
             raise ServiceError(f"[source] cannot open {cfg.uri}: {why(e)}") from None
         fields: dict[str, Any] = {"source": cfg.uri}
@@ -232,6 +264,17 @@ class Service:
         logs.log_event(log, "model", model=self.spec.name, sample_shape=list(self.spec.sample_shape or []),
                        parameters=params, device=self.device)
         return self.learner
+
+    def _close_part(self, name: str) -> None:
+        """Close the source or the sink once."""
+        thing = getattr(self, name)
+        if thing is None or name in self._closed:
+            return
+        self._closed.add(name)
+        try:
+            thing.close()
+        except Exception as e:  # closing must not hide the exit status
+            logs.log_event(log, "close_failed", logging.WARNING, what=name, error=why(e))
 
     def _on_event(self, event: Any) -> None:
         record = event.as_dict() if hasattr(event, "as_dict") else dict(vars(event))
@@ -260,8 +303,11 @@ class Service:
             self.stop_reason = f"{type(e).__name__}: {e}"
             self.exit_code = 1
         finally:
-            self._signals.restore()
-            self._shutdown()
+            # handlers stay until the end: a second SIGTERM must not kill the final checkpoint
+            try:
+                self._shutdown()
+            finally:
+                self._signals.restore()
         return self.exit_code
 
     def rejected(self) -> dict[str, int]:
@@ -271,15 +317,20 @@ class Service:
     def refresh(self) -> None:
         """Publish the learner's current values to the metrics and the status line (one device read)."""
         self.telemetry.refresh(self.learner, self.tally, self.source)
+        self.notifier.status(status_line(self.telemetry.status))
 
     def checkpoint(self, reason: str = "requested") -> Checkpoint | None:
         """Write a checkpoint now (between batches); returns it, or ``None`` if there is nothing to save or the
         write failed (logged; the service goes on and tries again at the next occasion)."""
-        return self.checkpoints.write(self.learner, reason, lambda: run_meta(
+        written = self.checkpoints.write(self.learner, reason, lambda: run_meta(
             spec=self.spec, config=self.config, position=self.position, tally=self.tally, rejected=self.rejected(),
             reason=reason, device=self.device))
+        if written is not None:  # the metrics and the status line agree with the checkpoint line just logged
+            self.refresh()
+        return written
 
     def _shutdown(self) -> None:
+        self.notifier.stopping()
         if self.loop.progress is not None:
             self.loop.progress.close()
         if self.learner is not None:
@@ -287,19 +338,19 @@ class Service:
                    or self.checkpoints.received_since(self.tally.received) or self.loop.checkpoint_now.is_set())
             if due and self.checkpoint("shutdown") is None and self.exit_code == 0:
                 self.exit_code = 1
+            # the sink's last try at what it could not write yet, so that the stop line counts what is lost
+            self._close_part("sink")
+            self.loop.count_sink_losses()
             self.refresh()
         snap = self.metrics.snapshot
         logs.log_event(log, "stopped", reason=self.stop_reason or "error", samples_seen=snap.samples,
                        batches=self.tally.batches, consolidations=snap.consolidations,
-                       rejected=sum(snap.rejected.values()), exit_code=self.exit_code)
+                       rejected=sum(snap.rejected.values()), sink_failed=self.tally.sink_failed,
+                       exit_code=self.exit_code)
         self._close()
 
     def _close(self) -> None:
-        for name, thing in (("source", self.source), ("sink", self.sink)):
-            if thing is not None:
-                try:
-                    thing.close()
-                except Exception as e:  # closing must not hide the exit status
-                    logs.log_event(log, "close_failed", logging.WARNING, what=name, error=why(e))
+        self._close_part("source")
+        self._close_part("sink")
         self.metrics.close()
         self.checkpoints.close()

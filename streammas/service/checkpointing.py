@@ -6,6 +6,16 @@ which samples arrived; a signal (SIGHUP) asks for one now and shutdown writes on
 is always written between two batches, so the learner's state and the source's position agree. Besides the
 learner's state it records (its *metadata*) the model, the source's URI and position, the service's counts
 (:class:`~streammas.service.telemetry.Tally`), the reason, the device, the configuration and the version.
+
+The state directory is watched: a deleted one is created again (with its lock) before the next checkpoint,
+which then comes at once, since the old ones went with it; if another process took the directory meanwhile
+the service stops rather than write beside it (exit status 2; 1 when the final checkpoint is the first to
+find out). A checkpoint that fails is tried again after a pause that doubles up to :data:`MAX_BACKOFF`
+seconds, so a disk that stays full logs a line now and then instead of one per batch; the shutdown
+checkpoint is always tried.
+
+At start-up, a directory whose checkpoints are all damaged is refused (exit status 2, naming them) unless
+``[state] start_fresh`` says to set them aside as ``*.corrupt`` and start over.
 """
 
 from __future__ import annotations
@@ -28,6 +38,12 @@ from streammas.service.telemetry import Tally
 #: One logger for the whole service: its name is part of every log line.
 log = logging.getLogger("streammas.service")
 
+#: Seconds between two looks at whether the state directory and its lock are still there.
+LOOK_EVERY = 1.0
+#: The pause after a failed checkpoint, doubled at each further failure up to :data:`MAX_BACKOFF`.
+FIRST_BACKOFF = 1.0
+MAX_BACKOFF = 30.0
+
 
 class Checkpointer:
     """The state directory, the checkpoint policy, and the writing of checkpoints.
@@ -39,7 +55,8 @@ class Checkpointer:
     Parameters
     ----------
     state : StateConfig
-        ``[state]``: the directory, how many checkpoints to keep, ``every_samples`` and ``every_seconds``.
+        ``[state]``: the directory, how many checkpoints to keep, ``every_samples``, ``every_seconds`` and
+        ``start_fresh``.
     metrics : ServiceMetrics
         Told of each checkpoint written.
 
@@ -49,6 +66,8 @@ class Checkpointer:
         The state directory, once :meth:`open` locked it.
     last : Checkpoint or None
         The checkpoint written (or resumed from) last.
+    lost : str or None
+        Why the state directory is no longer this service's (another process took it), or ``None``.
 
     Examples
     --------
@@ -71,12 +90,17 @@ class Checkpointer:
         self.metrics = metrics
         self.store: CheckpointStore | None = None
         self.last: Checkpoint | None = None
+        self.lost: str | None = None
         self._learned_at = 0
         self._clock = time.monotonic()
+        self._next_look = 0.0
+        self._failures = 0
+        self._retry_at = 0.0
 
     def open(self) -> Checkpoint | None:
         """Lock the state directory, clear what a killed process left, and return the newest valid checkpoint
-        (corrupt ones are renamed to ``*.corrupt``); raises :class:`ServiceError`."""
+        (corrupt ones are renamed to ``*.corrupt``); raises :class:`ServiceError`, also when every checkpoint
+        is damaged and ``[state] start_fresh`` is off."""
         state = self.state
         try:
             self.store = CheckpointStore(state.dir, keep=state.keep)
@@ -87,10 +111,25 @@ class Checkpointer:
             raise ServiceError(f"[state] cannot use the state directory {state.dir}: {e.strerror or e}") from None
         for path in self.store.remove_temporary():
             logs.log_event(log, "removed_partial_checkpoint", logging.WARNING, path=str(path))
-        report = self.store.load_report(quarantine=True)
+        # Nothing is renamed before deciding: a refused start leaves the directory as it found it.
+        report = self.store.load_report()
+        if report.checkpoint is None and report.corrupt:
+            damaged = "; ".join(f"{path} ({reason})" for path, reason in report.corrupt)
+            if not state.start_fresh:
+                raise ServiceError(
+                    f"[state] every checkpoint in {state.dir} is damaged, nothing to resume from: {damaged}. "
+                    "Repair or move them, or start over with --start-fresh ([state] start_fresh = true), which "
+                    "keeps them renamed to *.corrupt")
+            logs.log_event(log, "starting_fresh", logging.WARNING, files=[str(p) for p, _ in report.corrupt],
+                           msg="every checkpoint is damaged; start_fresh: renamed to *.corrupt, starting over")
         for path, reason in report.corrupt:
+            try:
+                self.store.quarantine(path)
+                done = "renamed to *.corrupt"
+            except OSError as e:  # it stays in the rotation, which deletes it in time; the newer ones are valid
+                done = f"could not be renamed ({why(e)})"
             logs.log_event(log, "corrupt_checkpoint", logging.WARNING, path=str(path), reason=reason,
-                           msg="skipped; renamed to *.corrupt")
+                           msg=f"skipped; {done}")
         return report.checkpoint
 
     def close(self) -> None:
@@ -109,16 +148,31 @@ class Checkpointer:
         self._clock = time.monotonic()
 
     def received_since(self, received: int) -> bool:
-        """Whether samples arrived since the last checkpoint (rejected ones too: the position moved)."""
+        """Whether the state directory is behind: samples arrived since the last checkpoint (rejected ones too:
+        the position moved), or the last checkpoint is gone (the directory was deleted)."""
         last = self.last
-        return last is None or int((last.meta.get("service") or {}).get("received", 0)) != received
+        return (last is None or int((last.meta.get("service") or {}).get("received", 0)) != received
+                or not last.path.exists())
 
     def learned_since(self, samples_seen: int) -> bool:
         """Whether the learner learned anything since the last checkpoint."""
         return samples_seen != self._learned_at
 
     def due(self, samples_seen: int, received: int) -> str | None:
-        """The reason a checkpoint is due now (``"samples"`` or ``"time"``), or ``None``."""
+        """The reason a checkpoint is due now (``"state_dir"``: the directory vanished, ``"samples"`` or
+        ``"time"``), or ``None``; none is due while a failed one waits for its retry.
+
+        Raises :class:`ServiceError` once another process has taken the state directory.
+        """
+        if self.lost is not None:
+            raise ServiceError(f"[state] {self.lost}")
+        now = time.monotonic()
+        if now < self._retry_at:
+            return None
+        if self.store is not None and now >= self._next_look:
+            self._next_look = now + LOOK_EVERY
+            if not self.store.intact():
+                return "state_dir"
         state = self.state
         learned = samples_seen - self._learned_at
         if state.every_samples and learned >= state.every_samples:
@@ -133,21 +187,38 @@ class Checkpointer:
               describe: Callable[[], Mapping[str, Any]]) -> Checkpoint | None:
         """Write a checkpoint of ``learner`` now, its metadata completed by ``describe()`` (see :func:`run_meta`).
 
-        Returns it, or ``None`` if there is nothing to save or the write failed (logged; the caller goes on
-        and tries again at the next occasion).
+        The state directory is created (and locked) again first if it vanished. Returns the checkpoint, or
+        ``None`` if there is nothing to save or the write failed (logged; :meth:`due` waits a pause, doubled
+        at each failure in a row, before the next try), or another process took the directory (:attr:`lost`).
         """
         if learner is None or self.store is None:
             logs.log_event(log, "checkpoint_skipped", reason=reason, msg="nothing learned yet")
             return None
+        if self.lost is not None:
+            logs.log_event(log, "checkpoint_skipped", logging.ERROR, reason=reason, msg=self.lost)
+            return None
         started = time.perf_counter()
         try:
+            if self.store.ensure():
+                logs.log_event(log, "state_dir_recreated", logging.WARNING, path=str(self.store.directory),
+                               msg="the state directory or its lock vanished; created again and locked")
             state = learner.state_dict()
             meta = {"samples_seen": int(learner.samples_seen), "consolidations": int(learner.consolidations),
                     **describe(), "streammas_version": _version()}
             ckpt = self.store.save(state, meta)
-        except Exception as e:
-            logs.log_event(log, "checkpoint_failed", logging.ERROR, reason=reason, error=why(e))
+        except StateDirLocked as e:
+            self.lost = f"{e}: it was taken while this service ran; stopping without writing beside it"
+            logs.log_event(log, "state_dir_taken", logging.ERROR, reason=reason, msg=self.lost)
             return None
+        except Exception as e:
+            self._failures += 1
+            pause = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (self._failures - 1))
+            self._retry_at = time.monotonic() + pause
+            logs.log_event(log, "checkpoint_failed", logging.ERROR, reason=reason, error=why(e),
+                           failures=self._failures, retry_in=pause)
+            return None
+        self._failures = 0
+        self._retry_at = 0.0
         self.last = ckpt
         self._learned_at = learner.samples_seen
         self._clock = time.monotonic()
@@ -168,7 +239,7 @@ def run_meta(*, spec: ModelSpec, config: Config, position: dict | None, tally: T
     return {
         "model": spec.as_meta(),
         "source": {"uri": config.source.uri, "position": position},
-        "service": {"batches": tally.batches, "received": tally.received,
+        "service": {"batches": tally.batches, "received": tally.received, "sink_failed": tally.sink_failed,
                     "rejected": {k: v for k, v in rejected.items() if k != "learner"}},
         "reason": reason,
         "device": device,
@@ -179,14 +250,15 @@ def run_meta(*, spec: ModelSpec, config: Config, position: dict | None, tally: T
 def restore_tally(meta: Mapping[str, Any]) -> Tally:
     """The service's counts a checkpoint carries over.
 
-    >>> restore_tally({"service": {"batches": 3, "received": 96, "rejected": {"json": 2, "learner_error": 32}}})
-    Tally(batches=3, received=96, errors=32, carried_rejected={'json': 2})
+    >>> restore_tally({"service": {"batches": 3, "received": 96, "sink_failed": 5,
+    ...                            "rejected": {"json": 2, "learner_error": 32}}})
+    Tally(batches=3, received=96, errors=32, sink_failed=5, carried_rejected={'json': 2})
     """
     service = meta.get("service") or {}
     rejected = {str(k): int(v) for k, v in (service.get("rejected") or {}).items()}
     errors = rejected.pop("learner_error", 0)
     return Tally(batches=int(service.get("batches", 0)), received=int(service.get("received", 0)), errors=errors,
-                 carried_rejected=rejected)
+                 sink_failed=int(service.get("sink_failed", 0)), carried_rejected=rejected)
 
 
 def resume_position(meta: Mapping[str, Any], source: SourceConfig) -> dict | None:

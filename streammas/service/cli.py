@@ -1,8 +1,9 @@
 """The ``streammas run`` command: its flags, the configuration they describe, and its exit statuses.
 
 Exit status 0: stopped by a signal or the source finished; 1: gave up on errors (or the last checkpoint
-failed); 2: a configuration error or a start-up problem (:class:`~streammas.service.ServiceError`), whose
-message is printed; 130: interrupted during start-up.
+failed); 2: a configuration error or a start-up problem (:class:`~streammas.service.ServiceError`: every
+checkpoint damaged, say), or the state directory taken by another process while running, whose message is
+printed; 130: interrupted during start-up.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ DEFAULT_CONFIG = "streammas.toml"
 #: Flags that override one configuration key each: argparse attribute -> ``section.key``.
 FLAG_KEYS = {"source": "source.uri", "sink": "sink.uri", "state_dir": "state.dir", "batch_size": "source.batch_size",
              "metrics_port": "metrics.port", "device": "learner.device", "log_level": "log.level",
-             "log_format": "log.format"}
+             "log_format": "log.format", "start_fresh": "state.start_fresh"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", metavar="URI", help="overrides [source] uri")
     parser.add_argument("--sink", metavar="URI", help="overrides [sink] uri")
     parser.add_argument("--state-dir", metavar="DIR", help="overrides [state] dir")
+    parser.add_argument("--start-fresh", action="store_true", default=None,
+                        help="sets [state] start_fresh: when every checkpoint is damaged, set them aside "
+                             "(*.corrupt) and start over instead of refusing to start")
     parser.add_argument("--batch-size", type=int, metavar="N", help="overrides [source] batch_size")
     parser.add_argument("--metrics-port", type=int, metavar="PORT", help="overrides [metrics] port")
     parser.add_argument("--device", help="overrides [learner] device")

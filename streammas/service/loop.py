@@ -95,6 +95,7 @@ class Loop:
         self.progress: Progress | None = None
         self.consecutive_errors = 0
         self._events: list[dict[str, Any]] = []
+        self._sink_dropped = 0  # the sink's own count of records given up, as of the last batch
 
     def queue_event(self, record: dict[str, Any]) -> None:
         """Attach a learner event to the next batch's sink records."""
@@ -114,7 +115,13 @@ class Loop:
                                  logger=log, total=total if isinstance(total, int) else None)
         service.checkpoints.restart_clock()
         every = cfg.metrics.every_batches
-        while not self.stop.is_set():
+        while True:
+            service.poll_signals()
+            service.notifier.watchdog()  # every turn: the notifier sends at most every WATCHDOG_USEC/2
+            if self.stop.is_set():
+                if service.exit_code == 0:  # stopped on request, not given up on errors
+                    self.drain()
+                break
             if self.checkpoint_now.is_set():
                 self.checkpoint_now.clear()
                 service.checkpoint("signal")
@@ -124,17 +131,44 @@ class Loop:
                     logs.log_event(log, "source_finished", samples=service.tally.received)
                     service.stop_reason = "source finished"
                     break
+                if self.stale:  # idle: show what was learned, not what was true some batches ago
+                    service.refresh()
                 self.maybe_checkpoint()
                 self.progress.tick()
                 continue
             if len(batch) == 0:
                 continue
             self.learn(batch)
-            refreshed = service.tally.batches % every == 0
+            refreshed = service.tally.batches % every == 0 or self.progress.status_due()
             if refreshed:
                 service.refresh()
             self.progress.update(len(batch), service.telemetry.status if refreshed else None)
             self.maybe_checkpoint()
+
+    def drain(self) -> None:
+        """Learn what the source already holds (a ZeroMQ socket's queue), for at most ``[source] drain_seconds``
+        of reading, so that a SIGTERM loses nothing that had arrived; what is left is counted and logged."""
+        service = self.service
+        seconds = service.config.source.drain_seconds
+        drain = getattr(service.source, "drain", None)  # plug-in sources may predate Source.drain
+        if drain is None:
+            return
+        batches = [b for b in drain(seconds) if len(b)]
+        for batch in batches:
+            self.learn(batch)
+        counters = getattr(service.source, "counters", {}) or {}
+        left = int(counters.get("dropped_at_shutdown", 0))
+        if left:
+            service.tally.carried_rejected["dropped_at_shutdown"] = (
+                service.tally.carried_rejected.get("dropped_at_shutdown", 0) + left)
+        if batches or left:
+            logs.log_event(log, "drained", logging.WARNING if left else logging.INFO,
+                           samples=sum(len(b) for b in batches), batches=len(batches), dropped=left)
+
+    @property
+    def stale(self) -> bool:
+        """Whether batches were processed since the telemetry was last refreshed."""
+        return self.service.telemetry.refreshed_batches != self.service.tally.batches
 
     def maybe_checkpoint(self) -> None:
         """Write a checkpoint if the policy says one is due."""
@@ -189,9 +223,25 @@ class Loop:
         extra: dict[str, Any] = {"sample": np.arange(first, first + len(batch), dtype=np.int64)}
         if self._events:
             extra["events"], self._events = self._events, []
+        # A sink that keeps what it could not write and retries it counts its own losses (``dropped``); for any
+        # other sink, the records of a failed write are lost.
+        accounts = isinstance(getattr(service.sink, "dropped", None), int)
         try:
             service.sink.write(batch, scores, extra)
-        except Exception as e:
+        except Exception as e:  # a full disk, a closed pipe: the learning goes on, every lost record is counted
+            if not accounts:
+                service.tally.sink_failed += len(batch)
             suppressed = service.telemetry.quiet("sink_error")
             if suppressed is not None:
-                logs.log_event(log, "sink_error", logging.ERROR, error=why(e), suppressed=suppressed)
+                logs.log_event(log, "sink_error", logging.ERROR, error=why(e), records=len(batch),
+                               suppressed=suppressed)
+        if accounts:
+            self.count_sink_losses()
+
+    def count_sink_losses(self) -> None:
+        """Add what the sink gave up since the last call to the service's count (sinks that keep that count)."""
+        service = self.service
+        dropped = getattr(service.sink, "dropped", None)
+        if isinstance(dropped, int):
+            service.tally.sink_failed += dropped - self._sink_dropped
+            self._sink_dropped = dropped

@@ -8,6 +8,7 @@ display shows (:class:`Telemetry`), and the learner's events as log lines.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,8 @@ MILESTONES = ("plateau", "peak", "consolidation")
 class LossWindows:
     """The mean prequential loss over the last ``windows`` reads, summed on the device in between.
 
-    :meth:`add` costs no device-to-host copy; :meth:`mean` makes one. Non-finite scores are left out.
+    :meth:`add` costs no device-to-host copy; :meth:`mean` makes one, unless nothing was added since the
+    last (an idle stream's refreshes cost nothing). Non-finite scores are left out.
 
     Parameters
     ----------
@@ -63,6 +65,7 @@ class LossWindows:
         self._sum: torch.Tensor | None = None
         self._count: torch.Tensor | None = None
         self._windows: deque[tuple[float, float]] = deque(maxlen=windows)
+        self._added = False
 
     def add(self, scores: torch.Tensor) -> None:
         """Sum a batch's losses on the device; :meth:`mean` reads the sums."""
@@ -75,10 +78,13 @@ class LossWindows:
         else:
             self._sum += total
             self._count += count
+        self._added = True
 
     def mean(self) -> float | None:
-        """Close the current window (one device read) and return the moving average (``None``: no loss yet)."""
-        if self._sum is not None:
+        """Close the current window (one device read, if anything was added) and return the moving average
+        (``None``: no loss yet)."""
+        if self._added:
+            self._added = False
             total, count = torch.stack([self._sum.double(), self._count.double()]).tolist()
             self._sum.zero_()
             self._count.zero_()
@@ -100,6 +106,8 @@ class Tally:
         Batches and samples read from the source.
     errors : int, default 0
         Samples of the batches the learner failed on (reason ``learner_error``).
+    sink_failed : int, default 0
+        Records the sink failed to write (``streammas_sink_failed_records_total``).
     carried_rejected : dict, default {}
         Samples turned away by earlier runs, by reason (this run's source adds its own).
 
@@ -113,6 +121,7 @@ class Tally:
     batches: int = 0
     received: int = 0
     errors: int = 0
+    sink_failed: int = 0
     carried_rejected: dict[str, int] = field(default_factory=dict)
 
     def rejected(self, source: Source | None, learner: OnlineMAS | None) -> dict[str, int]:
@@ -140,11 +149,25 @@ def importance_summary(learner: OnlineMAS) -> dict[str, tuple[float, float]]:
     return {n: (float(m), float(x)) for n, (m, x) in zip(names, stats)}
 
 
+def source_backlog(source: Source | None) -> int | None:
+    """The samples waiting in ``source``, where its ``backlog`` attribute tells (``None``: it cannot tell).
+
+    >>> source_backlog(None) is None
+    True
+    """
+    value = getattr(source, "backlog", None)
+    if callable(value):
+        value = value()
+    return int(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
 class Telemetry:
     """Publishes the learner's values: the metrics :class:`~streammas.metrics.Snapshot` and the status line.
 
-    :meth:`refresh` reads the learner's values (one device read) and publishes them to the metrics and the
-    status line that the progress display shows.
+    :meth:`refresh` reads the learner's values (at most one device read, none when nothing was learned
+    since the last) and publishes them to the metrics and the status line that the progress display shows;
+    it is cheap enough to call whenever the stream is idle. :meth:`log_event` notes consolidations for
+    ``streammas_seconds_since_consolidation``.
 
     Parameters
     ----------
@@ -176,11 +199,17 @@ class Telemetry:
         self.losses = LossWindows()
         self.quiet = EveryFew()
         self.status: dict[str, Any] = {}
+        #: The service's batch count as of the last :meth:`refresh` (the loop refreshes when idle and stale).
+        self.refreshed_batches = 0
 
     def refresh(self, learner: OnlineMAS | None, tally: Tally, source: Source | None) -> None:
-        """Read the learner's values (one device read) and publish them to the metrics and the status line."""
+        """Read the learner's values (at most one device read) and publish them to the metrics and the status
+        line."""
+        self.refreshed_batches = tally.batches
         if learner is None:
             return
+        if self.metrics.device is None:
+            self.metrics.device = str(learner.device)
         loss = self.losses.mean()
         counters = dict(learner.counters)
         previous = self.metrics.snapshot
@@ -192,7 +221,9 @@ class Telemetry:
                             plateaus=counters.get("plateaus", 0), peaks=counters.get("peaks", 0),
                             consolidations=learner.consolidations,
                             skipped_updates=counters.get("skipped_updates", 0),
-                            recoveries=counters.get("recoveries", 0), importance=importance)
+                            recoveries=counters.get("recoveries", 0), importance=importance,
+                            clipped_samples=counters.get("clipped_samples", 0), sink_failed=tally.sink_failed,
+                            backlog=source_backlog(source))
         self.metrics.publish(snapshot)
         self.status = {"samples_seen": learner.samples_seen, "loss": loss, "plateaus": snapshot.plateaus,
                        "consolidations": snapshot.consolidations, "rejected": sum(rejected.values())}
@@ -200,6 +231,8 @@ class Telemetry:
     def log_event(self, record: Mapping[str, Any]) -> None:
         """Log one of the learner's events: a milestone at level info, anything else as a rate-limited warning."""
         kind = record.get("kind")
+        if kind == "consolidation":
+            self.metrics.consolidated()
         fields = {"samples_seen": record.get("samples_seen"), "value": record.get("value")}
         if kind in MILESTONES:
             logs.log_event(log, kind, **fields)
