@@ -5,6 +5,10 @@ A path, a directory or a glob (files in name order) can be given; the position i
 row, so a resume re-reads nothing and skips nothing. Samples holding a NaN or an infinity are counted
 (``nonfinite``) and skipped; a file that cannot be read as the scheme says is counted (``file``) and
 skipped, except the first, which raises so that a wrong path or option shows at once.
+
+A worker of a data-parallel run (``shard=(rank, world_size)``) reads every ``world_size``-th file of a
+directory or glob, or of a single file every ``world_size``-th row (``x[rank::world_size]``); the
+position keeps the row of the whole file, with ``"shard": [rank, world_size]``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 
 from connectors.batching import BatchingSource
 from connectors.counters import Reject
-from connectors.paths import FileSeries
+from connectors.paths import FileSeries, check_position_shard, normalise_shard, row_share
 from connectors.samples import SampleShape, as_labels, drop_nonfinite
 
 _log = logging.getLogger(__name__)
@@ -47,6 +51,10 @@ class ArraySource(BatchingSource):
         Must be false: a numpy file cannot be followed (``ValueError`` otherwise).
     name : str or None, default None
         The source's name in logs and metrics (``None``: ``path``).
+    shard : tuple of int or None, default None
+        ``(rank, world_size)``: read only this worker's share (see the module docstring); a ``position``
+        taken with another shard raises ``ValueError``. ``None`` or a world of one: everything, with
+        positions as without a shard.
 
     Examples
     --------
@@ -72,6 +80,19 @@ class ArraySource(BatchingSource):
     ('b.txt', 1)
     >>> rest  # resumed after the first row of a.txt
     [[[3.0, 4.0]], [[5.0, 6.0]]]
+
+    Worker 1 of 2 reads every second file of the directory (here b.txt), or every second row of a file:
+
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = pathlib.Path(d, "a.txt").write_text("1 2\\n3 4\\n")
+    ...     _ = pathlib.Path(d, "b.txt").write_text("5 6\\n")
+    ...     with TxtSource(d, shard=(1, 2)) as src:
+    ...         files = [b.x.tolist() for b in src]
+    ...     with TxtSource(str(pathlib.Path(d, "a.txt")), shard=(1, 2)) as src:
+    ...         rows = [b.x.tolist() for b in src]
+    ...         position = src.position
+    >>> files, rows, position["row"], position["shard"]
+    ([[[5.0, 6.0]]], [[[3.0, 4.0]]], 2, [1, 2])
     """
 
     def __init__(
@@ -84,11 +105,15 @@ class ArraySource(BatchingSource):
         position: dict | None = None,
         follow: bool = False,
         name: str | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         if follow:
             raise ValueError(f"{extension} files cannot be followed; follow works for CSV and JSON Lines")
         super().__init__(name or path, batch_size=batch_size, max_latency_ms=max_latency_ms, logger=_log)
-        self._files = FileSeries(path, extension)
+        self._shard = normalise_shard(shard)
+        check_position_shard(position, self._shard, name or path)
+        self._files = FileSeries(path, extension, shard=self._shard)
+        self._split_rows = self._files.splits_rows
         self._shape = SampleShape()
         self._x: np.ndarray | None = None
         self._y: np.ndarray | None = None
@@ -96,7 +121,10 @@ class ArraySource(BatchingSource):
         self._row = 0
         start, same = self._files.resume(position.get("path") if position else None)
         if start is None:
-            raise FileNotFoundError(f"no file matches {path!r}")
+            if not self._files.list_all():
+                raise FileNotFoundError(f"no file matches {path!r}")
+            self._exhausted = True  # the glob matches files, none of them this worker's
+            return
         self._open(start, strict=True)
         if same and position:
             row = int(position.get("row", 0))
@@ -109,7 +137,7 @@ class ArraySource(BatchingSource):
                     len(self._x),
                     row,
                 )
-        elif position:
+        elif position and position.get("path"):
             _log.warning("%s is gone; going on with %s", position.get("path"), start)
 
     @property
@@ -122,6 +150,8 @@ class ArraySource(BatchingSource):
         """Samples left to read (an upper bound: non-finite rows are skipped), when a single file."""
         if self._x is None or not self._files.is_single:
             return None
+        if self._split_rows:
+            return len(range(row_share(self._row, 0, self._shard), len(self._x), self._shard[1]))
         return len(self._x) - self._row
 
     def _load(self, path: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -157,17 +187,23 @@ class ArraySource(BatchingSource):
                     self._exhausted = True
                     return
                 continue
-            start = self._row
-            stop = min(len(self._x), start + max(1, batcher.room))
-            x = np.array(self._x[start:stop], dtype=np.float32, order="C")
-            y = None if self._y is None else as_labels(np.asarray(self._y[start:stop]))
+            start, step = self._row, 1
+            if self._split_rows:
+                step = self._shard[1]
+                start = row_share(start, 0, self._shard)
+                if start >= len(self._x):
+                    self._row = len(self._x)
+                    continue
+            stop = min(len(self._x), start + (max(1, batcher.room) - 1) * step + 1)
+            x = np.array(self._x[start:stop:step], dtype=np.float32, order="C")
+            y = None if self._y is None else as_labels(np.asarray(self._y[start:stop:step]))
             self._row = stop
             x2, y2, dropped = drop_nonfinite(x, y)
             if dropped:
-                bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1)) + start
+                bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1)) * step + start
                 rows = ", ".join(map(str, bad[:5].tolist())) + (", ..." if len(bad) > 5 else "")
                 self._reject(Reject("nonfinite", f"{self._path} rows {rows}: NaN or infinity", dropped))
-            self._push(x2, y2, end={"path": self._path, "row": stop})
+            self._push(x2, y2, end=self._where(stop))
             if until is not None and time.monotonic() >= until:
                 return
 
@@ -182,8 +218,14 @@ class ArraySource(BatchingSource):
                 return True
             current = nxt
 
+    def _where(self, row: int) -> dict:
+        position = {"path": self._path, "row": row}
+        if self._shard is not None:
+            position["shard"] = list(self._shard)
+        return position
+
     def _reader_position(self) -> dict | None:
-        return {"path": self._path, "row": self._row}
+        return self._where(self._row)
 
     def _release(self) -> None:
         self._x = self._y = None  # drops the memory map
@@ -197,7 +239,8 @@ class NpySource(ArraySource):
     path : str
         A ``.npy`` file, a directory of them or a glob; files are read in name order.
     **kwargs
-        :class:`ArraySource`'s keyword arguments: ``batch_size``, ``max_latency_ms``, ``position``, ``name``.
+        :class:`ArraySource`'s keyword arguments: ``batch_size``, ``max_latency_ms``, ``position``, ``name``,
+        ``shard``.
 
     Examples
     --------
@@ -232,7 +275,8 @@ class NpzSource(ArraySource):
     y_key : str or None, default "y"
         The array of labels, used when the file has it (``None``: no labels).
     **kwargs
-        :class:`ArraySource`'s keyword arguments: ``batch_size``, ``max_latency_ms``, ``position``, ``name``.
+        :class:`ArraySource`'s keyword arguments: ``batch_size``, ``max_latency_ms``, ``position``, ``name``,
+        ``shard``.
 
     Examples
     --------

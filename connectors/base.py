@@ -5,6 +5,12 @@ Sources are not thread-safe: one consumer calls ``read`` (reading ``counters`` f
 fine). Nothing here imports ZeroMQ or touches a file. Connectors are opened by URI with
 :func:`connectors.registry.open_source` and :func:`connectors.registry.open_sink`, which import a
 connector only when a URI asks for it.
+
+In a data-parallel run each worker opens its own source with ``shard=(rank, world_size)``, and the
+workers' sources together yield each sample once. A connector says it can split its input by naming
+``rank`` and ``world_size`` in its ``open_source`` (see :class:`connectors.registry.Connector`); one that
+does not is run by a single worker. A split source's positions resume its own part only, and say which
+part it is (the built-in file sources: ``"shard": [rank, world_size]``).
 """
 
 from __future__ import annotations

@@ -62,7 +62,8 @@ class CsvSource(LineSource):
         ``"int64"`` (class labels) or ``"float32"``.
     **kwargs
         :class:`~connectors.text.LineSource`'s keyword arguments: ``batch_size``, ``max_latency_ms``,
-        ``position``, ``follow``, ``poll_interval``, ``max_line_bytes``, ``name``.
+        ``position``, ``follow``, ``poll_interval``, ``max_line_bytes``, ``name``, ``shard`` (data row
+        ``i``, counted after the header, is worker ``i % world_size``'s).
 
     Examples
     --------
@@ -124,6 +125,10 @@ class CsvSource(LineSource):
     def _new_file(self, cursor: LineCursor) -> None:
         self._layout = None
 
+    def _data_start(self, cursor: LineCursor) -> int:
+        first = cursor.first_line()
+        return 1 if first is not None and self._headerless(first) else 2
+
     def _fields(self, row: bytes) -> list[str] | None:
         try:
             text = row.decode("utf-8-sig").rstrip("\r")
@@ -178,8 +183,10 @@ class CsvSource(LineSource):
     def _parse(self, cursor: LineCursor, lines: list[bytes], first: int) -> None:
         if self._layout is None:
             if first == 1:
-                self._layout = self._layout_from(lines[0], cursor.path)
-                if not self._headerless(lines[0]):
+                # Splitting rows, line 1 may be another worker's row, blanked: the file says what it was.
+                head = (cursor.first_line() or b"") if self._split_rows else lines[0]
+                self._layout = self._layout_from(head, cursor.path)
+                if not self._headerless(head):
                     lines, first = lines[1:], 2
             else:
                 self._layout = self._layout_from(cursor.first_line() or b"", cursor.path)

@@ -7,6 +7,10 @@ glob; ``csv:///abs/path.csv`` and ``~`` work too. Options are the source classes
 (CSV), ``sample_shape`` (JSON Lines), ``x_key``, ``y_key`` (npz); ``fsync`` for the sink. A file source
 is ``finite`` unless it follows its files.
 
+A worker of a data-parallel run opens its share with ``open_source(uri, shard=(rank, world_size))``:
+every ``world_size``-th file of a directory or glob, or every ``world_size``-th data row of a single file
+(see :class:`~connectors.text.LineSource` and :class:`~connectors.arrays.ArraySource`).
+
 >>> import tempfile, pathlib
 >>> from connectors.registry import open_source
 >>> with tempfile.TemporaryDirectory() as d:
@@ -35,15 +39,16 @@ class FileConnector:
     """Opens one file scheme's source (and sink, when it has one) from a URI.
 
     The registry serves the built-in file schemes with the instances ``CSV``, ``JSONL``, ``NPY`` and
-    ``NPZ`` of this class. ``open_source(uri, *, batch_size, max_latency_ms, position, **options)`` builds
-    ``source_cls`` on the URI's path; ``open_sink(uri, **options)`` builds ``sink_cls`` on it (``-``:
-    standard output) and raises ``ValueError`` when the scheme has no sink.
+    ``NPZ`` of this class. ``open_source(uri, *, batch_size, max_latency_ms, position, rank=0,
+    world_size=1, **options)`` builds ``source_cls`` on the URI's path, with ``shard=(rank, world_size)``;
+    ``open_sink(uri, **options)`` builds ``sink_cls`` on it (``-``: standard output) and raises
+    ``ValueError`` when the scheme has no sink.
 
     Parameters
     ----------
     source_cls : type[Source]
         The source class, called as ``source_cls(path, batch_size=..., max_latency_ms=..., position=...,
-        **options)``.
+        shard=..., **options)`` (``shard=None`` for a world of one worker).
     sink_cls : type[Sink] or None, default None
         The sink class, called as ``sink_cls(path, **options)`` (``None``: the files can only be read).
 
@@ -72,8 +77,18 @@ class FileConnector:
         return file_path(uri.split(":", 1)[1])
 
     def open_source(
-        self, uri: str, *, batch_size: int, max_latency_ms: float, position: dict | None, **options: Any
+        self,
+        uri: str,
+        *,
+        batch_size: int,
+        max_latency_ms: float,
+        position: dict | None,
+        rank: int = 0,
+        world_size: int = 1,
+        **options: Any,
     ) -> Source:
+        if world_size != 1 or rank != 0:
+            options["shard"] = (rank, world_size)  # only when split, so a world of one is exactly as before
         return self._source_cls(
             self._path(uri), batch_size=batch_size, max_latency_ms=max_latency_ms, position=position, **options
         )

@@ -26,7 +26,8 @@ class JsonlSource(LineSource):
         :func:`connectors.samples.json_samples`).
     **kwargs
         :class:`~connectors.text.LineSource`'s keyword arguments: ``batch_size``, ``max_latency_ms``,
-        ``position``, ``follow``, ``poll_interval``, ``max_line_bytes``, ``name``.
+        ``position``, ``follow``, ``poll_interval``, ``max_line_bytes``, ``name``, ``shard`` (line ``i``
+        is worker ``i % world_size``'s, all the samples it holds).
 
     Examples
     --------

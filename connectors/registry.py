@@ -9,6 +9,13 @@ names that object, e.g. in a plug-in's ``pyproject.toml``::
     [project.entry-points."streammas.connectors"]
     synth = "streammas_synth:connector"
 
+A worker of a data-parallel run opens its share of the input with ``open_source(uri, ...,
+shard=(rank, world_size))``. The connector is handed ``rank=`` and ``world_size=`` only if its
+``open_source`` names both parameters (``**options`` does not count: a connector that does not say it
+can split its input would hand every worker everything); with more than one worker, a connector that does
+not name them is refused. The built-in connectors name them: the file schemes split by file or by row,
+``zmq+pull`` binds one port per worker.
+
 Schemes are looked up in this order: :func:`register`-ed connectors, built-ins, entry points (a plug-in
 cannot silently replace a built-in). A URI without a scheme is a file path or glob whose extension names
 the scheme (``data/*.csv`` is ``csv:data/*.csv``).
@@ -22,6 +29,7 @@ the scheme (``data/*.csv`` is ``csv:data/*.csv``).
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import re
@@ -29,6 +37,7 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from connectors.base import Sink, Source
+from connectors.paths import normalise_shard
 
 _log = logging.getLogger(__name__)
 
@@ -61,6 +70,13 @@ class Connector(Protocol):
     settings and the saved position, plus the URI's options; :func:`open_sink` hands ``open_sink`` the URI
     and its options.
 
+    A connector that can split its input among the workers of a data-parallel run names the keyword
+    parameters ``rank`` and ``world_size`` in its ``open_source``: worker ``rank`` of ``world_size`` must
+    then get its own part, disjoint from the others' and, all parts together, the whole input, and a
+    position it gives back must resume that same part (and should say which part it is, so that a resume
+    with another ``world_size`` can be refused). A connector whose ``open_source`` does not name them is
+    run by one worker only: :func:`open_source` refuses it a ``shard`` of more than one worker.
+
     Examples
     --------
     A connector for a ``zeros:`` scheme that yields one batch of zeros, registered for this process:
@@ -88,6 +104,13 @@ class Connector(Protocol):
     >>> with open_source("zeros:3") as src:
     ...     [b.x.shape for b in src]
     [(3, 2)]
+
+    It does not name ``rank`` and ``world_size``, so two workers cannot share it:
+
+    >>> open_source("zeros:3", shard=(0, 2))
+    Traceback (most recent call last):
+        ...
+    ValueError: the plug-in 'zeros' does not say it can shard (...); run it with one worker
     >>> unregister("zeros")
     """
 
@@ -176,15 +199,39 @@ def _normalise(uri: str) -> tuple[str, str]:
     return scheme, uri if _SCHEME.fullmatch(uri) else f"{scheme}:{rest}"
 
 
+def can_shard(opener: Any) -> bool:
+    """Whether a connector's ``open_source`` names the keyword parameters ``rank`` and ``world_size``.
+
+    >>> def plain(uri, *, batch_size, max_latency_ms, position, **options): ...
+    >>> def split(uri, *, batch_size, max_latency_ms, position, rank=0, world_size=1, **options): ...
+    >>> can_shard(plain), can_shard(split)
+    (False, True)
+    """
+    try:
+        parameters = inspect.signature(opener).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): it says nothing
+        return False
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return all(name in parameters and parameters[name].kind in named for name in ("rank", "world_size"))
+
+
 def open_source(
     uri: str,
     *,
     batch_size: int = 32,
     max_latency_ms: float = 50.0,
     position: dict | None = None,
+    shard: tuple[int, int] | None = None,
     **options: Any,
 ) -> Source:
-    """Open the source ``uri`` names; ``options`` go to its connector (see the README's URI table)."""
+    """Open the source ``uri`` names; ``options`` go to its connector (see the README's URI table).
+
+    ``shard=(rank, world_size)`` opens worker ``rank``'s part of the input of a run of ``world_size``
+    workers (``None``, the default: all of it, as a run of one). The connector gets ``rank=`` and
+    ``world_size=`` when it names them (see :class:`Connector`); one that does not is refused a world of
+    more than one worker (``ValueError``), and opened as usual for a world of one. A position taken with
+    another shard makes the built-in file sources raise ``ValueError``.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_latency_ms < 0:
@@ -193,7 +240,17 @@ def open_source(
     opener = getattr(find_connector(scheme), "open_source", None)
     if opener is None:
         raise ValueError(f"scheme {scheme!r} names a sink only, not a source")
+    if shard is not None:
+        rank, world_size = normalise_shard(shard) or (0, 1)
+        if can_shard(opener):
+            options = {**options, "rank": rank, "world_size": world_size}
+        elif world_size > 1:
+            raise ValueError(
+                f"the plug-in {scheme!r} does not say it can shard (its open_source names no rank and "
+                "world_size); run it with one worker"
+            )
     return opener(uri, batch_size=batch_size, max_latency_ms=max_latency_ms, position=position, **options)
+
 
 
 def open_sink(uri: str, **options: Any) -> Sink:

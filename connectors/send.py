@@ -1,16 +1,21 @@
 """``streammas send``: stream a file into a ZeroMQ source (the producer side), with a progress bar.
 
     streammas send data.csv --to tcp://127.0.0.1:5555 [--batch-size N] [--rate R]
+    streammas send data.csv --to :5555,:5556      # the two workers of a data-parallel service
 
 The file is anything a file source reads (CSV, JSON Lines, ``.npy``, ``.npz``, a directory or a glob,
 or a URI such as ``csv:data.txt``); bad rows are skipped and counted as the sources do (the first ten
 with a warning each, the rest in one line at the end). Messages are wire format v1 (binary), sent over
 PUSH (connecting to the service's PULL source) or PUB (``--pattern pub``, binding, for SUB sources).
 ``--rate`` paces the samples per second; ``--follow`` keeps sending what is appended to a CSV or JSON
-Lines file.
+Lines file. Several addresses (comma-separated, or ``--to`` repeated) make one socket connected to all of
+them, which hands the messages to the receivers in turn: the workers of a data-parallel service, each
+bound to the configured port plus its rank. ``--connect-timeout`` then waits for every address, and
+names those that no receiver connected to.
 
 Exit status: 0 when every valid sample went to a receiver that had connected; 1 when nothing could be
-delivered (no valid sample in the file, no receiver within ``--connect-timeout``) or the receiver stopped
+delivered (no valid sample in the file, no receiver within ``--connect-timeout``), when one of several
+addresses never had a receiver (its turn of the messages was not delivered), or the receiver stopped
 taking messages (``--timeout``); 2 for a usage error (a missing file, a bad address); 130 on Ctrl-C.
 ZeroMQ does not acknowledge messages, so "delivered" means handed to a receiver that completed the
 ZeroMQ handshake; one that dies with messages in flight loses them.
@@ -27,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 DEFAULT_BATCH = 256
+DEFAULT_TO = "tcp://127.0.0.1:5555"
 #: Skipped-input warnings shown one by one; the rest are summed up in one line at the end.
 SHOWN_SKIPS = 10
 _REASON = re.compile(r"skipped input \((\w+)\)")
@@ -37,13 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "delivered (no valid sample, no receiver within --connect-timeout) or the receiver stopped "
                      "taking messages; 2 for a usage error")
     parser.add_argument("file", help="file, directory or glob to send (csv, jsonl, npy, npz), or a source URI")
-    parser.add_argument("--to", default="tcp://127.0.0.1:5555",
+    parser.add_argument("--to", action="append", default=None, metavar="ADDRESS[,ADDRESS...]",
                         help="the receiver's address: tcp://HOST:PORT, HOST:PORT or :PORT (host 127.0.0.1), "
-                             "ipc://PATH (default: %(default)s)")
+                             f"ipc://PATH (default: {DEFAULT_TO}); several (comma-separated, or --to repeated) "
+                             "take the messages in turn, e.g. the workers of a data-parallel service")
     parser.add_argument(
         "--connect-timeout", type=float, default=10.0,
-        help="seconds to wait for a receiver to connect before giving up with status 1 (default: %(default)s; "
-             "0: send at once, ZeroMQ queues the messages until one connects)",
+        help="seconds to wait for a receiver to connect (to every address) before giving up with status 1, "
+             "or, when some connected, warning about the others (default: %(default)s; 0: send at once, "
+             "ZeroMQ queues the messages until one connects)",
     )
     parser.add_argument(
         "--batch-size",
@@ -196,6 +204,18 @@ def _open_source(args: argparse.Namespace) -> tuple[Any, str]:
     return open_source(args.file, batch_size=_batch_size(args), max_latency_ms=50, **options), scheme
 
 
+def addresses(args: argparse.Namespace) -> list[str]:
+    """The receivers' addresses: every ``--to``, each split at its commas, in order, once each.
+
+    >>> addresses(argparse.Namespace(to=[":5555,:5556", ":5557", ":5555"]))
+    [':5555', ':5556', ':5557']
+    >>> addresses(argparse.Namespace(to=None))
+    ['tcp://127.0.0.1:5555']
+    """
+    given = [a.strip() for value in args.to or [DEFAULT_TO] for a in value.split(",")]
+    return list(dict.fromkeys(a for a in given if a)) or [DEFAULT_TO]
+
+
 def _fail(message: str) -> int:
     print(f"streammas send: error: {message}", file=sys.stderr)
     return 2
@@ -228,9 +248,10 @@ def _open_and_send(args: argparse.Namespace, report: _SkipReport) -> int:
     except (OSError, ValueError) as e:
         return _fail(str(e))
     report.watch(source, scheme == "csv")
+    to = addresses(args)
     try:
         producer = ZmqProducer(
-            args.to,
+            to if len(to) > 1 else to[0],
             pattern=args.pattern,
             bind=True if args.bind else None,
             topic=args.topic,
@@ -240,19 +261,25 @@ def _open_and_send(args: argparse.Namespace, report: _SkipReport) -> int:
         )
     except Exception as e:  # a bad address or key file: say so, no traceback
         source.close()
-        return _fail(f"cannot open {args.to}: {e}")
+        return _fail(f"cannot open {', '.join(to)}: {e}")
     return _send(args, source, producer, report)
 
 
 def _no_receiver(args: argparse.Namespace, producer: Any, waited: float) -> str:
     bound = args.bind or args.pattern == "pub"
-    why = producer.refused or ("nothing connected to this address" if bound else
-                               "is the service running, with a zmq+pull source bound there?")
-    return f"no receiver connected to {producer.address} within {waited:g} s ({why})"
+    several = len(producer.addresses) > 1
+    why = producer.refused or (f"nothing connected to {'these addresses' if several else 'this address'}" if bound
+                               else "is the service running, with a zmq+pull source bound there?")
+    return f"no receiver connected to {', '.join(producer.addresses)} within {waited:g} s ({why})"
+
+
+def _it(addresses: list[str]) -> str:
+    return "it" if len(addresses) == 1 else "them"
 
 
 def _send(args: argparse.Namespace, source: Any, producer: Any, report: _SkipReport) -> int:
     bar = _progress(getattr(source, "size_hint", None), not args.no_progress)
+    where = ", ".join(producer.addresses)
     pacer = Pacer(args.rate)
     sent = 0
     code = 0
@@ -263,13 +290,21 @@ def _send(args: argparse.Namespace, source: Any, producer: Any, report: _SkipRep
         for batch in source:
             if not connected:
                 # waited for only once there is something to send: a file with nothing valid says so at once
-                connected = producer.wait_for_peer(args.connect_timeout)
+                missing = producer.wait_for_peers(args.connect_timeout)
+                connected = len(missing) < len(producer.addresses)
                 if not connected and args.connect_timeout > 0:
                     problem, code = f"{_no_receiver(args, producer, args.connect_timeout)}: nothing sent", 1
                     break
                 if not connected:
-                    print(f"streammas send: warning: no receiver connected to {producer.address} yet; "
+                    print(f"streammas send: warning: no receiver connected to {where} yet; "
                           "the messages wait in the queue for one", file=sys.stderr)
+                elif missing:
+                    # Some workers are there: sending to them beats waiting for all; the others' turn of the
+                    # messages waits in the queue, and the end of the run says whether it was delivered.
+                    print(f"streammas send: warning: no receiver connected to {', '.join(missing)} within "
+                          f"{args.connect_timeout:g} s; the messages for {_it(missing)} wait in the queue until one "
+                          "connects",
+                          file=sys.stderr)
             pacer.wait(len(batch))
             producer.send(batch.x, None if args.no_labels else batch.y)
             sent += len(batch)
@@ -288,8 +323,14 @@ def _send(args: argparse.Namespace, source: Any, producer: Any, report: _SkipRep
         connected = producer.wait_for_peer(args.linger)
         if not connected:
             problem, code = f"{_no_receiver(args, producer, args.linger)}: nothing delivered", 1
-    if connected and code == 0 and producer.peers == 0:
-        print(f"streammas send: warning: the receiver at {producer.address} went away before the end; what "
+    if connected and code == 0 and (never := producer.wait_for_peers(args.linger)):
+        for address in never:  # closing must not wait --linger again for receivers that never came
+            producer.disconnect(address)
+        problem, code = (f"no receiver connected to {', '.join(never)} within --linger ({args.linger:g} s): the "
+                         f"messages queued for {_it(never)} were not delivered"), 1
+    gone = [a for a in producer.without_peer() if a not in producer.never_connected()]
+    if connected and code == 0 and gone:
+        print(f"streammas send: warning: the receiver at {', '.join(gone)} went away before the end; what "
               f"was still queued is delivered only if it comes back within --linger ({args.linger:g} s)",
               file=sys.stderr)
     producer.close(None if connected else 0)  # with no receiver, lingering delivers nothing
@@ -303,7 +344,7 @@ def _send(args: argparse.Namespace, source: Any, producer: Any, report: _SkipRep
     parts = []
     if sent:
         parts.append(f"{'sent' if connected else 'queued but not delivered:'} {sent:,} samples in "
-                     f"{producer.sent:,} messages to {producer.address} in {elapsed:.1f} s "
+                     f"{producer.sent:,} messages to {where} in {elapsed:.1f} s "
                      f"({sent / elapsed:,.0f} samples/s)")
     if rejected:
         parts.append("skipped bad input: " + ", ".join(f"{k} {v:,}" for k, v in sorted(rejected.items())))

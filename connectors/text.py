@@ -6,6 +6,11 @@ It reads a path, a directory or a glob (files in name order), can follow a growi
 number, a checksum of the file's first bytes) re-reading nothing and skipping nothing. Subclasses parse
 blocks of lines; a bad line is counted by reason, logged with its file and line number at a bounded
 rate, and skipped.
+
+A worker of a data-parallel run (``shard=(rank, world_size)``) reads its share: every
+``world_size``-th file of a directory or glob, or of a single file every ``world_size``-th data row
+(a header row is read by every worker), lines appended later included. The lines of the other workers
+are read past as blank lines, so that line numbers, offsets and positions stay those of the whole file.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 from connectors.batching import BatchingSource
 from connectors.counters import Reject
 from connectors.lines import MAX_LINE_BYTES, LineCursor
-from connectors.paths import FileSeries
+from connectors.paths import FileSeries, check_position_shard, normalise_shard, row_share
 from connectors.samples import drop_nonfinite
 
 _log = logging.getLogger(__name__)
@@ -65,6 +70,10 @@ class LineSource(BatchingSource):
         Longer lines are skipped without being held in memory, and counted as ``too_large``.
     name : str or None, default None
         The source's name in logs and metrics (``None``: ``path``).
+    shard : tuple of int or None, default None
+        ``(rank, world_size)``: read only this worker's share (see the module docstring); positions then
+        carry ``"shard": [rank, world_size]``, and a ``position`` taken with another shard raises
+        ``ValueError``. ``None`` or a world of one: everything, with positions as without a shard.
 
     Examples
     --------
@@ -90,6 +99,19 @@ class LineSource(BatchingSource):
     ...         batch = src.read()
     >>> batch.x[:, 0].tolist(), batch.position["line"], src.counters["rejected:parse"], src.finite
     ([1.0, 2.0, 4.0], 4, 1, True)
+
+    Two workers share the file's rows:
+
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = str(pathlib.Path(d, "n.txt"))
+    ...     _ = pathlib.Path(path).write_text("1\\n2\\n3\\n4\\n5\\n")
+    ...     shares = []
+    ...     for rank in (0, 1):
+    ...         with Numbers(path, batch_size=8, shard=(rank, 2)) as src:
+    ...             shares.append([b.x[:, 0].tolist() for b in src])
+    ...     last = src.position
+    >>> shares, last["line"], last["shard"]
+    ([[[1.0, 3.0, 5.0]], [[2.0, 4.0]]], 5, [1, 2])
     """
 
     def __init__(
@@ -104,10 +126,16 @@ class LineSource(BatchingSource):
         poll_interval: float = 0.1,
         max_line_bytes: int = MAX_LINE_BYTES,
         name: str | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(name or path, batch_size=batch_size, max_latency_ms=max_latency_ms, logger=_log)
+        self._shard = normalise_shard(shard)
+        check_position_shard(position, self._shard, name or path)
+        self._shard_tag = None if self._shard is None else list(self._shard)
         self._max_line = int(max_line_bytes)
-        self._files = FileSeries(path, extension)
+        self._files = FileSeries(path, extension, shard=self._shard)
+        self._split_rows = self._files.splits_rows
+        self._first_row: int | None = None  # line number of the current file's first data row, when splitting rows
         self._follow = bool(follow)
         self._poll = float(poll_interval)
         self._resume = position
@@ -117,7 +145,8 @@ class LineSource(BatchingSource):
         self._opened = 0
         self._cursor: LineCursor | None = None
         self._start_cursor()
-        if self._cursor is None and not self._follow:
+        if self._cursor is None and not self._follow and not self._files.list_all():
+            # (a worker whose share of a matching glob is empty is simply finished)
             raise FileNotFoundError(f"no file matches {path!r}")
 
     @property
@@ -162,15 +191,22 @@ class LineSource(BatchingSource):
         while not batcher.ready:
             if self._cursor is None:
                 self._start_cursor()
+                if self._cursor is None and not self._follow:
+                    self._exhausted = True  # an empty share of the files: nothing is this worker's
+                    return
             cursor = self._cursor
             if cursor is not None:
-                lines, first = cursor.read_lines(max(1, batcher.room))
+                # Splitting rows, room * world_size lines hold exactly room of this worker's.
+                lines, first = cursor.read_lines(max(1, batcher.room) * (self._shard[1] if self._split_rows else 1))
                 generation = (self._opened, cursor.generation)
                 if generation != self._generation and (lines or cursor.generation):
                     if self._generation is not None:
                         batcher.seal()
                     self._generation = generation
+                    self._first_row = None
                     self._new_file(cursor)
+                if self._split_rows and lines:
+                    lines = self._own_rows(cursor, lines, first)
                 if cursor.oversized:
                     numbers, cursor.oversized = cursor.oversized, []
                     detail = lines_detail(cursor.path, numbers, f"longer than {cursor.max_line_bytes} bytes")
@@ -195,12 +231,40 @@ class LineSource(BatchingSource):
             if until is None:
                 return
 
+    def _own_rows(self, cursor: LineCursor, lines: list[bytes], first: int) -> list[bytes]:
+        """``lines`` with those of the other workers blanked (the parsers skip blank lines), so that
+        numbers, offsets and positions stay those of the whole file."""
+        if self._first_row is None:
+            # Asked once lines are there, never of a file still empty: whether a CSV file has a header
+            # must not depend on when a worker first looked at it.
+            self._first_row = self._data_start(cursor)
+        head = min(len(lines), max(0, self._first_row - first))  # a header is every worker's
+        out = lines[:head] + [b""] * (len(lines) - head)
+        own = row_share(first, self._first_row, self._shard) - first  # index of the first line that is ours
+        world = self._shard[1]
+        out[own::world] = lines[own::world]
+        if cursor.oversized:  # another worker's overlong line is that worker's to count
+            rank, start = self._shard[0], self._first_row
+            cursor.oversized = [n for n in cursor.oversized if n < start or (n - start) % world == rank]
+        return out
+
+    def _push(self, x, y=None, *, start: dict | None = None, end: dict | None = None) -> None:
+        if self._shard_tag is not None:  # every position says which shard it belongs to
+            start = None if start is None else {**start, "shard": self._shard_tag}
+            end = None if end is None else {**end, "shard": self._shard_tag}
+        super()._push(x, y, start=start, end=end)
+
     def _reader_position(self) -> dict | None:
         if self._cursor is None:
-            return self._resume
+            position = self._resume
+            if self._shard_tag is not None:
+                position = {**(position or {}), "shard": self._shard_tag}
+            return position
         position = self._cursor.position()
         if self._skip:
             position["skip"] = self._skip
+        if self._shard_tag is not None:
+            position["shard"] = self._shard_tag
         return position
 
     def _release(self) -> None:
@@ -210,6 +274,10 @@ class LineSource(BatchingSource):
     # -- parsing -------------------------------------------------------------------------------------
     def _new_file(self, cursor: LineCursor) -> None:
         """A new file (or a restarted one) begins: reset per-file state."""
+
+    def _data_start(self, cursor: LineCursor) -> int:
+        """The line number of the current file's first data row (after a header), for splitting rows."""
+        return 1
 
     @abc.abstractmethod
     def _parse(self, cursor: LineCursor, lines: list[bytes], first: int) -> None:

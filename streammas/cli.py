@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send": ("connectors.send", "stream a file into a ZeroMQ source (the producer side)"),
     "inspect": ("streammas.inspect", "summarise a state directory (samples, consolidations, importance)"),
     "evaluate": ("streammas.evaluation.cli", "task-free continual-learning benchmarks with no boundaries given"),
-    "bench": ("streammas.bench", "speed and memory benchmarks (step, importance, memory, ingest)"),
+    "bench": ("streammas.bench", "speed and memory benchmarks (step, importance, memory, ingest, scale)"),
 }
 
 

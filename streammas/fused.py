@@ -208,7 +208,10 @@ class FusedChain:
         self.linears = [m for m in modules if isinstance(m, nn.Linear)]
 
     @classmethod
-    def build(cls, model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer) -> FusedChain | None:
+    def build(cls, model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, *,
+              writes_grads: bool = False) -> FusedChain | None:
+        """The chain of ``model`` where it applies (``None`` elsewhere); ``writes_grads``: leave the gradients to
+        the optimizer with SGD too (a group of workers sums them before any step)."""
         adam = type(optimizer) in (torch.optim.Adam, torch.optim.AdamW)
         if objective is not reconstruction or not (adam or type(optimizer) is torch.optim.SGD):
             return None
@@ -237,7 +240,7 @@ class FusedChain:
                 return None
             lr_of.append(lambda g=group: float(g["lr"]))
         # Adam keeps its own step (torch's fused kernel): the chain writes the gradients it derived by hand.
-        return cls(model, modules, flattens, None if adam else lr_of)
+        return cls(model, modules, flattens, None if adam or writes_grads else lr_of)
 
     @property
     def writes_grads(self) -> bool:
@@ -289,22 +292,24 @@ class FusedChain:
         return deltas
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, batch: int,
-             fold: tuple[Sequence[torch.Tensor], Callable[[], float]] | None = None) -> FusedResult:
+    def step(self, x: torch.Tensor, batch: int, fold: tuple[Sequence[torch.Tensor], Callable[[], float]] | None = None,
+             rows_total: int | None = None) -> FusedResult:
         """One SGD step on all rows of ``x`` (for Adam: the gradients, in ``.grad``); with
         ``fold = (running, weight)``, also fold the importance of the
         first ``batch`` rows, measured before the update, into ``running`` (aligned with :meth:`parameters`)
-        with ``running += (mean - running) * weight()``."""
+        with ``running += (mean - running) * weight()``. ``rows_total``: the loss is the sum over these rows
+        divided by that many (a group of workers' rows), not their mean."""
         rows = x.shape[0]
         flat, inputs, outputs = self._forward(x)
         out = outputs[-1]
         diff = out - flat
         losses = diff.pow(2).mean(dim=1)
-        mean = losses.mean()
+        mean = losses.mean() if rows_total is None else losses.sum() / rows_total
         finite = torch.isfinite(mean)
         # A non-finite loss must leave the model untouched: a zero seed and zeroed activations make every product
         # below exactly zero (0 * inf would be NaN).
-        seed = torch.where(finite, diff.mul_(2.0 / diff.numel()), 0.0)
+        elements = diff.numel() if rows_total is None else rows_total * diff.shape[1]
+        seed = torch.where(finite, diff.mul_(2.0 / elements), 0.0)
         measure = fold is not None
         if measure:
             seed = torch.cat([seed, torch.where(finite, out[:batch] * 2.0, 0.0)])

@@ -118,6 +118,7 @@ def summarize_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
         "model": {**(meta.get("model") or {}), "tensor_elements": parameters},
         "source": meta.get("source"),
         "service": meta.get("service"),
+        "world_size": int((meta.get("distributed") or {}).get("world_size", 1)),
         "checkpoint": {"path": str(ckpt.path), "seq": ckpt.seq, "bytes": ckpt.nbytes, "created": ckpt.created,
                        "created_utc": _dt.datetime.fromtimestamp(ckpt.created, _dt.UTC).isoformat(),
                        "reason": meta.get("reason"), "streammas_version": meta.get("streammas_version")},
@@ -168,7 +169,10 @@ def render(summary: Mapping[str, Any], history: int = 20) -> str:
         f"{model.get('tensor_elements', 0):,} values in its state",
     ]
     source = summary.get("source") or {}
-    if source:
+    if source.get("positions") is not None:  # a group of workers: each one's position in its shard
+        lines.append(f"source          {source.get('uri')}, {summary.get('world_size')} workers")
+        lines += [f"  worker {r}      position: {json.dumps(p)}" for r, p in enumerate(source["positions"])]
+    elif source:
         lines.append(f"source          {source.get('uri')} (position: {json.dumps(source.get('position'))})")
     service = summary.get("service") or {}
     if service.get("rejected"):

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from streammas.buffer import HardBuffer
+from streammas.distributed.context import DistributedContext
+from streammas.distributed.reduce import GroupReducer
 from streammas.events import Event, EventLog
 from streammas.hostsync import host_read
 from streammas.inputs import InputGuard
@@ -86,6 +88,15 @@ class OnlineMAS:
         Called with each :class:`~streammas.events.Event`.
     device : str, torch.device or None, default None
         Where the model and all learner state live (``None``: the model's device).
+    distributed : DistributedContext or None, default None
+        A group of workers that learn together (:mod:`streammas.distributed.reduce`): each calls
+        :meth:`learn_many` once per step with its own rows (a batch of ``[0, *sample_shape]`` when it has none;
+        it still takes part), and every worker ends each step with the state of one learner fed the union of
+        the rows, worker r's j-th row at slot ``j * N + r``, to float rounding. The workers start from rank
+        0's weights. Not with ``hard_buffer > 0`` (a ``ValueError``); models whose output for a row depends on
+        the other rows (batch norm in training mode) are not exact. An exception inside :meth:`learn_many` is
+        fatal for the group (the others wait inside a collective), and :meth:`flush` (which :meth:`state_dict`
+        calls) may take part in one: every worker calls it at once. ``None``, or a group of one: alone.
     **settings
         The keywords of :class:`~streammas.settings.LearnerSettings` (``lr``, ``reg_lambda``, ...), each with
         its default there.
@@ -106,13 +117,19 @@ class OnlineMAS:
     """
 
     def __init__(self, model: nn.Module, *, callback: Callable[[Event], None] | None = None,
-                 device: str | torch.device | None = None, **settings: Any) -> None:
+                 device: str | torch.device | None = None, distributed: DistributedContext | None = None,
+                 **settings: Any) -> None:
         self.settings = s = LearnerSettings(**settings)
         if device is not None:
             model = model.to(device)
         first = next(model.parameters(), None)
         if first is None:
             raise ValueError("the model has no parameters to learn")
+        self.group = None if distributed is None or distributed.world_size == 1 else GroupReducer(distributed)
+        if self.group is not None:
+            if s.hard_buffer:  # the highest-loss rows of each worker are not those of the union
+                raise ValueError("hard_buffer > 0 is not supported in a group of workers; set hard_buffer = 0")
+            self.group.broadcast_module(model)
         self.model = model
         self.device, self.dtype = first.device, first.dtype
         self.objective, needs_labels = resolve_objective(s.objective)
@@ -130,8 +147,9 @@ class OnlineMAS:
                                  normalization=s.omega_normalization, omega_dtype=held_dtype)
         self.buffer = HardBuffer(s.hard_buffer, s.hard_buffer_decay)
         self.scaler = InputScaler(s.scale_inputs, clip=s.input_clip, device=self.device)
-        self.replay = ReplayMemory(s.replay, max_bytes=s.replay_max_bytes, seed=torch.initial_seed() % (1 << 63),
-                                   transform=self.scaler.transform)
+        seed = torch.initial_seed() % (1 << 63)
+        self.replay = ReplayMemory(s.replay, max_bytes=s.replay_max_bytes, transform=self.scaler.transform,
+                                   seed=seed if self.group is None else self.group.same_seed(seed))
         self.meter = ImportanceMeter(model, self.synapses, every=s.importance_every, method=s.importance_method,
                                      output=s.importance_output,
                                      enabled=s.reg_lambda > 0 and s.importance_source == "stream")
@@ -140,14 +158,15 @@ class OnlineMAS:
                                          device_gated=guarded)
         self.update = make_update(model, self.objective, self.optimizer, self.buffer, self.meter, self.proximal,
                                   steps_per_batch=s.steps_per_batch, fused=s.fused_step,
-                                  replay=self.replay if s.replay else None)
+                                  replay=self.replay if s.replay else None, group=self.group)
         detector = (PlateauDetector(s.plateau) if s.plateau is None or isinstance(s.plateau, (PlateauConfig, Mapping))
                     else s.plateau)
         self.regimes = RegimeTracker(self.synapses, detector, proximal=self.proximal, events=self.events,
                                      consolidate_at=s.consolidate_at, importance_source=s.importance_source,
                                      meter=self.meter, buffer=self.buffer, held_dtype=held_dtype)
         self.recovery = Recovery(model, self.objective, self.optimizer, self.synapses, self.proximal, self.events,
-                                 recover_after=s.recover_after)
+                                 recover_after=s.recover_after,
+                                 reduce=None if self.group is None else self.group.all_reduce)
         self._pending: list[torch.Tensor] = []  # the batches' mean losses, not yet read by the host
         self._clipped = 0  # the scaler's count of clipped samples, as of the last host read
 
@@ -202,20 +221,41 @@ class OnlineMAS:
     def learn_many(self, x: Any, y: Any = None) -> torch.Tensor:
         """Score a batch (prequential per-sample loss, returned on the learner's device), then learn from it.
 
-        Rejected samples (``on_bad_input="skip"``) score NaN and are not learned.
+        Rejected samples (``on_bad_input="skip"``) score NaN and are not learned. In a group of workers the
+        scores are those of this worker's rows, and the counts grow by the whole group's.
         """
         batch = len(x)
-        xb, yb, keep = self.guard.prepare(x, y)
-        if xb.shape[0] == 0:
-            return torch.full((batch,), math.nan, device=self.device)
-        scores, score_mean = self.update(self.scaler.fit_transform(xb), yb, self.meter.due(self.steps))
-        self.replay.add(xb, yb)
+        xb, yb, keep = self.guard.prepare(x, y) if self.group is None or batch else self._no_rows(x, y)
+        if self.group is None:
+            if xb.shape[0] == 0:
+                return torch.full((batch,), math.nan, device=self.device)
+            zb, seen = self.scaler.fit_transform(xb), (xb, yb)
+        else:
+            if not xb.shape[0]:  # none given, or all refused: the stream's shape and dtype, as the others send
+                xb = xb.new_zeros((0, *(self.guard.sample_shape or xb.shape[1:])), dtype=self.dtype)
+            found = self.group.gather(xb, yb)  # the union, on every worker (None: no worker has a row)
+            if found is None:
+                return torch.full((batch,), math.nan, device=self.device)
+            if self.guard.sample_shape is None:  # a worker that has had no rows yet learns the union's shape
+                self.guard.sample_shape = tuple(found.x.shape[1:])
+            self.scaler.fit(found.x)  # the statistics of the union, alike everywhere; each scales its own rows
+            zb, yb, seen = self.scaler.transform(xb), found.y_local, (found.x, found.y)
+        scores, score_mean = self.update(zb, yb, self.meter.due(self.steps))
+        self.replay.add(*seen)  # every worker keeps the same reservoir of the union
         self._pending.append(score_mean)
         self.steps += 1
-        self.samples_seen += xb.shape[0]
+        self.samples_seen += seen[0].shape[0]
         if self.steps % self.settings.sync_every == 0:
             self._sync()
         return self.guard.spread(scores, keep, batch)
+
+    def _no_rows(self, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+        """A worker's batch of no rows, ``[0, *sample_shape]``, on the device as it is: nothing to check."""
+        xt = self.guard.to_tensor(x)
+        if xt.dim() < 2:
+            return self.guard.prepare(x, y)  # which says what is wrong with it
+        yt = None if y is None else self.guard.to_tensor(y).reshape(-1)
+        return self.guard.to_device(xt), None if yt is None else self.guard.to_device(yt, yt.dtype), None
 
     def learn_one(self, x: Any, y: Any = None) -> float:
         """Learn one sample (array, tensor or dict of features); returns its prequential loss."""
@@ -339,14 +379,15 @@ class OnlineMAS:
 
 
 def _signature() -> inspect.Signature:
-    """``OnlineMAS(model, *, <every setting with its default>, callback=None, device=None)``, for help() and
-    :func:`learner_defaults`: the keywords are the settings' fields, spelled out once in LearnerSettings."""
+    """``OnlineMAS(model, *, <every setting with its default>, callback=None, device=None, distributed=None)``,
+    for help() and :func:`learner_defaults`: the keywords are the settings' fields, spelled out once in
+    LearnerSettings."""
     keyword = inspect.Parameter.KEYWORD_ONLY
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
               inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="nn.Module")]
     params += [inspect.Parameter(f.name, keyword, default=f.default, annotation=f.type)
                for f in dataclasses.fields(LearnerSettings)]
-    params += [inspect.Parameter("callback", keyword, default=None), inspect.Parameter("device", keyword, default=None)]
+    params += [inspect.Parameter(name, keyword, default=None) for name in ("callback", "device", "distributed")]
     return inspect.Signature(params)
 
 

@@ -104,6 +104,44 @@ class ImportanceMeter:
         if self.probe is None or not self.probe.measure_into(x, self.synapses.running, weight):
             self.synapses.accumulate(self.measure(x), x.shape[0])
 
+    # -- in a group of workers: each measures its own rows, the group sums, every worker folds the same sums ------
+    def captured_sum(self, rows: int, batch: int) -> list[torch.Tensor] | None:
+        """:meth:`fold_captured`'s importance summed over the first ``batch`` rows instead of folded (zeros for
+        none); ``None`` if the captured pass could not serve."""
+        try:
+            if not self.probe.ready(rows):
+                return None
+            if batch == 0:
+                return [torch.zeros_like(t) for t in self.synapses.running]
+            means = self.probe.importance(batch, retain_graph=True)
+            return None if means is None else [means[n] * batch for n in self.synapses.names]
+        finally:
+            self.probe.release()
+
+    def measure_sum(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`fold`'s importance of ``x``, summed over its rows (zeros for none) instead of folded."""
+        if x.shape[0] == 0:
+            return [torch.zeros_like(t) for t in self.synapses.running]
+        means = None if self.probe is None else self.probe.measure(x)
+        means = self.measure(x) if means is None else [means[n] for n in self.synapses.names]
+        return [m * x.shape[0] for m in means]
+
+    def fold_sum(self, sums: list[torch.Tensor], batch: int) -> None:
+        """Fold importance summed over ``batch`` samples (a group's, over all its workers) into the running mean.
+
+        >>> model = nn.Linear(2, 1)
+        >>> synapses = Synapses(model.named_parameters())
+        >>> meter = ImportanceMeter(model, synapses)
+        >>> x = torch.randn(6, 2)
+        >>> halves = [torch.add(a, b) for a, b in zip(meter.measure_sum(x[:4]), meter.measure_sum(x[4:]))]
+        >>> meter.fold_sum(halves, 6)
+        >>> whole = Synapses(model.named_parameters())
+        >>> ImportanceMeter(model, whole).fold(x)
+        >>> all(torch.allclose(a, b) for a, b in zip(synapses.running, whole.running)), synapses.running_count
+        (True, 6)
+        """
+        self.synapses.accumulate([s / batch for s in sums], batch)
+
     def measure(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The mean importance over ``x``, aligned with the synapses' parameters."""
         if self.method == "hebbian":

@@ -44,6 +44,9 @@ class Recovery:
         Receives the ``skipped_update`` and ``recovered`` events.
     recover_after : int, default 64
         Updates skipped in a row before the weights are checked (0: never).
+    reduce : callable or None, default None
+        In a group of workers, ``tensors -> their sums over the workers`` (one collective): each worker scores its
+        own rows, and every worker must then take part in every check, with rows or without.
 
     Attributes
     ----------
@@ -69,7 +72,8 @@ class Recovery:
     """
 
     def __init__(self, model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, synapses: Synapses,
-                 proximal: ProximalSchedule, events: EventLog, *, recover_after: int = 64) -> None:
+                 proximal: ProximalSchedule, events: EventLog, *, recover_after: int = 64,
+                 reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None) -> None:
         self.model = model
         self.objective = objective
         self.optimizer = optimizer
@@ -77,6 +81,7 @@ class Recovery:
         self.proximal = proximal
         self.events = events
         self.recover_after = int(recover_after)
+        self.reduce = reduce
         self.skipped = 0
         self.recoveries = 0
         self._dead_steps = 0  # updates skipped in a row, as of the last read
@@ -90,14 +95,12 @@ class Recovery:
         self._dead_steps = self._dead_steps + skipped if skipped >= window else 0
         if self.recover_after and self._dead_steps >= self.recover_after:
             self._dead_steps = 0
-            if last_rows is not None:
-                self._recover(*last_rows)
+            if last_rows is not None or self.reduce is not None:
+                self._recover(*(last_rows or (None, None)))
 
-    def _recover(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+    def _recover(self, x: torch.Tensor | None, y: torch.Tensor | None) -> None:
         with torch.no_grad():
-            now = self.objective(self.model(x), x, y).mean()
-            anchored = dict(zip(self.synapses.names, self.synapses.anchor))
-            before = self.objective(torch.func.functional_call(self.model, anchored, (x,)), x, y).mean()
+            now, before = self._losses(x, y)
             if bool(host_read(torch.isfinite(now) | ~torch.isfinite(before))):
                 return
             torch._foreach_copy_([p.detach() for p in self.synapses.params], self.synapses.anchor)
@@ -106,6 +109,20 @@ class Recovery:
         self.proximal.reset()
         self.recoveries += 1
         self.events.emit("recovered", float(before))
+
+    def _losses(self, x: torch.Tensor | None, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean loss of the rows with the weights, and with theta*: over the whole group's rows in a group."""
+        anchored = dict(zip(self.synapses.names, self.synapses.anchor))
+        if self.reduce is None:
+            now = self.objective(self.model(x), x, y).mean()
+            return now, self.objective(torch.func.functional_call(self.model, anchored, (x,)), x, y).mean()
+        sums = torch.zeros(3, dtype=self.synapses.anchor[0].dtype, device=self.synapses.anchor[0].device)
+        if x is not None and x.shape[0]:  # a worker with no rows adds nothing
+            sums[0] = self.objective(self.model(x), x, y).sum()
+            sums[1] = self.objective(torch.func.functional_call(self.model, anchored, (x,)), x, y).sum()
+            sums[2] = x.shape[0]
+        (total,) = self.reduce([sums])
+        return total[0] / total[2], total[1] / total[2]
 
     def state_dict(self) -> dict[str, Any]:
         return {"skipped_updates": self.skipped, "recoveries": self.recoveries}

@@ -89,12 +89,30 @@ class ReplayMemory:
         if self.y is not None and y is not None:
             self.y.index_copy_(0, slots, y.index_select(0, rows))
 
-    def extend(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The batch followed by as many samples drawn from the memory (the batch alone while it is empty)."""
+    def extend(self, x: torch.Tensor, y: torch.Tensor | None, *, draws: int | None = None,
+               positions: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch followed by as many samples drawn from the memory (the batch alone while it is empty).
+
+        In a group of workers each holds the same memory and draws for the whole global batch (``draws`` samples,
+        so that the generators stay alike), keeping the draws at its own rows' ``positions`` in that batch: the
+        workers together replay what one learner would.
+
+        >>> memory = ReplayMemory(8, seed=1)
+        >>> memory.add(torch.arange(8.0).unsqueeze(1), None)
+        >>> twin = ReplayMemory(8, seed=1)
+        >>> twin.add(torch.arange(8.0).unsqueeze(1), None)
+        >>> whole = memory.extend(torch.zeros(3, 1), None)[0][3:]
+        >>> part = twin.extend(torch.zeros(1, 1), None, draws=3, positions=[1])[0][1:]
+        >>> bool(part[0] == whole[1])
+        True
+        """
         held = len(self)
         if held == 0:
             return x, y
-        pick = torch.tensor([self.generator.randrange(held) for _ in range(x.shape[0])], device=self.x.device)
+        drawn = [self.generator.randrange(held) for _ in range(x.shape[0] if draws is None else draws)]
+        if positions is not None:
+            drawn = [drawn[i] for i in positions]
+        pick = torch.tensor(drawn, dtype=torch.long, device=self.x.device)
         replayed = self.x.index_select(0, pick)
         if self.transform is not None:
             replayed = self.transform(replayed)

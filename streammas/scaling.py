@@ -84,21 +84,26 @@ class InputScaler:
 
     def fit_transform(self, x: torch.Tensor) -> torch.Tensor:
         """Fold ``x`` into the statistics (unless frozen), then standardise it."""
+        self.fit(x)
+        return self.transform(x)
+
+    def fit(self, x: torch.Tensor) -> None:
+        """Fold ``x`` into the statistics (unless frozen). A group of workers fits the whole global batch on each
+        (the first batch's median cannot be split), then each standardises its own rows."""
         if not self.enabled:
-            return x
+            return
         flat = x.reshape(x.shape[0], -1).double()
         if self.mean is None:
             self._start(flat)
         elif self.mode == "running" or self._seen < self.warmup:
             self._fold(flat)
         self._seen += x.shape[0]
-        return self.transform(x)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """Standardise with the current statistics, clipped to ``[-clip, clip]``."""
         if not self.enabled or self.mean is None:
             return x
-        flat = x.reshape(x.shape[0], -1)
+        flat = x.flatten(1)  # a worker's batch of no rows too
         mean, std = self._mean_std(flat.dtype)
         return ((flat - mean) / std).clamp_(-self.clip, self.clip).reshape(x.shape)
 
@@ -106,7 +111,7 @@ class InputScaler:
         """Back to the input's units."""
         if not self.enabled or self.mean is None:
             return z
-        flat = z.reshape(z.shape[0], -1)
+        flat = z.flatten(1)
         mean, std = self._mean_std(flat.dtype)
         return (flat * std + mean).reshape(z.shape)
 

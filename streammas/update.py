@@ -13,8 +13,9 @@ layers and activations trained by plain SGD on the reconstruction error (see :mo
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from streammas.hostsync import host_read
 from streammas.meter import ImportanceMeter
 from streammas.proximal import ProximalSchedule
 from streammas.replay import ReplayMemory
+
+if TYPE_CHECKING:
+    from streammas.distributed.reduce import GroupReducer
 
 Scores = tuple[torch.Tensor, torch.Tensor]
 
@@ -89,6 +93,9 @@ class AutogradUpdate:
         Optimisation steps on each batch.
     replay : ReplayMemory or None, default None
         Past samples replayed beside each batch (as many as it holds); ``None``: none.
+    group : GroupReducer or None, default None
+        The collectives of a group of workers (:mod:`streammas.distributed.reduce`), which learn the union of
+        their batches; ``None``: this learner alone.
 
     Examples
     --------
@@ -110,7 +117,7 @@ class AutogradUpdate:
 
     def __init__(self, model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, buffer: HardBuffer,
                  meter: ImportanceMeter, proximal: ProximalSchedule, steps_per_batch: int = 1,
-                 replay: ReplayMemory | None = None) -> None:
+                 replay: ReplayMemory | None = None, group: GroupReducer | None = None) -> None:
         self.model = model
         self.objective = objective
         self.optimizer = optimizer
@@ -119,6 +126,8 @@ class AutogradUpdate:
         self.proximal = proximal
         self.steps_per_batch = int(steps_per_batch)
         self.replay = replay
+        self.group = group
+        self._group_rows = 0  # in a group: the rows the whole group learns this step, its losses' divisor
         first = next(model.parameters())
         self.dtype = first.dtype
         # Fused optimizers skip a step on a device-side flag (found_inf): a non-finite loss needs no host sync.
@@ -127,18 +136,32 @@ class AutogradUpdate:
         self.last_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # what the last update learned
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor | None, measure: bool) -> Scores:
-        x_all, y_all = (xb, yb) if self.replay is None else self.replay.extend(xb, yb)
+        x_all, y_all = self._with_replay(xb, yb)
         x_all, y_all = self.buffer.extend(x_all, y_all)
         self.last_rows = (x_all, y_all)
         scores, score_mean, measured = self._steps(xb, x_all, y_all, measure)
-        if measure and not measured:
+        if measure and not measured and self.group is None:
             self.meter.fold(xb)
+        elif measure and not measured:  # each worker measures its rows, all fold the group's sums
+            self.meter.fold_sum(self.group.all_reduce(self.meter.measure_sum(xb)), self.group.batch.total)
         return scores, score_mean
+
+    def _with_replay(self, xb: torch.Tensor, yb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.group is None:
+            return (xb, yb) if self.replay is None else self.replay.extend(xb, yb)
+        total = self.group.batch.total
+        replaying = self.replay is not None and len(self.replay) > 0
+        self._group_rows = total * (2 if replaying else 1)  # the batch, and one replayed sample per row
+        if not replaying:
+            return xb, yb
+        return self.replay.extend(xb, yb, draws=total, positions=self.group.batch.positions)
 
     def _steps(self, xb: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor | None,
                measure: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """The steps; returns the scores, their mean, and whether the importance was folded from the last step's
         own forward pass (measured before that step's update, on the batch's rows only)."""
+        if self.group is not None:
+            return self._group_steps(xb, x_all, y_all, measure)
         scores = score_mean = None
         measured = False
         share = measure and self.meter.can_share()
@@ -163,6 +186,50 @@ class AutogradUpdate:
             self._step(finite)
         self.buffer.update(x_all, y_all, losses.detach())
         return scores, score_mean, measured
+
+    def _group_steps(self, xb: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor | None,
+                     measure: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """:meth:`_steps` in a group: each loss is a sum over this worker's rows divided by the group's row count,
+        and the group sums the gradients (:meth:`_reduce_and_step`) before the optimizer's step. A worker with no
+        rows computes nothing and adds zeros."""
+        share = measure and self.meter.can_share()
+        scores = score_mean = None
+        for step in range(self.steps_per_batch):
+            capture = share and step == self.steps_per_batch - 1
+            importance: list[torch.Tensor] | None = self._zero_sums() if capture else []
+            self.optimizer.zero_grad(set_to_none=True)
+            losses = torch.zeros(0, dtype=self.dtype, device=self.skipped.device)
+            if xb.shape[0]:
+                with self.meter.capture() if capture else contextlib.nullcontext():
+                    output = self.model(x_all)
+                losses = self.objective(output, x_all, y_all)
+                if capture:
+                    importance = self.meter.captured_sum(x_all.shape[0], xb.shape[0])
+                (losses.sum() / self._group_rows).backward()
+                losses = losses.detach()
+            if scores is None:
+                scores = losses[: xb.shape[0]]
+            if capture and self.group.any(importance is None):  # as alone: a separate pass after the steps
+                share, capture, importance = False, False, []
+            score_sum = self._reduce_and_step(scores, losses, importance, capture)
+            if score_mean is None:
+                score_mean = score_sum / self.group.batch.total
+        return scores, score_mean, share
+
+    def _zero_sums(self) -> list[torch.Tensor]:
+        return [torch.zeros_like(t) for t in self.meter.synapses.running]
+
+    def _reduce_and_step(self, scores: torch.Tensor, losses: torch.Tensor, importance: list[torch.Tensor],
+                         fold: bool) -> torch.Tensor:
+        """In a group: sum the gradients, the importance and the losses over the workers (one all-reduce), fold the
+        importance (``fold``), and step, or skip on every worker alike when the group's loss is not finite.
+        Returns the sum of the group's scores."""
+        sums, importance = self.group.reduce_step(self.meter.synapses.params, [scores.sum(), losses.sum()],
+                                                  importance)
+        if fold:
+            self.meter.fold_sum(importance, self.group.batch.total)
+        self._step(torch.isfinite(sums[1]))
+        return sums[0]
 
     def _step(self, finite: torch.Tensor) -> None:
         """The optimizer's step and the regulariser's, both skipped when the loss is not finite."""
@@ -234,7 +301,7 @@ class FusedUpdate(AutogradUpdate):
 
     def _steps(self, xb: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor | None,
                measure: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        if not self.chain.applicable(x_all):
+        if not self.chain.applicable(x_all) or self.group is not None:
             return super()._steps(xb, x_all, y_all, measure)
         fold_here = measure and self.meter.chain_can_fold()
         scores = score_mean = None
@@ -258,12 +325,40 @@ class FusedUpdate(AutogradUpdate):
         self.buffer.update(x_all, y_all, result.losses)
         return scores, score_mean, measured
 
+    def _group_steps(self, xb: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor | None,
+                     measure: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The chain's step in a group: the gradients left to the optimizer (SGD too) and summed first, the
+        importance of this worker's rows folded into zeros with weight 1 (their mean), then summed and folded."""
+        if not self.chain.applicable(x_all):
+            return super()._group_steps(xb, x_all, y_all, measure)
+        fold_here = measure and self.meter.chain_can_fold()
+        local = xb.shape[0]
+        scores = score_mean = None
+        for step in range(self.steps_per_batch):
+            measuring = fold_here and step == self.steps_per_batch - 1
+            importance = self._zero_sums() if measuring else []
+            losses = torch.zeros(0, dtype=self.dtype, device=self.skipped.device)
+            if not local:  # no gradient of the last step may stay behind (the group adds zeros for none)
+                self.optimizer.zero_grad(set_to_none=True)
+            else:
+                fold = ([importance[i] for i in self._chain_index], lambda: 1.0) if measuring else None
+                losses = self.chain.step(x_all, local, fold, rows_total=self._group_rows).losses
+                if measuring:
+                    torch._foreach_mul_(importance, float(local))  # the mean over this worker's rows, as a sum
+            if scores is None:
+                scores = losses[:local]
+            score_sum = self._reduce_and_step(scores, losses, importance, measuring)
+            if score_mean is None:
+                score_mean = score_sum / self.group.batch.total
+        return scores, score_mean, fold_here
+
 
 def make_update(model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, buffer: HardBuffer,
                 meter: ImportanceMeter, proximal: ProximalSchedule, *, steps_per_batch: int = 1,
-                fused: bool = True, replay: ReplayMemory | None = None) -> AutogradUpdate:
+                fused: bool = True, replay: ReplayMemory | None = None,
+                group: GroupReducer | None = None) -> AutogradUpdate:
     """The engine for this model, objective and optimizer: the hand-derived chain step where it applies and
-    ``fused`` allows it, autograd otherwise."""
-    chain = FusedChain.build(model, objective, optimizer) if fused else None
-    args = (model, objective, optimizer, buffer, meter, proximal, steps_per_batch, replay)
+    ``fused`` allows it, autograd otherwise; ``group``: the collectives of a group of workers."""
+    chain = FusedChain.build(model, objective, optimizer, writes_grads=group is not None) if fused else None
+    args = (model, objective, optimizer, buffer, meter, proximal, steps_per_batch, replay, group)
     return AutogradUpdate(*args) if chain is None else FusedUpdate(chain, *args)

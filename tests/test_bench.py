@@ -99,3 +99,14 @@ def test_the_dispatcher_lists_every_benchmark():
     subparsers = parser._subparsers._group_actions[0].choices
     for name in ("step", "importance", "memory"):
         assert subparsers[name].format_help(), name
+
+
+@pytest.mark.slow  # two worker processes through gloo
+def test_scale_bench_measures_one_and_two_workers(capsys):
+    from streammas.bench import scale
+
+    out = json.loads(_run(scale, ["--json", "--models", "mlp", "--steps", "5", "--repeats", "1"], capsys))
+    mlp = out["mlp"]
+    assert mlp["parameters"] > 0 and mlp["samples_per_s"]["1"] > 0 and mlp["samples_per_s"]["2"] > 0
+    assert mlp["efficiency_2"] > 0 and 0 < mlp["allreduce_share_of_step"] < 1
+    assert 0 < mlp["estimated_efficiency"]["64"] <= mlp["estimated_efficiency"]["8"] <= 1

@@ -44,6 +44,7 @@ def test_minimal_configuration_takes_defaults():
     assert cfg.learner.device == "auto" and cfg.learner.on_bad_input == "skip"
     assert cfg.as_dict()["source"] == {"uri": "csv:data.csv", "batch_size": 32, "max_latency_ms": 50.0,
                                        "resume": True, "drain_seconds": 5.0, "options": {}}
+    assert cfg.distributed.workers == 1 and cfg.distributed.backend == "auto" and cfg.distributed.mode == "exact"
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -53,7 +54,7 @@ def test_minimal_configuration_takes_defaults():
     ('[source]\nuri = "a"\n[learner.plateau]\nwin = 5\n', "[learner.plateau] unknown key 'win'; accepted keys: "
                                                           "window, min_drop"),
     ('[source]\nuri = "a"\n[extra]\n', "unknown section [extra]; accepted sections: source, model, learner, sink, "
-                                       "state, metrics, log"),
+                                       "state, metrics, log, distributed"),
     ('[source]\nuri = 5\n', "[source] uri must be a string, got integer 5"),
     ('[source]\nuri = "a"\nresume = "yes"\n', "[source] resume must be true or false, got string 'yes'"),
     ('[source]\nuri = "a"\nbatch_size = 2.5\n', "[source] batch_size must be an integer, got number 2.5"),
@@ -67,6 +68,11 @@ def test_minimal_configuration_takes_defaults():
     ('[source]\nuri = "a"\n[model]\nfactory = "nocolon"\n', '[model] factory must look like "package.module:function"'),
     ('[source]\nuri = "a"\n[model]\nkind = "mlp-autoencoder"\nfactory = "m:f"\n', "give either kind or factory"),
     ('[source]\nuri = "a"\n[learner]\nobjective = "classification"\n', "needs [model] factory"),
+    ('[source]\nuri = "a"\n[distributed]\nworkers = 0\n', "[distributed] workers must be >= 1; got 0"),
+    ('[source]\nuri = "a"\n[distributed]\nbackend = "mpi"\n', "[distributed] backend must be one of 'auto', 'gloo', "
+                                                            "'nccl'; got 'mpi'"),
+    ('[source]\nuri = "a"\n[learner]\ndevice = "cpu"\n[distributed]\nbackend = "nccl"\n',
+     '[distributed] backend = "nccl" needs a CUDA [learner] device'),
     ('[source]\n', "[source] uri is required"),
     ('', "[source] is required"),
     ('source = 3\n', "[source] must be a table, got integer 3"),
@@ -129,7 +135,8 @@ def test_learner_keys_are_learner_settings():
     from streammas.synapses import NORMALIZATIONS
 
     service_only = {"device", "threads", "seed"}
-    in_python_only = {"callback", "max_events", "device"}  # [learner] device is the service's own key
+    # [learner] device is the service's own key; distributed: the group, which the service passes
+    in_python_only = {"callback", "max_events", "device", "distributed"}
     keys = {f.name for f in dataclasses.fields(LearnerConfig)} - service_only
     assert keys == set(learner_defaults()) - in_python_only
     field = next(f for f in dataclasses.fields(LearnerConfig) if f.name == "omega_normalization")

@@ -195,3 +195,36 @@ def test_a_headerless_csv_is_sent_whole(tmp_path: Path, capsys: pytest.CaptureFi
     assert x[:, 0].tolist() == list(range(500)) and y is None
     err = capsys.readouterr().err
     assert "no header row" in err and "sent 500 samples" in err
+
+
+def test_several_addresses_take_turns_and_one_nobody_listens_on_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "d.npy"
+    np.save(path, np.arange(40, dtype=np.float32).reshape(20, 2))
+    with ZmqSource("tcp://127.0.0.1:*", batch_size=64, max_latency_ms=5) as a, \
+            ZmqSource("tcp://127.0.0.1:*", batch_size=64, max_latency_ms=5) as b:
+        # --to repeated and comma-separated are the same list
+        args = parse(str(path), "--to", a.address, "--to", f"{b.address},{a.address}", "--batch-size", "2",
+                     "--no-progress")
+        assert send.addresses(args) == [a.address, b.address]
+        assert send.run_command(args) == 0
+        (xa, _), (xb, _) = receive(a, 10), receive(b, 10)
+        assert sorted(xa[:, 0].tolist() + xb[:, 0].tolist()) == list(range(0, 40, 2))
+        assert f"sent 20 samples in 10 messages to {a.address}, {b.address}" in capsys.readouterr().err
+
+        # a worker that never comes: the others get their turns, the run says whose were not delivered
+        missing = vacant_address()
+        args = parse(str(path), "--to", f"{a.address},{missing}", "--batch-size", "2", "--connect-timeout", "0.5",
+                     "--linger", "0.5", "--no-progress")
+        started = time.monotonic()
+        assert send.run_command(args) == 1
+        assert time.monotonic() - started < 10
+        got = []
+        while (batch := a.read(timeout=0.5)) is not None:
+            got += batch.x[:, 0].tolist()
+    err = capsys.readouterr().err
+    assert f"warning: no receiver connected to {missing} within 0.5 s" in err
+    assert f"no receiver connected to {missing} within --linger (0.5 s): the messages queued for it were not" in err
+    # a took its turns (which messages exactly depends on when libzmq gave up on the missing peer), once each
+    assert got and got == sorted(set(got)) and set(got) <= set(range(0, 40, 2))

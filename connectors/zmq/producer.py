@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from connectors.curve import CurveOptions
 from connectors.wire import encode, encode_json
-from connectors.zmq.socket import ZmqSocket, topic_frame
+from connectors.zmq.socket import ZmqSocket, endpoint, topic_frame
 
 __all__ = ["ZmqProducer"]
 
@@ -38,10 +39,15 @@ class ZmqProducer:
     which is how a slow consumer slows a producer down. ZeroMQ queues what is sent before a receiver is
     there without a word (and PUB drops it), so :meth:`wait_for_peer` says whether one has connected.
 
+    Several addresses make one socket connected (or bound) to all of them: a PUSH socket then hands its
+    messages to their receivers in turn (round-robin; the workers of a data-parallel run, one port each),
+    a message queued for one until it connects, and :meth:`wait_for_peers` says which have not connected.
+
     Parameters
     ----------
-    address : str, default "tcp://127.0.0.1:5555"
-        Where to connect or bind (see :func:`connectors.zmq.socket.endpoint`).
+    address : str or sequence of str, default "tcp://127.0.0.1:5555"
+        Where to connect or bind (see :func:`connectors.zmq.socket.endpoint`); several addresses, one
+        socket.
     pattern : {"push", "pub"}, default "push"
         ``"push"`` or ``"pub"``.
     bind : bool or None, default None
@@ -77,11 +83,26 @@ class ZmqProducer:
     >>> with ZmqProducer("tcp://127.0.0.1:1", linger_ms=0) as lonely:  # nobody listens on port 1
     ...     lonely.wait_for_peer(0.2)
     False
+
+    Two receivers take the messages in turn; an address nobody listens on is named:
+
+    >>> pair = [ZmqSource("tcp://127.0.0.1:*", batch_size=2, max_latency_ms=10_000) for _ in range(2)]
+    >>> with ZmqProducer([src.address for src in pair]) as producer:
+    ...     missing = producer.wait_for_peers(10)
+    ...     for k in range(4):
+    ...         producer.send(np.full((1, 2), k, dtype=np.float32))
+    >>> missing, [src.read(timeout=10).x[:, 0].tolist() for src in pair]
+    ([], [[0.0, 2.0], [1.0, 3.0]])
+    >>> for src in pair:
+    ...     src.close()
+    >>> with ZmqProducer(["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"], linger_ms=0) as lonely:
+    ...     lonely.wait_for_peers(0.2)
+    ['tcp://127.0.0.1:1', 'tcp://127.0.0.1:2']
     """
 
     def __init__(
         self,
-        address: str = "tcp://127.0.0.1:5555",
+        address: str | Sequence[str] = "tcp://127.0.0.1:5555",
         pattern: str = "push",
         bind: bool | None = None,
         *,
@@ -103,18 +124,40 @@ class ZmqProducer:
         options: dict[int, Any] = {zmq.SNDHWM: int(hwm), zmq.LINGER: self._linger}
         if send_timeout is not None:
             options[zmq.SNDTIMEO] = max(0, int(send_timeout * 1000))
+        addresses = [address] if isinstance(address, str) else list(address)
+        if not addresses:
+            raise ValueError("a producer needs at least one address")
+        binds = pattern == "pub" if bind is None else bool(bind)
         self._sock = ZmqSocket(
             zmq.PUSH if pattern == "push" else zmq.PUB,
-            address,
-            pattern == "pub" if bind is None else bool(bind),
+            addresses[0],
+            binds,
             curve=curve,
             context=context,
             options=options,
             monitor=_PEER_EVENTS,
         )
+        #: Every endpoint bound or connected to, in the order given (the real ports of ``*`` binds).
+        self.addresses = [self._sock.address]
+        try:
+            for extra in addresses[1:]:
+                # The same socket: its options and Curve keys hold for every endpoint.
+                socket = self._sock.socket
+                if binds:
+                    socket.bind(endpoint(extra))
+                    self.addresses.append(socket.last_endpoint.decode())
+                else:
+                    socket.connect(endpoint(extra))
+                    self.addresses.append(endpoint(extra))
+        except BaseException:
+            self._sock.close(0)
+            raise
         self.sent = 0
-        self._peers = 0
-        self._unproven = 0  # TCP connections whose handshake has not completed yet
+        # Per endpoint: peers with the handshake done, TCP connections whose handshake has not completed
+        # yet, and whether it ever had a peer (what was queued for it has been handed over).
+        self._peers = dict.fromkeys(self.addresses, 0)
+        self._unproven = dict.fromkeys(self.addresses, 0)
+        self._seen: set[str] = set()
         self._failed = False
         #: Why the last handshake with a peer failed (``None``: none failed).
         self.refused: str | None = None
@@ -126,9 +169,44 @@ class ZmqProducer:
 
     @property
     def peers(self) -> int:
-        """Peers connected now, with the ZeroMQ handshake completed (a PUSH connects to one receiver)."""
+        """Peers connected now, with the ZeroMQ handshake completed (a PUSH connects to one receiver per
+        address)."""
         self._read_events(0)
-        return self._peers
+        return sum(self._peers.values())
+
+    def without_peer(self) -> list[str]:
+        """The addresses that have no peer connected now, in the order given."""
+        self._read_events(0)
+        return [a for a in self.addresses if not self._peers[a]]
+
+    def never_connected(self) -> list[str]:
+        """The addresses that have never had a peer, in the order given: what was queued for them is
+        still waiting."""
+        self._read_events(0)
+        return [a for a in self.addresses if a not in self._seen]
+
+    def wait_for_peers(self, timeout: float) -> list[str]:
+        """Wait up to ``timeout`` seconds until every address has had a peer; those that have not.
+
+        A PUSH socket queues every receiver's turn of the messages, a missing one's too, so messages wait
+        for an address in this list until a receiver connects there (or the producer closes).
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        while missing := self.never_connected():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return missing
+            self._read_events(left)
+        return []
+
+    def disconnect(self, address: str) -> None:
+        """Stop sending to ``address`` (one of :attr:`addresses`), dropping what is queued for it, so that
+        closing does not wait for a receiver that never came."""
+        if self._sock.socket is not None:
+            if self._sock.bind:
+                self._sock.socket.unbind(address)
+            else:
+                self._sock.socket.disconnect(address)
 
     def wait_for_peer(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until a peer is connected; whether one is.
@@ -151,24 +229,35 @@ class ZmqProducer:
             return
         wait_ms = int(timeout * 1000)
         while monitor.poll(wait_ms):
-            event = recv_monitor_message(monitor)["event"]
+            message = recv_monitor_message(monitor)
+            event = message["event"]
+            where = self._address_of(message.get("endpoint"))
             if event in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
-                self._unproven += 1
+                self._unproven[where] = self._unproven.get(where, 0) + 1
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._unproven = max(0, self._unproven - 1)
-                self._peers += 1
+                self._unproven[where] = max(0, self._unproven.get(where, 0) - 1)
+                self._peers[where] = self._peers.get(where, 0) + 1
+                self._seen.add(where)
             elif event == zmq.EVENT_DISCONNECTED:
-                if self._unproven:  # the connection ended before its handshake completed
-                    self._unproven -= 1
+                if self._unproven.get(where):  # the connection ended before its handshake completed
+                    self._unproven[where] -= 1
                     if not self._failed:  # a failure event named the reason already
                         self.refused = _NO_HANDSHAKE
                     self._failed = False
                 else:
-                    self._peers = max(0, self._peers - 1)
+                    self._peers[where] = max(0, self._peers.get(where, 0) - 1)
             else:
                 self.refused = _REFUSALS.get(event, "the ZeroMQ handshake failed")
                 self._failed = True
             wait_ms = 0
+
+    def _address_of(self, raw: bytes | None) -> str:
+        """Which of :attr:`addresses` a monitor event is about (libzmq names the endpoint as it was
+        connected to, or as bound); an unknown name with a single address is that address."""
+        name = raw.decode(errors="replace") if raw else ""
+        if name in self._peers or len(self.addresses) > 1:
+            return name
+        return self.addresses[0]
 
     def send(self, x: np.ndarray, y: np.ndarray | None = None, **fields: Any) -> None:
         """Send ``x`` (``[B, ...]``) and optional labels ``y`` (``[B]``) as one binary message."""

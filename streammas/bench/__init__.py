@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "importance": ("streammas.bench.importance", "exact per-sample importance: fast rules, vmap, a loop"),
     "memory": ("streammas.bench.memory", "learner memory over a long stream (flat within 5 percent)"),
     "ingest": ("streammas.bench.ingest", "ZeroMQ decoding against a bare pyzmq loop; file source rows/s"),
+    "scale": ("streammas.bench.scale", "data-parallel learner on 1 and 2 workers: samples/s, efficiency, all-reduce"),
 }
 
 

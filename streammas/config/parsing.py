@@ -90,6 +90,9 @@ def _check_whole(cfg: Config) -> None:
                           f"are autoencoders: {', '.join(MODEL_KINDS)})")
     if not cfg.source.uri.strip():
         raise ConfigError("[source] uri is empty")
+    if cfg.distributed.backend == "nccl" and cfg.learner.device.startswith("cpu"):
+        raise ConfigError("[distributed] backend = \"nccl\" needs a CUDA [learner] device (auto, cuda); "
+                          f"got device = {cfg.learner.device!r} (use backend = \"gloo\" or \"auto\" on the CPU)")
     try:  # the checks that span several keys are the learner's own
         LearnerSettings(**{k: v for k, v in cfg.learner.learner_kwargs().items() if k != "plateau"})
     except ValueError as e:

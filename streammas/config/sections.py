@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.samples import MAX_SAMPLE_NDIM
+from streammas.config.distributed import DistributedConfig
 from streammas.plateau import PlateauConfig
 from streammas.settings import LearnerSettings, non_negative, positive
 
@@ -376,6 +377,8 @@ class Config:
         ``[metrics]``: the Prometheus endpoint.
     log : LogConfig, default LogConfig()
         ``[log]``: log lines and progress.
+    distributed : DistributedConfig, default DistributedConfig()
+        ``[distributed]``: several workers learning together (:mod:`streammas.config.distributed`).
     path : str or None, default None
         The file the configuration was read from (``None``: none).
 
@@ -398,6 +401,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     path: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -407,7 +411,7 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {"source": SourceConfig, "model": ModelConfig, "learner": LearnerConfig, "sink": SinkConfig,
-            "state": StateConfig, "metrics": MetricsConfig, "log": LogConfig}
+            "state": StateConfig, "metrics": MetricsConfig, "log": LogConfig, "distributed": DistributedConfig}
 
 
 def _drop_none(value: Any) -> Any:

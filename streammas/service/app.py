@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,10 +25,15 @@ from streammas.learner import OnlineMAS
 from streammas.metrics import MetricsPortInUse, ServiceMetrics
 from streammas.service.checkpointing import Checkpointer, restore_tally, resume_position, run_meta
 from streammas.service.errors import ServiceError, why
+from streammas.service.group import Group, same_world
+from streammas.service.group_loop import GroupLoop
 from streammas.service.loop import Loop
 from streammas.service.notify import SystemdNotifier, status_line
 from streammas.service.signals import SignalHandlers
 from streammas.service.telemetry import Tally, Telemetry
+
+if TYPE_CHECKING:
+    from streammas.distributed import DistributedContext
 
 #: One logger for the whole service: its name is part of every log line.
 log = logging.getLogger("streammas.service")
@@ -104,7 +109,8 @@ class Service:
     (0, 100, 1)
     """
 
-    def __init__(self, config: Config, *, handle_signals: bool = True) -> None:
+    def __init__(self, config: Config, *, handle_signals: bool = True,
+                 distributed: DistributedContext | None = None) -> None:
         self.config = config
         self.handle_signals = handle_signals
         self.learner: OnlineMAS | None = None
@@ -125,7 +131,9 @@ class Service:
         self.telemetry = Telemetry(self.metrics)
         self.checkpoints = Checkpointer(config.state, self.metrics)
         self.notifier = SystemdNotifier()
-        self.loop = Loop(self)
+        #: This worker's group (``None``: the service runs alone).
+        self.group = Group(self, distributed) if distributed is not None else None
+        self.loop = GroupLoop(self) if self.group is not None else Loop(self)
         self._closed: set[str] = set()
         self._signals = SignalHandlers(stop=self.request_stop, checkpoint=self.request_checkpoint,
                                        repeated=self._repeated_stop)
@@ -182,10 +190,10 @@ class Service:
             torch.set_num_threads(cfg.learner.threads)
         self.check()
         self.metrics.device = self.device
-        ckpt = self.checkpoints.open()
+        ckpt = self.group.open_state() if self.group is not None else self.checkpoints.open()
         if ckpt is not None:
             self._resume(ckpt)
-        if cfg.metrics.port is not None:
+        if cfg.metrics.port is not None and (self.group is None or self.group.is_main):  # rank 0 serves the group
             try:
                 host, port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
             except MetricsPortInUse as e:
@@ -212,8 +220,13 @@ class Service:
         except Exception as e:
             raise ServiceError(f"cannot restore {ckpt.path} into the configured learner: "
                                f"{type(e).__name__}: {e}") from e
-        self.tally = restore_tally(meta)
-        self.position = resume_position(meta, self.config.source)
+        if self.group is not None:
+            self.tally = self.group.restore_tally(meta) or Tally()
+            self.position = self.group.resume_position(meta)
+        else:
+            self.tally = restore_tally(meta)
+            same = same_world(meta, 1, self.config)
+            self.position = resume_position(meta, self.config.source) if same else None
         self.checkpoints.resumed(ckpt, learner.samples_seen)
         self.metrics.last_checkpoint = ckpt.created
         self.resumed_from = ckpt
@@ -224,6 +237,8 @@ class Service:
         uri = self.config.sink.uri
         if uri is None:
             return
+        if self.group is not None:
+            uri = self.group.sink_uri(uri)
         try:
             self.sink = open_sink(uri, **self.config.sink.options)
         except Exception as e:
@@ -238,6 +253,8 @@ class Service:
         if "sample_shape" not in options and shape is not None and takes_sample_shape(cfg.uri):
             # resumed: the learner can take one shape only, so a stray first message must not decide another
             options["sample_shape"] = list(shape)
+        if self.group is not None:  # each worker its own part of the stream: rows, files or port + rank
+            options["shard"] = (self.group.ctx.rank, self.group.ctx.world_size)
         try:
             self.source = open_source(cfg.uri, batch_size=cfg.batch_size, max_latency_ms=cfg.max_latency_ms,
                                       position=self.position, **options)
@@ -256,7 +273,8 @@ class Service:
         except FactoryError as e:
             raise ServiceError(f"[model] {e}") from None
         try:
-            self.learner = OnlineMAS(model, device=self.device, callback=self._on_event,
+            extra = {"distributed": self.group.ctx} if self.group is not None else {}
+            self.learner = OnlineMAS(model, device=self.device, callback=self._on_event, **extra,
                                      **self.config.learner.learner_kwargs())
         except (TypeError, ValueError) as e:
             raise ServiceError(f"[learner] {e}") from None
@@ -321,10 +339,24 @@ class Service:
 
     def checkpoint(self, reason: str = "requested") -> Checkpoint | None:
         """Write a checkpoint now (between batches); returns it, or ``None`` if there is nothing to save or the
-        write failed (logged; the service goes on and tries again at the next occasion)."""
-        written = self.checkpoints.write(self.learner, reason, lambda: run_meta(
-            spec=self.spec, config=self.config, position=self.position, tally=self.tally, rejected=self.rejected(),
-            reason=reason, device=self.device))
+        write failed (logged; the service goes on and tries again at the next occasion). In a group every
+        worker calls it, and rank 0 writes the group's state."""
+        if self.group is not None:
+            return self.group.checkpoint(reason)
+        return self.write_checkpoint(reason)
+
+    def write_checkpoint(self, reason: str, positions: list | None = None,
+                         workers: list[dict[str, Any]] | None = None) -> Checkpoint | None:
+        """Write this service's checkpoint (with a group's ``positions`` and ``workers``' counts, on rank 0)."""
+        def describe() -> dict[str, Any]:
+            meta = run_meta(spec=self.spec, config=self.config, position=self.position, tally=self.tally,
+                            rejected=self.rejected(), reason=reason, device=self.device)
+            if self.group is not None and workers is not None:
+                meta["source"]["positions"] = positions
+                meta.update(self.group.group_meta(workers))
+            return meta
+
+        written = self.checkpoints.write(self.learner, reason, describe)
         if written is not None:  # the metrics and the status line agree with the checkpoint line just logged
             self.refresh()
         return written
@@ -336,7 +368,12 @@ class Service:
         if self.learner is not None:
             due = (self.checkpoints.learned_since(self.learner.samples_seen)
                    or self.checkpoints.received_since(self.tally.received) or self.loop.checkpoint_now.is_set())
-            if due and self.checkpoint("shutdown") is None and self.exit_code == 0:
+            if self.group is not None:
+                if self.group.shutdown_due(due):
+                    self.group.checkpoint("shutdown")
+                    if not self.group.last_ok and self.exit_code == 0:
+                        self.exit_code = 1
+            elif due and self.checkpoint("shutdown") is None and self.exit_code == 0:
                 self.exit_code = 1
             # the sink's last try at what it could not write yet, so that the stop line counts what is lost
             self._close_part("sink")

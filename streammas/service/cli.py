@@ -4,6 +4,12 @@ Exit status 0: stopped by a signal or the source finished; 1: gave up on errors 
 failed); 2: a configuration error or a start-up problem (:class:`~streammas.service.ServiceError`: every
 checkpoint damaged, say), or the state directory taken by another process while running, whose message is
 printed; 130: interrupted during start-up.
+
+With ``[distributed] workers`` > 1 (``--workers N``) the command starts that many workers and supervises
+them (:mod:`streammas.distributed.launch`): its status is then the largest of theirs, or 1 when a worker
+failed beyond ``[distributed] max_restarts`` or had to be killed. Started by ``torchrun`` (``RANK`` and
+``WORLD_SIZE`` in the environment), it runs as one worker of torchrun's group
+(:mod:`streammas.distributed.worker`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ DEFAULT_CONFIG = "streammas.toml"
 #: Flags that override one configuration key each: argparse attribute -> ``section.key``.
 FLAG_KEYS = {"source": "source.uri", "sink": "sink.uri", "state_dir": "state.dir", "batch_size": "source.batch_size",
              "metrics_port": "metrics.port", "device": "learner.device", "log_level": "log.level",
-             "log_format": "log.format", "start_fresh": "state.start_fresh"}
+             "log_format": "log.format", "start_fresh": "state.start_fresh", "workers": "distributed.workers"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.description = ("Run the long-lived service: read a stream, learn it, remember what mattered, "
                           "checkpoint, survive restarts. SIGTERM/SIGINT: checkpoint and exit 0; SIGHUP: "
-                          "checkpoint now.")
+                          "checkpoint now. With --workers N, start N workers and forward those signals to them. "
+                          "Under torchrun, send SIGHUP to the workers, not to torchrun: whether it is in "
+                          "torchrun's --signals-to-handle or not, SIGHUP to torchrun ends the group.")
     parser.add_argument("--config", "-c", metavar="FILE",
                         help=f"TOML configuration (default: ./{DEFAULT_CONFIG} if it exists)")
     parser.add_argument("--source", metavar="URI", help="overrides [source] uri")
@@ -55,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, metavar="N", help="overrides [source] batch_size")
     parser.add_argument("--metrics-port", type=int, metavar="PORT", help="overrides [metrics] port")
     parser.add_argument("--device", help="overrides [learner] device")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="overrides [distributed] workers: start N workers on this machine (data parallel)")
     parser.add_argument("--log-level", help="overrides [log] level")
     parser.add_argument("--log-format", help="overrides [log] format (text or json)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -101,7 +111,22 @@ def run_command(args: argparse.Namespace) -> int:
             return 2
         print(json.dumps(config.as_dict(), indent=2))
         return 0
+    from streammas.distributed.launch import is_worker, should_launch
+
+    if is_worker():  # started by torchrun: one worker of its group, logging with its rank
+        from streammas.distributed.worker import run_worker
+
+        return run_worker(config)
     with logs.logging_to(config.log.level, config.log.format):
+        if should_launch(config):
+            from streammas.distributed.launch import launch
+
+            try:
+                Service(config, handle_signals=False).check()  # a bad device or factory: said once, not per worker
+                return launch(config)
+            except ServiceError as e:
+                print(f"streammas run: error: {e}", file=sys.stderr)
+                return 2
         if config.path:
             logs.log_event(log, "config", path=os.path.abspath(config.path))
         service = Service(config)

@@ -1,0 +1,158 @@
+"""The loop of one worker of a data-parallel group: the single-process :class:`~streammas.service.loop.Loop`,
+moving in step with the other workers.
+
+Each turn a worker reads at most one batch of its shard, then the workers agree (:meth:`Group.agree`) and act
+alike: all learn when any has rows (an empty batch where a worker has none), all checkpoint when any was
+asked to or rank 0's policy says so, all stop when any was asked to, and all finish when every source is
+finished. A worker whose source is idle still takes part every turn, at most ``READ_TIMEOUT`` apart, so no
+worker waits on another longer than that; while rows flow, reads do not wait at all. A batch the learner
+fails on stops the group (the workers' collectives would no longer meet).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from connectors.base import Batch
+from streammas import logs
+from streammas.progress import Progress, want_bar
+from streammas.service.errors import ServiceError
+from streammas.service.loop import READ_TIMEOUT, Loop
+
+if TYPE_CHECKING:
+    from streammas.service.group import Group, Turn
+
+log = logging.getLogger("streammas.service")
+
+
+class GroupLoop(Loop):
+    """The service's loop as one worker of a group (see the module's docstring).
+
+    Parameters
+    ----------
+    service : Service
+        This worker's service; its ``group`` (:class:`~streammas.service.group.Group`) is the other workers.
+
+    Examples
+    --------
+    Made by a service started with ``distributed=``; in prose::
+
+        loop = GroupLoop(service)
+        loop.run()      # returns on every worker in the same turn: stopped, or every source finished
+    """
+
+    def run(self) -> None:
+        service = self.service
+        group: Group = service.group
+        source = service.source
+        assert source is not None and group is not None
+        cfg = service.config
+        self.progress = Progress(bar=want_bar(cfg.log.progress, False), status_every=cfg.log.status_every_seconds,
+                                 logger=log)
+        service.checkpoints.restart_clock()
+        every = cfg.metrics.every_batches
+        # A file not followed always has its next batch at hand: waiting for it keeps the workers' batches in
+        # the same turns (the union batch is then the one a single worker would read); a live source is read
+        # without waiting while rows flow, so that a quiet worker does not hold the others back.
+        finite = bool(getattr(source, "finite", False))
+        busy, turns = False, 0
+        while True:
+            service.poll_signals()
+            service.notifier.watchdog()
+            stop = self.stop.is_set()
+            asked = self.checkpoint_now.is_set()
+            self.checkpoint_now.clear()
+            # read even when asked to stop: another worker, signalled a moment later, reads its batch of this
+            # turn, and the group learns both before it stops (the union batch stays the one of one worker)
+            batch = source.read(timeout=0.0 if busy and not finite else READ_TIMEOUT)
+            finished = batch is None and bool(source.finished)
+            policy = (service.checkpoints.due(service.learner.samples_seen, service.tally.received)
+                      if service.learner is not None and group.is_main else None)
+            due = policy is not None
+            turn = group.agree(rows=len(batch) if batch is not None else 0, stop=stop, checkpoint=asked,
+                               finished=finished, due=due)
+            if turn.checkpoint:  # the state as of the last turn, as a single service checkpoints after its batch
+                service.checkpoint(policy or "signal")
+            busy = turn.rows > 0
+            if busy:
+                self.step(batch, turn)
+                turns += 1
+                if turns % every == 0 or self.progress.status_due():
+                    service.refresh()
+                self.progress.update(len(batch) if batch is not None else 0, service.telemetry.status)
+            elif self.stale:
+                service.refresh()
+            if turn.stop:
+                if service.stop_reason is None:
+                    service.stop_reason = "a worker was asked to stop"
+                if service.exit_code == 0:
+                    self.drain()
+                break
+            if turn.finished and not busy:
+                logs.log_event(log, "source_finished", samples=service.tally.received)
+                service.stop_reason = "source finished"
+                break
+            self.progress.tick()
+
+    def step(self, batch: Batch | None, turn: Turn) -> None:
+        """One learning step of the group: this worker's rows, or none."""
+        service = self.service
+        if service.learner is None:
+            service.create_learner(service.group.sample_shape(batch))
+        if batch is None or len(batch) == 0:
+            batch = service.group.empty_batch()
+            if service.config.learner.objective == "classification":
+                batch = Batch(batch.x, np.zeros(0, np.int64), position=batch.position)
+            self.learn_rows(batch)
+            return
+        self.learn_rows(batch)
+
+    def learn_rows(self, batch: Batch) -> None:
+        """Learn ``batch`` (possibly empty) in step with the others; a batch with no rows changes no count."""
+        service = self.service
+        learner = service.learner
+        assert learner is not None
+        labels = batch.y if service.config.learner.objective == "classification" else None
+        started = time.perf_counter()
+        try:
+            scores = learner.learn_many(batch.x, labels)
+        except Exception as e:  # the others are inside the same collectives: the group cannot go on
+            raise ServiceError(f"a batch of {len(batch)} samples could not be learned ({type(e).__name__}: {e}); "
+                               "in a group of workers that stops the group") from e
+        if len(batch) == 0:
+            return
+        service.metrics.observe_step(time.perf_counter() - started)
+        tally = service.tally
+        first = tally.received
+        tally.received += len(batch)
+        tally.batches += 1
+        service.position = batch.position
+        service.telemetry.losses.add(scores)
+        if service.sink is not None:
+            self._write_sink(batch, scores.detach().to("cpu").double().numpy(), first)
+
+    def drain(self) -> None:
+        """Learn what every worker's source already holds, in step: as many turns as the longest drain."""
+        service = self.service
+        group = service.group
+        seconds = service.config.source.drain_seconds
+        drain = getattr(service.source, "drain", None)
+        batches = [b for b in drain(seconds) if len(b)] if drain is not None else []
+        longest = max(n[0] for n in group.ctx.gather_ints([len(batches)]))
+        for i in range(longest):
+            mine = batches[i] if i < len(batches) else None
+            turn = group.agree(rows=len(mine) if mine is not None else 0, stop=True, checkpoint=False,
+                               finished=False, due=False)
+            if turn.rows:
+                self.step(mine, turn)
+        left = int((getattr(service.source, "counters", {}) or {}).get("dropped_at_shutdown", 0))
+        if left:
+            carried = service.tally.carried_rejected
+            carried["dropped_at_shutdown"] = carried.get("dropped_at_shutdown", 0) + left
+        if batches or left:
+            logs.log_event(log, "drained", logging.WARNING if left else logging.INFO,
+                           samples=sum(len(b) for b in batches), batches=len(batches), dropped=left)

@@ -1,0 +1,206 @@
+"""The service data-parallel on two real worker processes (gloo on the CPU, torch's elastic launcher): exact
+against one worker with twice the batch, a file learned exactly once across SIGTERM and restart and across a
+worker killed with -9, uneven shards that do not hang, a ZeroMQ producer spread over two endpoints, and a
+restart with another number of workers refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from test_service_support import PATIENCE, Daemon, child_env, digits, streammas, write_config
+
+from streammas.checkpoint import CheckpointStore
+
+pytestmark = pytest.mark.slow  # groups of worker processes
+
+LEARNER = """
+[learner]
+reg_lambda = 0.1
+consolidate_at = "plateau"
+[learner.plateau]
+window = 5
+patience = 5
+progress_steps = 10
+"""
+
+
+def _config(tmp_path, batch: int, state: str, uri: str = "npy:x.npy", every: int = 0, extra: str = ""):
+    return write_config(tmp_path / f"{state}.toml", f"""
+[source]
+uri = "{uri}"
+batch_size = {batch}
+[state]
+dir = "{state}"
+every_samples = {every}
+every_seconds = 0
+[log]
+status_every_seconds = 0
+{LEARNER}
+{extra}
+""")
+
+
+def _stream(n: int) -> np.ndarray:
+    """Digits in two regimes (the second a pixel permutation of the first), so that the detector consolidates."""
+    x = digits(n // 2)
+    perm = np.random.default_rng(1).permutation(x.shape[1])
+    return np.concatenate([x, x[:, perm]]).astype(np.float32)
+
+
+def _final(tmp_path, state: str):
+    return CheckpointStore(tmp_path / state, create=False).load_latest()
+
+
+def _assert_same_learner(a, b, atol: float = 1e-5) -> None:
+    for part in ("model",):
+        for key, value in a.learner[part].items():
+            assert torch.allclose(value, b.learner[part][key], atol=atol, rtol=1e-4), key
+    sa, sb = a.learner["synapses"], b.learner["synapses"]
+    for key in ("omega", "anchor"):
+        for name in sa[key]:
+            assert torch.allclose(sa[key][name].float(), sb[key][name].float(), atol=atol, rtol=1e-3), (key, name)
+    assert a.learner["samples_seen"] == b.learner["samples_seen"]
+    assert a.learner["steps"] == b.learner["steps"]
+    steps = [[e["samples_seen"] for e in s.learner["events"] if e["kind"] == "consolidation"] for s in (a, b)]
+    assert steps[0] == steps[1] and steps[0], steps
+
+
+def _run(config, tmp_path, *extra: str) -> Daemon:
+    daemon = Daemon(config, tmp_path, *extra)
+    try:
+        assert daemon.wait() == 0, daemon.log()
+    finally:
+        daemon.kill()
+    return daemon
+
+
+def test_two_workers_learn_what_one_worker_with_twice_the_batch_learns(tmp_path):
+    np.save(tmp_path / "x.npy", _stream(3000))
+    _run(_config(tmp_path, 32, "one"), tmp_path)
+    group = _run(_config(tmp_path, 16, "two"), tmp_path, "--workers", "2")
+    one, two = _final(tmp_path, "one"), _final(tmp_path, "two")
+    _assert_same_learner(one, two)
+    assert two.meta["distributed"]["world_size"] == 2
+    assert [p["shard"] for p in two.meta["source"]["positions"]] == [[0, 2], [1, 2]]
+    assert {r["rank"] for r in group.events("stopped")} == {0, 1}
+    inspected = streammas("inspect", "two", cwd=tmp_path)
+    assert inspected.returncode == 0 and "2 workers" in inspected.stdout and "worker 1" in inspected.stdout
+
+
+def test_a_file_is_learned_exactly_once_across_sigterm_and_restart(tmp_path):
+    np.save(tmp_path / "x.npy", _stream(6000))
+    config = _config(tmp_path, 16, "two", every=640)
+    first = Daemon(config, tmp_path, "--workers", "2")
+    try:
+        first.wait_for("checkpoint", lambda r: r.get("samples_seen", 0) >= 1280)
+        first.send(signal.SIGTERM)
+        assert first.wait() == 0, first.log()
+    finally:
+        first.kill()
+    stopped = _final(tmp_path, "two")
+    assert stopped.meta["reason"] == "shutdown" and 0 < stopped.meta["samples_seen"] < 6000
+    # Both workers stopped after the same turn: the same number of rows each, and their positions next to each other.
+    received = [w["tally"]["received"] for w in stopped.meta["workers"]]
+    assert received[0] == received[1] == stopped.meta["samples_seen"] // 2
+    second = _run(config, tmp_path, "--workers", "2")
+    assert second.events("resumed")
+    final = _final(tmp_path, "two")
+    # Every row once: no more and no fewer samples than the file holds, each worker its whole half.
+    assert final.meta["samples_seen"] == final.learner["samples_seen"] == 6000
+    assert [w["tally"]["received"] for w in final.meta["workers"]] == [3000, 3000]
+    assert [p["row"] for p in final.meta["source"]["positions"]] == [6000, 6000]  # both read to the end
+
+
+def test_a_worker_killed_with_9_restarts_the_group_from_the_checkpoint(tmp_path):
+    np.save(tmp_path / "x.npy", _stream(6000))
+    # the reference checkpoints at the same samples: a checkpoint reads the learner's pending values, which
+    # feeds the detector then and not a few steps later
+    _run(_config(tmp_path, 32, "one", every=640), tmp_path)
+    config = _config(tmp_path, 16, "two", every=640)
+    group = Daemon(config, tmp_path, "--workers", "2")
+    try:
+        group.wait_for("checkpoint", lambda r: r.get("samples_seen", 0) >= 1280)
+        pid = int((tmp_path / "two" / "run" / "worker-1.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        assert group.wait() == 0, group.log()
+    finally:
+        group.kill()
+    assert group.events("resumed"), group.log()  # the restarted group began from the newest checkpoint
+    _assert_same_learner(_final(tmp_path, "one"), _final(tmp_path, "two"))
+
+
+def test_uneven_shards_finish_without_hanging(tmp_path):
+    (tmp_path / "parts").mkdir()
+    x = _stream(1200)
+    for i, (a, b) in enumerate([(0, 700), (700, 1000), (1000, 1200)]):  # worker 0: files 0 and 2; worker 1: file 1
+        np.save(tmp_path / "parts" / f"part-{i}.npy", x[a:b])
+    group = _run(_config(tmp_path, 16, "two", uri="npy:parts/*.npy"), tmp_path, "--workers", "2")
+    final = _final(tmp_path, "two")
+    assert final.meta["samples_seen"] == 1200
+    received = {r["rank"]: r for r in group.events("source_finished")}
+    assert received[0]["samples"] == 900 and received[1]["samples"] == 300
+
+
+def test_another_number_of_workers_is_refused(tmp_path):
+    np.save(tmp_path / "x.npy", _stream(600))
+    config = _config(tmp_path, 16, "two")
+    _run(config, tmp_path, "--workers", "2")
+    alone = Daemon(config, tmp_path)
+    try:
+        code = alone.wait()
+    finally:
+        alone.kill()
+    assert code == 2
+    assert "2 worker(s)" in alone.log() and "reshard" in alone.log()
+
+
+def _free_port_pair() -> int:
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", 0))
+                port = a.getsockname()[1]
+                b.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+def test_a_zeromq_producer_spread_over_the_workers_endpoints(tmp_path):
+    port = _free_port_pair()
+    x = _stream(2000)
+    header = "id," + ",".join(f"p{i}" for i in range(x.shape[1] - 1))
+    np.savetxt(tmp_path / "x.csv", x, delimiter=",", header=header, comments="", fmt="%.5f")
+    config = _config(tmp_path, 16, "two", uri=f"zmq+pull://127.0.0.1:{port}")
+    group = Daemon(config, tmp_path, "--workers", "2")
+    try:
+        addresses = {group.wait_for("listening", lambda r, k=k: r.get("rank") == k)["address"] for k in (0, 1)}
+        assert addresses == {f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 1}"}
+        sent = subprocess.run([sys.executable, "-m", "streammas", "send", "x.csv", "--to",
+                               f"127.0.0.1:{port},127.0.0.1:{port + 1}"], cwd=tmp_path, env=child_env(),
+                              capture_output=True, text=True, timeout=PATIENCE)
+        assert sent.returncode == 0, sent.stderr
+        deadline = time.monotonic() + PATIENCE
+        while time.monotonic() < deadline:  # SIGHUP: the group checkpoints; stop once everything is learned
+            mark = group.count
+            group.send(signal.SIGHUP)
+            if group.wait_for("checkpoint", after=mark)["samples_seen"] == len(x):
+                break
+            time.sleep(0.2)
+        assert group.stop(signal.SIGTERM) == 0, group.log()
+    finally:
+        group.kill()
+    received = {r["rank"]: r["samples_seen"] for r in group.events("stopped")}
+    assert received == {0: len(x), 1: len(x)}
+    final = _final(tmp_path, "two")
+    assert sum(w["tally"]["received"] for w in final.meta["workers"]) == len(x)
+    assert all(w["tally"]["received"] > 0 for w in final.meta["workers"])  # both endpoints took a share
