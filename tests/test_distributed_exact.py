@@ -122,6 +122,7 @@ def _worker(rank: int, store: str, out: str) -> None:
             learner, scores = _run(case, slice(rank, None, WORLD), ctx)
             kind = type(learner.update).__name__
             torch.save({"state": learner.state_dict(), "scores": scores, "engine": kind}, f"{out}/{case}-{rank}.pt")
+        ctx.barrier()  # leave together: a lone gloo teardown while the peer still talks can abort
     finally:
         ctx.close()
 

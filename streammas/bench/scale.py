@@ -78,6 +78,7 @@ def _worker(rank: int, world: int, store: str, kind: str, shape: tuple, batch: i
         with open(out, "w") as f:
             json.dump({"step": statistics.median(step_times), "allreduce": statistics.median(reduce_times),
                        "parameters": params}, f)
+    dist.barrier()  # leave together: a worker tearing gloo down while its peer still talks can abort
     dist.destroy_process_group()
 
 

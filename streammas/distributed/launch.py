@@ -10,7 +10,7 @@ signals: a SIGHUP (which asks ``streammas run`` for a checkpoint) would kill the
 helper thread, where it installs no handler, and the main thread keeps the service's own handlers
 (:mod:`streammas.service.signals`) and acts on them every 0.1 s:
 
-- SIGHUP: sent on to every worker (each checkpoints, as a single ``streammas run`` would);
+- SIGHUP: sent on to rank 0 (the workers share the request: one checkpoint of the group);
 - the first SIGTERM or SIGINT: the group is stopping (``<run dir>/stop``, so that a worker restarted
   meanwhile returns at once), SIGTERM goes to every worker, which checkpoints and exits; after
   ``[distributed] shutdown_seconds`` the workers still there are killed with SIGKILL;
@@ -165,9 +165,13 @@ class Launcher:
             self._stop_reason = reason
 
     def forward_checkpoint(self) -> None:
-        """Send SIGHUP to every worker: each writes a checkpoint (the group's, in a group)."""
-        pids = self._signal_workers(signal.SIGHUP)
-        logs.log_event(log, "forwarded", signal="SIGHUP", pids=sorted(pids.values()))
+        """Send SIGHUP to rank 0: the workers share any worker's request at their next turn and write one
+        checkpoint of the group (a SIGHUP to each could be seen in different turns: two checkpoints)."""
+        pid = self.worker_pids().get(0)
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGHUP)
+        logs.log_event(log, "forwarded", signal="SIGHUP", pids=[] if pid is None else [pid])
 
     def _repeated_stop(self, count: int) -> None:
         logs.log_event(log, "stopping", signals=count, msg="already stopping; waiting for the workers")

@@ -223,10 +223,13 @@ def _serve(config: Config, local_rank: int, world_size: int) -> int:
     context: DistributedContext | None = None
     try:
         device = resolve_device(config.learner.device)
-        if device == "cuda" and world_size > 1:
+        if device.startswith("cuda") and world_size > 1:  # "cuda:0" too: one GPU per worker, as NCCL needs
             _use_own_gpu(local_rank)
         context = DistributedContext.from_environment(settings.backend, device, settings.timeout_seconds)
-        return Service(config, distributed=context).run()
+        code = Service(config, distributed=context).run()
+        if code == 0:  # every worker finished the same turn: leave together (gloo can abort a lone teardown)
+            context.barrier()
+        return code
     except ServiceError as e:
         print(f"streammas run: worker {os.environ.get('RANK')}: error: {e}", file=sys.stderr)
         return 2

@@ -189,6 +189,8 @@ class Service:
         if cfg.learner.threads:
             torch.set_num_threads(cfg.learner.threads)
         self.check()
+        if self.group is not None and self.device.startswith("cuda"):  # the GPU the worker took by local rank
+            self.device = f"cuda:{torch.cuda.current_device()}"
         self.metrics.device = self.device
         ckpt = self.group.open_state() if self.group is not None else self.checkpoints.open()
         if ckpt is not None:
@@ -223,6 +225,7 @@ class Service:
         if self.group is not None:
             self.tally = self.group.restore_tally(meta) or Tally()
             self.position = self.group.resume_position(meta)
+            self.group.received = int((meta.get("service") or {}).get("received", 0))
         else:
             self.tally = restore_tally(meta)
             same = same_world(meta, 1, self.config)
@@ -316,7 +319,19 @@ class Service:
         except ServiceError as e:
             logs.log_event(log, "error", logging.ERROR, msg=str(e))
             self.exit_code = 2
-        except Exception as e:  # a source that broke, say: checkpoint what was learned and say why
+            if self.group is not None:  # it stopped in the middle of a turn: the others' collectives cannot meet
+                self.group.broken = True
+        except Exception as e:
+            if self.group is not None:
+                # A peer gone, or an error in the middle of a turn: no collective can meet any more. Leave
+                # without a checkpoint and fail, so that the launcher restarts the group from the newest one.
+                self.group.broken = True
+                log.error("worker %d stopped on an error (%s: %s); the group restarts from its newest checkpoint",
+                          self.group.ctx.rank, type(e).__name__, e)
+                self.stop_reason = f"{type(e).__name__}: {e}"
+                self.exit_code = 1
+                raise  # after the shutdown below, which skips the group's collectives
+            # a source that broke, say: checkpoint what was learned and say why
             log.error("the service stopped on an unexpected error: %s: %s", type(e).__name__, e, exc_info=True)
             self.stop_reason = f"{type(e).__name__}: {e}"
             self.exit_code = 1
@@ -369,7 +384,9 @@ class Service:
             due = (self.checkpoints.learned_since(self.learner.samples_seen)
                    or self.checkpoints.received_since(self.tally.received) or self.loop.checkpoint_now.is_set())
             if self.group is not None:
-                if self.group.shutdown_due(due):
+                due = self.checkpoints.learned_since(self.learner.samples_seen) or (
+                    self.checkpoints.received_since(self.group.received))  # rank 0's view decides
+                if not self.group.broken and self.group.shutdown_due(due, self.loop.checkpoint_now.is_set()):
                     self.group.checkpoint("shutdown")
                     if not self.group.last_ok and self.exit_code == 0:
                         self.exit_code = 1

@@ -16,13 +16,15 @@ at least once instead of exactly once).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from connectors.base import Batch
+from connectors.registry import split_uri
+from connectors.zmq.uri import worker_address
 from streammas import logs
 from streammas.checkpoint import Checkpoint
 from streammas.service.errors import ServiceError
@@ -71,6 +73,7 @@ class Turn:
     stop: bool
     checkpoint: bool
     finished: bool
+    failed: list[int] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -103,6 +106,11 @@ class Group:
         self.ctx = context
         #: Whether the group's last checkpoint was written (known on every worker).
         self.last_ok = True
+        #: Set when this worker left a turn half-way (an error): no collective can meet any more.
+        self.broken = False
+        #: Rows the group received in the state directory's life (the sum of every turn's counts; the same on
+        #: every worker), for rank 0's checkpoint policy.
+        self.received = 0
 
     @property
     def is_main(self) -> bool:
@@ -116,8 +124,8 @@ class Group:
         if self.is_main:
             try:
                 ckpt = self.service.checkpoints.open()
-            except ServiceError as e:
-                error = str(e)
+            except Exception as e:  # any of them: the others wait on this broadcast
+                error = str(e) if isinstance(e, ServiceError) else f"[state] {type(e).__name__}: {e}"
             else:
                 if ckpt is not None:
                     payload = (str(ckpt.path), ckpt.seq, ckpt.created, ckpt.meta, ckpt.learner, ckpt.nbytes)
@@ -145,14 +153,26 @@ class Group:
 
     def sink_uri(self, uri: str) -> str:
         """Each worker's own sink: a file sink's path gets ``.worker<rank>`` before its extension
-        (``jsonl:scores.jsonl`` -> ``jsonl:scores.worker1.jsonl``); other sinks are used as given.
+        (``jsonl:scores.jsonl`` -> ``jsonl:scores.worker1.jsonl``), a ZeroMQ sink's port the rank added; a
+        plug-in's sink is used as given.
 
         >>> class Ctx: rank, world_size, is_main = 1, 2, False
-        >>> Group(None, Ctx()).sink_uri("jsonl:out/scores.jsonl"), Group(None, Ctx()).sink_uri("alerts:a.jsonl?q=0.9")
-        ('jsonl:out/scores.worker1.jsonl', 'alerts:a.worker1.jsonl?q=0.9')
+        >>> group = Group(None, Ctx())
+        >>> [group.sink_uri(u) for u in ("jsonl:out/scores.jsonl", "scores.jsonl", "alerts:a.jsonl?q=0.9")]
+        ['jsonl:out/scores.worker1.jsonl', 'jsonl:scores.worker1.jsonl', 'alerts:a.worker1.jsonl?q=0.9']
+        >>> group.sink_uri("zmq+pub://127.0.0.1:5556")
+        'zmq+pub://127.0.0.1:5557'
         """
-        scheme, sep, rest = uri.partition(":")
-        if not sep or scheme not in ("jsonl", "alerts") or rest == "-":
+        try:
+            scheme, rest = split_uri(uri)
+        except ValueError:
+            return uri
+        if scheme.startswith("zmq"):  # a bound socket (zmq+pub): port + rank, as for the sources
+            address, qmark, query = rest.partition("?")
+            if address.startswith("//"):  # zmq+pub://host:port is tcp
+                return f"{scheme}:{worker_address('tcp:' + address, self.ctx.rank)[4:]}{qmark}{query}"
+            return f"{scheme}:{worker_address(address, self.ctx.rank)}{qmark}{query}"
+        if scheme not in ("jsonl", "alerts") or rest == "-":
             return uri
         path, qmark, query = rest.partition("?")
         stem, dot, ext = path.rpartition(".")
@@ -160,12 +180,17 @@ class Group:
         return f"{scheme}:{path}{qmark}{query}"
 
     # -- each turn ---------------------------------------------------------------------------------------------
-    def agree(self, rows: int, stop: bool, checkpoint: bool, finished: bool, due: bool) -> Turn:
+    def agree(self, rows: int, stop: bool, checkpoint: bool, finished: bool, due: bool, failed: bool = False) -> Turn:
         """Exchange this turn's facts; any worker's stop or checkpoint request counts for all, rank 0's
-        checkpoint policy (``due``) decides for the group, and the stream is finished when every source is."""
-        facts = self.ctx.gather_ints([rows, int(stop), int(checkpoint or (due and self.is_main)), int(finished)])
-        return Turn(counts=[f[0] for f in facts], stop=any(f[1] for f in facts),
-                    checkpoint=any(f[2] for f in facts), finished=all(f[3] for f in facts))
+        checkpoint policy (``due``) decides for the group, the stream is finished when every source is, and a
+        worker whose source failed stops the group in this same turn."""
+        facts = self.ctx.gather_ints([rows, int(stop), int(checkpoint or (due and self.is_main)), int(finished),
+                                      int(failed)])
+        failed_ranks = [r for r, f in enumerate(facts) if f[4]]
+        turn = Turn(counts=[f[0] for f in facts], stop=any(f[1] for f in facts) or bool(failed_ranks),
+                    checkpoint=any(f[2] for f in facts), finished=all(f[3] for f in facts), failed=failed_ranks)
+        self.received += turn.rows
+        return turn
 
     def sample_shape(self, batch: Batch | None) -> tuple[int, ...]:
         """The sample shape of the first rows any worker read (the learner is made alike on every worker)."""
@@ -198,9 +223,11 @@ class Group:
             logs.log_event(log, "checkpoint_failed", logging.ERROR, reason=reason, msg="rank 0 could not write")
         return written
 
-    def shutdown_due(self, due: bool) -> bool:
-        """Whether any worker has anything a final checkpoint would save."""
-        return any(v[0] for v in self.ctx.gather_ints([int(due)]))
+    def shutdown_due(self, due: bool, asked: bool) -> bool:
+        """Whether the group writes a final checkpoint: rank 0's policy says something changed since the last
+        one (``due``, as rank 0 sees it), or any worker was asked for one."""
+        facts = self.ctx.gather_ints([int(due), int(asked)])
+        return bool(facts[0][0]) or any(f[1] for f in facts)
 
     def group_meta(self, workers: list[dict[str, Any]]) -> dict[str, Any]:
         """The group's part of a checkpoint's metadata: the counts summed (``service``, as one worker's would

@@ -68,13 +68,20 @@ class GroupLoop(Loop):
             self.checkpoint_now.clear()
             # read even when asked to stop: another worker, signalled a moment later, reads its batch of this
             # turn, and the group learns both before it stops (the union batch stays the one of one worker)
-            batch = source.read(timeout=0.0 if busy and not finite else READ_TIMEOUT)
+            # A failure here (the source broke, the state directory was taken) is this worker's alone: say so in
+            # this turn's facts, so that the whole group stops together with its final checkpoint.
+            batch, failed, policy = None, False, None
+            try:
+                batch = source.read(timeout=0.0 if busy and not finite else READ_TIMEOUT)
+                if service.learner is not None and group.is_main:
+                    policy = service.checkpoints.due(service.learner.samples_seen, group.received)
+            except Exception as e:
+                failed = True
+                self._failed(e)
             finished = batch is None and bool(source.finished)
-            policy = (service.checkpoints.due(service.learner.samples_seen, service.tally.received)
-                      if service.learner is not None and group.is_main else None)
             due = policy is not None
             turn = group.agree(rows=len(batch) if batch is not None else 0, stop=stop, checkpoint=asked,
-                               finished=finished, due=due)
+                               finished=finished, due=due, failed=failed)
             if turn.checkpoint:  # the state as of the last turn, as a single service checkpoints after its batch
                 service.checkpoint(policy or "signal")
             busy = turn.rows > 0
@@ -87,9 +94,11 @@ class GroupLoop(Loop):
             elif self.stale:
                 service.refresh()
             if turn.stop:
+                if turn.failed and service.stop_reason is None:
+                    service.stop_reason = f"worker {turn.failed[0]} failed"
                 if service.stop_reason is None:
                     service.stop_reason = "a worker was asked to stop"
-                if service.exit_code == 0:
+                if not turn.failed:  # the same on every worker: all drain, or none
                     self.drain()
                 break
             if turn.finished and not busy:
@@ -97,6 +106,16 @@ class GroupLoop(Loop):
                 service.stop_reason = "source finished"
                 break
             self.progress.tick()
+
+    def _failed(self, error: Exception) -> None:
+        service = self.service
+        if isinstance(error, ServiceError):
+            logs.log_event(log, "error", logging.ERROR, msg=str(error))
+            service.exit_code = 2
+        else:
+            log.error("the source failed: %s: %s", type(error).__name__, error, exc_info=True)
+            service.exit_code = 1
+        service.stop_reason = f"{type(error).__name__}: {error}"
 
     def step(self, batch: Batch | None, turn: Turn) -> None:
         """One learning step of the group: this worker's rows, or none."""
