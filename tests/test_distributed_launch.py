@@ -298,7 +298,11 @@ def test_a_launcher_killed_with_sigkill_leaves_no_worker(tmp_path, when):
     finally:
         daemon.kill()
     if when == "running":
-        assert {r["rank"] for r in daemon.events("stopped") if r["reason"] == "SIGTERM"} == {0, 1}, daemon.log()
+        # both stop cleanly in the same turn; one that saw the other's SIGTERM first says so as its reason
+        stopped = {r["rank"]: r for r in daemon.events("stopped")}
+        assert sorted(stopped) == [0, 1] and all(r["exit_code"] == 0 for r in stopped.values()), daemon.log()
+        assert any(r["reason"] == "SIGTERM" for r in stopped.values())
+        assert all(r["reason"] in ("SIGTERM", "a worker was asked to stop") for r in stopped.values())
 
 
 @pytest.mark.slow
