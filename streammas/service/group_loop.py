@@ -5,8 +5,9 @@ Each turn a worker reads at most one batch of its shard, then the workers agree 
 alike: all learn when any has rows (an empty batch where a worker has none), all checkpoint when any was
 asked to or rank 0's policy says so, all stop when any was asked to, and all finish when every source is
 finished. A worker whose source is idle still takes part every turn, at most ``READ_TIMEOUT`` apart, so no
-worker waits on another longer than that; while rows flow, reads do not wait at all. A batch the learner
-fails on stops the group (the workers' collectives would no longer meet).
+worker waits on another longer than that; while rows flow, reads do not wait at all. An error inside a step
+(a peer gone) fails the worker, and the launcher restarts the group from its newest checkpoint; an error of
+a worker's source stops the whole group in the same turn.
 """
 
 from __future__ import annotations
@@ -137,11 +138,9 @@ class GroupLoop(Loop):
         assert learner is not None
         labels = batch.y if service.config.learner.objective == "classification" else None
         started = time.perf_counter()
-        try:
-            scores = learner.learn_many(batch.x, labels)
-        except Exception as e:  # the others are inside the same collectives: the group cannot go on
-            raise ServiceError(f"a batch of {len(batch)} samples could not be learned ({type(e).__name__}: {e}); "
-                               "in a group of workers that stops the group") from e
+        # No error is caught here: one in the middle of a step (a peer gone, most often) leaves the others inside
+        # its collectives, so the worker fails and the launcher restarts the group from its newest checkpoint.
+        scores = learner.learn_many(batch.x, labels)
         if len(batch) == 0:
             return
         service.metrics.observe_step(time.perf_counter() - started)
