@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import socket
@@ -60,7 +61,12 @@ def _run_under_manager(tmp_path, monkeypatch, notify_socket: str, manager: Manag
     daemon = Daemon(config, tmp_path)
     try:
         messages = manager.wait_for("READY=1")
-        assert daemon.events("reading"), "READY=1 before the source was open"
+        ready_at = time.time()
+        # the log line can reach the test after the datagram does: compare when each was made
+        reading = daemon.wait_for("reading")
+        opened_at = datetime.datetime.strptime(reading["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.UTC).timestamp()
+        assert opened_at <= ready_at + 0.001, "READY=1 before the source was open"
         ready_at = len(messages)
         # Pings go on while the followed file has nothing new: the loop turns, idle, every READ_TIMEOUT.
         messages = manager.wait_for("WATCHDOG=1", count=5)
