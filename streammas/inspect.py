@@ -119,6 +119,7 @@ def summarize_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
         "source": meta.get("source"),
         "service": meta.get("service"),
         "world_size": int((meta.get("distributed") or {}).get("world_size", 1)),
+        "distributed_mode": (meta.get("distributed") or {}).get("mode"),
         "checkpoint": {"path": str(ckpt.path), "seq": ckpt.seq, "bytes": ckpt.nbytes, "created": ckpt.created,
                        "created_utc": _dt.datetime.fromtimestamp(ckpt.created, _dt.UTC).isoformat(),
                        "reason": meta.get("reason"), "streammas_version": meta.get("streammas_version")},
@@ -170,7 +171,9 @@ def render(summary: Mapping[str, Any], history: int = 20) -> str:
     ]
     source = summary.get("source") or {}
     if source.get("positions") is not None:  # a group of workers: each one's position in its shard
-        lines.append(f"source          {source.get('uri')}, {summary.get('world_size')} workers")
+        mode = summary.get("distributed_mode")
+        lines.append(f"source          {source.get('uri')}, {summary.get('world_size')} workers"
+                     + (f" ({mode} mode)" if mode else ""))
         lines += [f"  worker {r}      position: {json.dumps(p)}" for r, p in enumerate(source["positions"])]
     elif source:
         lines.append(f"source          {source.get('uri')} (position: {json.dumps(source.get('position'))})")

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from streammas.buffer import HardBuffer
+from streammas.distributed.average import GroupAverager
 from streammas.distributed.context import DistributedContext
 from streammas.distributed.reduce import GroupReducer
 from streammas.events import Event, EventLog
@@ -91,10 +92,13 @@ class OnlineMAS:
     distributed : DistributedContext or None, default None
         A group of workers that learn together (:mod:`streammas.distributed.reduce`): each calls
         :meth:`learn_many` once per step with its own rows (a batch of ``[0, *sample_shape]`` when it has none;
-        it still takes part), and every worker ends each step with the state of one learner fed the union of
-        the rows, worker r's j-th row at slot ``j * N + r``, to float rounding. The workers start from rank
-        0's weights. Not with ``hard_buffer > 0`` (a ``ValueError``); models whose output for a row depends on
-        the other rows (batch norm in training mode) are not exact. An exception inside :meth:`learn_many` is
+        it still takes part). With the context's ``mode="exact"``, every worker ends each step with the state of
+        one learner fed the union of the rows, worker r's j-th row at slot ``j * N + r``, to float rounding
+        (not with ``hard_buffer > 0``: a ``ValueError``; models whose output for a row depends on the other
+        rows, batch norm in training mode, are not exact). With ``mode="average"`` each worker steps alone and
+        every ``average_every`` steps the workers average their state
+        (:mod:`streammas.distributed.average`); the detector acts at those steps. The workers start from rank
+        0's weights. An exception inside :meth:`learn_many` is
         fatal for the group (the others wait inside a collective), and :meth:`flush` (which :meth:`state_dict`
         calls) may take part in one: every worker calls it at once. ``None``, or a group of one: alone.
     **settings
@@ -125,11 +129,15 @@ class OnlineMAS:
         first = next(model.parameters(), None)
         if first is None:
             raise ValueError("the model has no parameters to learn")
-        self.group = None if distributed is None or distributed.world_size == 1 else GroupReducer(distributed)
-        if self.group is not None:
-            if s.hard_buffer:  # the highest-loss rows of each worker are not those of the union
-                raise ValueError("hard_buffer > 0 is not supported in a group of workers; set hard_buffer = 0")
-            self.group.broadcast_module(model)
+        together = distributed is not None and distributed.world_size > 1
+        exact = together and distributed.mode == "exact"
+        self.group = GroupReducer(distributed) if exact else None
+        self.averager = GroupAverager(distributed) if together and not exact else None
+        if self.group is not None and s.hard_buffer:  # the highest-loss rows of each worker are not the union's
+            raise ValueError("hard_buffer > 0 is not supported in a group of workers in the exact mode; set "
+                             "hard_buffer = 0")
+        if together:
+            (self.group or self.averager.reducer).broadcast_module(model)
         self.model = model
         self.device, self.dtype = first.device, first.dtype
         self.objective, needs_labels = resolve_objective(s.objective)
@@ -155,7 +163,7 @@ class OnlineMAS:
                                      enabled=s.reg_lambda > 0 and s.importance_source == "stream")
         guarded = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
         self.proximal = ProximalSchedule(self.synapses, self.optimizer, reg_lambda=s.reg_lambda, every=s.prox_every,
-                                         device_gated=guarded)
+                                         device_gated=guarded, metric_floor=s.prox_metric_floor)
         self.update = make_update(model, self.objective, self.optimizer, self.buffer, self.meter, self.proximal,
                                   steps_per_batch=s.steps_per_batch, fused=s.fused_step,
                                   replay=self.replay if s.replay else None, group=self.group)
@@ -164,9 +172,12 @@ class OnlineMAS:
         self.regimes = RegimeTracker(self.synapses, detector, proximal=self.proximal, events=self.events,
                                      consolidate_at=s.consolidate_at, importance_source=s.importance_source,
                                      meter=self.meter, buffer=self.buffer, held_dtype=held_dtype)
+        collective = self.group or self.averager
         self.recovery = Recovery(model, self.objective, self.optimizer, self.synapses, self.proximal, self.events,
                                  recover_after=s.recover_after,
-                                 reduce=None if self.group is None else self.group.all_reduce)
+                                 reduce=None if collective is None else collective.all_reduce)
+        if self.averager is not None:
+            self.averager.mark(self)
         self._pending: list[torch.Tensor] = []  # the batches' mean losses, not yet read by the host
         self._clipped = 0  # the scaler's count of clipped samples, as of the last host read
 
@@ -225,9 +236,14 @@ class OnlineMAS:
         scores are those of this worker's rows, and the counts grow by the whole group's.
         """
         batch = len(x)
+        if self.averager is not None and not batch:  # a step of the group where this worker has no rows
+            self._step_done(0, None)
+            return torch.full((0,), math.nan, device=self.device)
         xb, yb, keep = self.guard.prepare(x, y) if self.group is None or batch else self._no_rows(x, y)
         if self.group is None:
             if xb.shape[0] == 0:
+                if self.averager is not None:
+                    self._step_done(0, None)
                 return torch.full((batch,), math.nan, device=self.device)
             zb, seen = self.scaler.fit_transform(xb), (xb, yb)
         else:
@@ -241,13 +257,21 @@ class OnlineMAS:
             self.scaler.fit(found.x)  # the statistics of the union, alike everywhere; each scales its own rows
             zb, yb, seen = self.scaler.transform(xb), found.y_local, (found.x, found.y)
         scores, score_mean = self.update(zb, yb, self.meter.due(self.steps))
-        self.replay.add(*seen)  # every worker keeps the same reservoir of the union
-        self._pending.append(score_mean)
+        self.replay.add(*seen)  # exact: every worker keeps the same reservoir of the union
         self.steps += 1
         self.samples_seen += seen[0].shape[0]
-        if self.steps % self.settings.sync_every == 0:
-            self._sync()
+        if self.averager is not None:
+            self._step_done(xb.shape[0], score_mean * xb.shape[0])
+        else:
+            self._pending.append(score_mean)
+            if self.steps % self.settings.sync_every == 0:
+                self._sync()
         return self.guard.spread(scores, keep, batch)
+
+    def _step_done(self, rows: int, loss_sum: torch.Tensor | None) -> None:
+        """Averaging mode: record this worker's part in the group's step; average when the period is over."""
+        if self.averager.record(rows, loss_sum):
+            self._sync()
 
     def _no_rows(self, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor | None, None]:
         """A worker's batch of no rows, ``[0, *sample_shape]``, on the device as it is: nothing to check."""
@@ -285,6 +309,9 @@ class OnlineMAS:
 
     def _sync(self) -> None:
         """Read the pending device values once; count skipped updates, recover if needed, feed the detector."""
+        if self.averager is not None:
+            self._average()
+            return
         if not self._pending:
             return
         skipped_now = self.update.skipped
@@ -298,13 +325,33 @@ class OnlineMAS:
         self.recovery.observe(skipped, len(values) * self.settings.steps_per_batch, self.update.last_rows)
         self.regimes.observe(values)
 
+    def _average(self) -> None:
+        """Averaging mode: the group's state averaged, then the period's values acted on alike everywhere."""
+        if self.averager.pending:  # each worker's owed proximal steps first: they count its own steps
+            self.proximal.settle()
+        period = self.averager.average(self.model, self.optimizer, self.synapses, self.scaler, self.update.skipped)
+        if period is None:
+            return
+        self.update.skipped.zero_()
+        self._clipped = int(host_read(self.scaler.clipped))
+        # the group's counts, which this worker's own (its rows only) differ from since the last averaging
+        self.steps, self.samples_seen = self.averager.counts(period)
+        self.recovery.observe(period.skipped, period.updates * self.settings.steps_per_batch, self.update.last_rows)
+        self.regimes.observe(period.losses)
+        self.averager.mark(self)
+
     def flush(self) -> None:
         """Process the device values not read yet (the detector sees every step's loss)."""
         self._sync()
 
     def consolidate(self) -> None:
-        """Consolidate now: Omega absorbs the current regime's importance, theta* anchors the weights."""
+        """Consolidate now: Omega absorbs the current regime's importance, theta* anchors the weights (in a group
+        that averages, every worker calls it at once: the group averages first)."""
+        if self.averager is not None:
+            self._average()
         self.regimes.consolidate()
+        if self.averager is not None:
+            self.averager.mark(self)
 
     # -- state ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -367,6 +414,8 @@ class OnlineMAS:
         self.events.replace(state["events"])
         self._pending.clear()
         self.update.skipped.zero_()
+        if self.averager is not None:
+            self.averager.mark(self, discard=True)
 
     def state_nbytes(self) -> dict[str, int]:
         """Bytes held by the learner beyond the model: the synapses (Omega, theta*, running importance), the

@@ -269,7 +269,7 @@ class PlateauDetector:
         cfg = self.config
         n = len(self._values)
         mean = sum(self._values) / n
-        var = sum((v - mean) ** 2 for v in self._values) / max(n - 1, 1)
+        var = sum((v - mean) * (v - mean) for v in self._values) / max(n - 1, 1)  # inf, not OverflowError
         if self.armed:
             if mean < cfg.mean_threshold and var < cfg.var_threshold:
                 self.armed = False

@@ -36,6 +36,10 @@ class ProximalSchedule:
         Pay what is owed once every this many steps (the learner's ``prox_every``).
     device_gated : bool, default False
         The updates' success arrives as a device tensor (1 or 0) rather than being known on the host.
+    metric_floor : float, default 0.0
+        Under Adam, each weight's metric ``sqrt(v_hat) + eps`` is raised to at least this fraction of its
+        tensor's mean metric (0: Adam's own, weight by weight), so that a weight Adam rarely moved (a tiny
+        ``v_hat``) is not pinned to theta* by an enormous ``c``.
 
     Examples
     --------
@@ -54,8 +58,9 @@ class ProximalSchedule:
     """
 
     def __init__(self, synapses: Synapses, optimizer: torch.optim.Optimizer, *, reg_lambda: float, every: int,
-                 device_gated: bool = False) -> None:
+                 device_gated: bool = False, metric_floor: float = 0.0) -> None:
         self.synapses = synapses
+        self.metric_floor = float(metric_floor)
         self.optimizer = optimizer
         self.reg_lambda = float(reg_lambda)
         self.every = int(every)
@@ -118,7 +123,10 @@ class ProximalSchedule:
                 out.append(torch.full_like(self.synapses.params[i], torch.inf))
                 continue
             correction = 1.0 - beta2 ** torch.as_tensor(state["step"], dtype=torch.float64)
-            out.append((state["exp_avg_sq"] / correction.to(state["exp_avg_sq"])).sqrt_().add_(eps))
+            metric = (state["exp_avg_sq"] / correction.to(state["exp_avg_sq"])).sqrt_().add_(eps)
+            if self.metric_floor:
+                metric = torch.maximum(metric, metric.mean() * self.metric_floor)
+            out.append(metric)
         return out
 
     def state_dict(self) -> dict[str, Any]:

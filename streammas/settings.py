@@ -169,6 +169,9 @@ class LearnerSettings:
     prox_every : int, default 16
         Apply the regulariser's proximal step once every this many steps, for all of them: as stable, that
         many times cheaper, and with 16 the evaluation's results are those of one step per update.
+    prox_metric_floor : float, default 0.0
+        Under Adam, the proximal step's metric (Adam's ``sqrt(v_hat) + eps``) is raised to at least this
+        fraction of each tensor's mean (0: Adam's own metric, weight by weight).
     fused_step : bool, default True
         Where the model is a chain of linear layers and activations trained by plain SGD on the
         reconstruction error, take the hand-derived step of :class:`~streammas.fused.FusedChain` (autograd's
@@ -244,6 +247,8 @@ class LearnerSettings:
                               "steps", check=at_least(1))
     prox_every: int = setting(16, help="apply the regulariser's proximal step every this many steps, for all of "
                               "them", check=at_least(1))
+    prox_metric_floor: float = setting(0.0, help="under Adam: the proximal metric is at least this fraction of "
+                                       "each tensor's mean sqrt(v_hat) (0: Adam's own)", check=non_negative)
     fused_step: bool = setting(True, help="the hand-derived step for chains of linear layers and activations "
                                "trained by SGD on the reconstruction error (false: always autograd)")
     compact_state: bool = setting(True, help="keep Omega and a plateau's weights in bfloat16 (false: in the "

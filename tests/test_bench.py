@@ -105,8 +105,17 @@ def test_the_dispatcher_lists_every_benchmark():
 def test_scale_bench_measures_one_and_two_workers(capsys):
     from streammas.bench import scale
 
-    out = json.loads(_run(scale, ["--json", "--models", "mlp", "--steps", "5", "--repeats", "1"], capsys))
-    mlp = out["mlp"]
-    assert mlp["parameters"] > 0 and mlp["samples_per_s"]["1"] > 0 and mlp["samples_per_s"]["2"] > 0
-    assert mlp["efficiency_2"] > 0 and 0 < mlp["allreduce_share_of_step"] < 1
-    assert 0 < mlp["estimated_efficiency"]["64"] <= mlp["estimated_efficiency"]["8"] <= 1
+    out = json.loads(_run(scale, ["--json", "--models", "mlp", "--steps", "8", "--repeats", "1", "--quality-steps",
+                                  "50", "--average-every", "4"], capsys))
+    assert set(out) == {"mlp-exact", "mlp-average"}
+    for mlp in out.values():
+        assert mlp["parameters"] > 0 and mlp["samples_per_s"]["1"] > 0 and mlp["samples_per_s"]["2"] > 0
+        assert mlp["efficiency_2"] > 0 and mlp["allreduce_share_of_step"] > 0
+        assert 0 < mlp["estimated_efficiency"]["64"] <= mlp["estimated_efficiency"]["8"] <= 1
+        assert all(0 < e < 10 for e in mlp["heldout_error"]["1"] + mlp["heldout_error"]["2"])
+    # the exact mode learns what one worker with the group's batch learns
+    exact = out["mlp-exact"]["heldout_error"]
+    assert exact["2"] == pytest.approx(exact["1"], rel=1e-3)
+    # the same single worker is the baseline of both modes; averaging every 4 steps moves less than exact per step
+    assert out["mlp-average"]["samples_per_s"]["1"] == out["mlp-exact"]["samples_per_s"]["1"]
+    assert out["mlp-average"]["estimated_efficiency"]["64"] > out["mlp-exact"]["estimated_efficiency"]["64"]

@@ -34,7 +34,7 @@ MINIMAL = '[source]\nuri = "npy:x.npy"\n'
 def test_defaults_keep_one_process():
     cfg = parse_config(MINIMAL)
     assert cfg.distributed == DistributedConfig()
-    assert cfg.as_dict()["distributed"] == {"workers": 1, "backend": "auto", "mode": "exact",
+    assert cfg.as_dict()["distributed"] == {"workers": 1, "backend": "auto", "mode": "exact", "average_every": 16,
                                             "timeout_seconds": 300.0, "shutdown_seconds": 60.0, "max_restarts": 3,
                                             "reshard": False}
     assert not should_launch(cfg, {})
@@ -44,13 +44,14 @@ def test_defaults_keep_one_process():
     ("workers", "0", "[distributed] workers must be >= 1; got 0"),
     ("workers", "2.0", "[distributed] workers must be an integer, got number 2.0"),
     ("backend", '"mpi"', "[distributed] backend must be one of 'auto', 'gloo', 'nccl'; got 'mpi'"),
-    ("mode", '"average"', "[distributed] mode must be one of 'exact'; got 'average'"),
+    ("mode", '"gossip"', "[distributed] mode must be one of 'exact', 'average'; got 'gossip'"),
+    ("average_every", "0", "[distributed] average_every must be >= 1; got 0"),
     ("timeout_seconds", "0", "[distributed] timeout_seconds must be > 0; got 0.0"),
     ("shutdown_seconds", "-1", "[distributed] shutdown_seconds must be >= 0; got -1.0"),
     ("max_restarts", "-1", "[distributed] max_restarts must be >= 0; got -1"),
     ("reshard", '"yes"', "[distributed] reshard must be true or false, got string 'yes'"),
-    ("worker", "2", "[distributed] unknown key 'worker'; accepted keys: workers, backend, mode, timeout_seconds, "
-                    "shutdown_seconds, max_restarts, reshard"),
+    ("worker", "2", "[distributed] unknown key 'worker'; accepted keys: workers, backend, mode, average_every, "
+                    "timeout_seconds, shutdown_seconds, max_restarts, reshard"),
 ])
 def test_bad_values_name_the_key_and_what_it_accepts(key, value, message):
     with pytest.raises(ConfigError) as info:

@@ -95,9 +95,13 @@ def test_two_workers_learn_what_one_worker_with_twice_the_batch_learns(tmp_path)
     assert inspected.returncode == 0 and "2 workers" in inspected.stdout and "worker 1" in inspected.stdout
 
 
-def test_a_file_is_learned_exactly_once_across_sigterm_and_restart(tmp_path):
+MODES = {"exact": "", "average": '[distributed]\nmode = "average"\naverage_every = 8\n'}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_file_is_learned_exactly_once_across_sigterm_and_restart(tmp_path, mode):
     np.save(tmp_path / "x.npy", _stream(6000))
-    config = _config(tmp_path, 16, "two", every=640)
+    config = _config(tmp_path, 16, "two", every=640, extra=MODES[mode])
     first = Daemon(config, tmp_path, "--workers", "2")
     try:
         first.wait_for("checkpoint", lambda r: r.get("samples_seen", 0) >= 1280)
@@ -117,6 +121,9 @@ def test_a_file_is_learned_exactly_once_across_sigterm_and_restart(tmp_path):
     assert final.meta["samples_seen"] == final.learner["samples_seen"] == 6000
     assert [w["tally"]["received"] for w in final.meta["workers"]] == [3000, 3000]
     assert [p["row"] for p in final.meta["source"]["positions"]] == [6000, 6000]  # both read to the end
+    assert final.meta["distributed"]["mode"] == mode
+    assert f"2 workers ({mode} mode)" in streammas("inspect", "two", cwd=tmp_path).stdout
+    assert final.learner["synapses"]["consolidations"] >= 1  # the group found the regimes' plateaus
 
 
 def test_a_worker_killed_with_9_restarts_the_group_from_the_checkpoint(tmp_path):
@@ -137,12 +144,13 @@ def test_a_worker_killed_with_9_restarts_the_group_from_the_checkpoint(tmp_path)
     _assert_same_learner(_final(tmp_path, "one"), _final(tmp_path, "two"))
 
 
-def test_uneven_shards_finish_without_hanging(tmp_path):
+@pytest.mark.parametrize("mode", list(MODES))
+def test_uneven_shards_finish_without_hanging(tmp_path, mode):
     (tmp_path / "parts").mkdir()
     x = _stream(1200)
     for i, (a, b) in enumerate([(0, 700), (700, 1000), (1000, 1200)]):  # worker 0: files 0 and 2; worker 1: file 1
         np.save(tmp_path / "parts" / f"part-{i}.npy", x[a:b])
-    group = _run(_config(tmp_path, 16, "two", uri="npy:parts/*.npy"), tmp_path, "--workers", "2")
+    group = _run(_config(tmp_path, 16, "two", uri="npy:parts/*.npy", extra=MODES[mode]), tmp_path, "--workers", "2")
     final = _final(tmp_path, "two")
     assert final.meta["samples_seen"] == 1200
     received = {r["rank"]: r for r in group.events("source_finished")}

@@ -7,19 +7,18 @@ help, choices and checks that every other key carries.
 Examples
 --------
 >>> DistributedConfig()
-DistributedConfig(workers=1, backend='auto', mode='exact', timeout_seconds=300.0, shutdown_seconds=60.0, \
-max_restarts=3, reshard=False)
+DistributedConfig(workers=1, backend='auto', mode='exact', average_every=16, timeout_seconds=300.0, \
+shutdown_seconds=60.0, max_restarts=3, reshard=False)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streammas.distributed.context import MODES
 from streammas.settings import at_least, non_negative, positive, setting
 
 BACKENDS = ("auto", "gloo", "nccl")
-#: Only the exact mode exists; periodic parameter averaging (local steps, for slow links) is not built yet.
-MODES = ("exact",)
 
 
 @dataclass
@@ -38,8 +37,13 @@ class DistributedConfig:
         The process group's backend: ``"auto"`` (NCCL on a CUDA device, gloo on the CPU), ``"gloo"`` or
         ``"nccl"`` (which needs a CUDA ``[learner] device``).
     mode : str, default "exact"
-        ``"exact"``: every step is the one a single process would take on the whole batch (the only mode so
-        far; periodic parameter averaging for slow links is not built yet).
+        ``"exact"``: every step is the one a single process would take on the whole batch (three collectives
+        per step). ``"average"``: each worker steps on its own rows, and every ``average_every`` steps the
+        workers average their model, optimizer state, running importance and input statistics in one
+        all-reduce, and decide plateaus and consolidations together (for slow links, or steps too short to
+        pay for per-step collectives; each worker keeps its own replay memory).
+    average_every : int, default 16
+        With ``mode = "average"``: the group's steps between two averagings (>= 1).
     timeout_seconds : float, default 300.0
         How long a collective waits for the other workers before it fails (> 0).
     shutdown_seconds : float, default 60.0
@@ -56,6 +60,10 @@ class DistributedConfig:
     >>> cfg = parse_config('[source]\\nuri = "npy:x.npy"\\n[distributed]\\nworkers = 4\\n')
     >>> cfg.distributed.workers, cfg.distributed.mode
     (4, 'exact')
+    >>> parse_config('[source]\\nuri = "npy:x.npy"\\n[distributed]\\nmode = "gossip"\\n')
+    Traceback (most recent call last):
+        ...
+    streammas.config.ConfigError: [distributed] mode must be one of 'exact', 'average'; got 'gossip'
     >>> parse_config('[source]\\nuri = "npy:x.npy"\\n[distributed]\\nworkers = 0\\n')
     Traceback (most recent call last):
         ...
@@ -70,8 +78,9 @@ class DistributedConfig:
                            check=at_least(1))
     backend: str = setting("auto", help="process group backend: auto (nccl on CUDA, gloo on the CPU)",
                            choices=BACKENDS)
-    mode: str = setting("exact", help="exact: each step is the single-process step on the whole batch (the "
-                                      "only mode so far)", choices=MODES)
+    mode: str = setting("exact", help="exact: each step is the single-process step on the whole batch; average: "
+                                      "local steps, the state averaged every average_every steps", choices=MODES)
+    average_every: int = setting(16, help="with mode = average: steps between two averagings", check=at_least(1))
     timeout_seconds: float = setting(300.0, help="how long a collective waits for the other workers",
                                      check=positive)
     shutdown_seconds: float = setting(60.0, help="after forwarding SIGTERM, seconds the launcher waits for the "

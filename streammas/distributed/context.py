@@ -19,6 +19,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+#: How the workers' learners combine: every step exactly, or by averaging their states now and then.
+MODES = ("exact", "average")
+
 
 def resolve_backend(setting: str, device: str | torch.device = "cpu") -> str:
     """``"auto"``: NCCL for a CUDA device, gloo otherwise; other values are passed through.
@@ -42,6 +45,12 @@ class DistributedContext:
         This worker's rank on its machine (which GPU it uses, which port it binds).
     control_group : ProcessGroup or None, default None
         A gloo group for the host-side collectives (``None``: the default group, which must then be gloo).
+    mode : str, default "exact"
+        How a learner given this context learns with the others: ``"exact"`` (every step all-reduced:
+        :mod:`streammas.distributed.reduce`) or ``"average"`` (local steps, the state averaged every
+        ``average_every`` steps: :mod:`streammas.distributed.average`).
+    average_every : int, default 16
+        With ``mode="average"``: the group's steps between two averagings.
 
     Examples
     --------
@@ -58,11 +67,18 @@ class DistributedContext:
     >>> ctx.close()
     """
 
-    def __init__(self, rank: int, world_size: int, *, local_rank: int = 0, control_group: Any = None) -> None:
+    def __init__(self, rank: int, world_size: int, *, local_rank: int = 0, control_group: Any = None,
+                 mode: str = "exact", average_every: int = 16) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+        if int(average_every) < 1:
+            raise ValueError(f"average_every must be >= 1; got {average_every}")
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.local_rank = int(local_rank)
         self.control_group = control_group
+        self.mode = mode
+        self.average_every = int(average_every)
 
     @property
     def is_main(self) -> bool:
@@ -71,7 +87,8 @@ class DistributedContext:
 
     @classmethod
     def from_environment(cls, backend: str = "auto", device: str | torch.device = "cpu",
-                         timeout_seconds: float = 300.0) -> DistributedContext | None:
+                         timeout_seconds: float = 300.0, *, mode: str = "exact",
+                         average_every: int = 16) -> DistributedContext | None:
         """Join the group the launcher described (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
         ``MASTER_PORT``, as torchrun and the elastic launcher set them); ``None`` when not launched so."""
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
@@ -83,7 +100,8 @@ class DistributedContext:
         if not dist.is_initialized():
             dist.init_process_group(chosen, rank=rank, world_size=world_size, timeout=timeout)
         control = dist.new_group(backend="gloo", timeout=timeout) if chosen != "gloo" else None
-        return cls(rank, world_size, local_rank=local_rank, control_group=control)
+        return cls(rank, world_size, local_rank=local_rank, control_group=control, mode=mode,
+                   average_every=average_every)
 
     # -- host-side collectives (gloo, CPU tensors, a few integers) ---------------------------------------------
     def gather_ints(self, values: Sequence[int]) -> list[list[int]]:

@@ -225,7 +225,8 @@ def _serve(config: Config, local_rank: int, world_size: int) -> int:
         device = resolve_device(config.learner.device)
         if device.startswith("cuda") and world_size > 1:  # "cuda:0" too: one GPU per worker, as NCCL needs
             _use_own_gpu(local_rank)
-        context = DistributedContext.from_environment(settings.backend, device, settings.timeout_seconds)
+        context = DistributedContext.from_environment(settings.backend, device, settings.timeout_seconds,
+                                                      mode=settings.mode, average_every=settings.average_every)
         code = Service(config, distributed=context).run()
         if code == 0:  # every worker finished the same turn: leave together (gloo can abort a lone teardown)
             context.barrier()
