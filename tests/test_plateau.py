@@ -96,3 +96,11 @@ def test_invalid_settings_are_rejected():
         PlateauConfig(window=1)
     with pytest.raises(ValueError, match="rule"):
         PlateauDetector(rule="magic")
+
+
+def test_huge_finite_losses_are_taken_without_an_overflow():
+    """A diverging float64 model's loss can be finite and beyond 1e154, whose square overflows a Python float."""
+    detector = PlateauDetector(rule="absolute", window=4, patience=1, mean_threshold=2.0, var_threshold=1.0)
+    assert [detector.update(v) for v in (1e200, 1e-3, 5e199, 1.0, 1e300, 2.0)] == [None] * 6
+    relative = PlateauDetector()
+    assert all(relative.update(v) is None for v in [1e300, 1e-300] * 50)

@@ -8,6 +8,7 @@ import torch
 
 from streammas import OnlineMAS, hostsync
 from streammas.models import MLPAutoencoder
+from streammas.proximal import ProximalSchedule
 from streammas.replay import ReplayMemory
 from streammas.scaling import InputScaler
 from streammas.synapses import Synapses
@@ -167,3 +168,26 @@ def test_scaling_and_replay_keep_the_one_read_per_sync_period():
         learner.learn_many(x)
     assert hostsync.host_reads() - before == 64 // learner.sync_every
     assert len(learner.replay) == 200
+
+
+def test_a_metric_floor_keeps_a_rarely_moved_weight_from_being_pinned():
+    """Adam's metric for a weight with a tiny gradient is tiny, so c is enormous and the proximal step puts it
+    back on theta* at once; floored at its tensor's mean metric, it moves only part of the way."""
+
+    def moved(floor: float) -> torch.Tensor:
+        w = torch.nn.Parameter(torch.tensor([1.0, 1.0, 1.0]))
+        synapses = Synapses([("w", w)], normalization="none")
+        synapses.accumulate([torch.tensor([1.0, 1.0, 1.0])], batch_size=1)
+        synapses.consolidate()  # theta* = 1, Omega = 1
+        optimizer = torch.optim.Adam([w], lr=0.01)
+        w.grad = torch.tensor([1.0, 1.0, 1e-6])  # the third weight: Adam has barely seen a gradient
+        optimizer.step()
+        with torch.no_grad():
+            w.fill_(2.0)
+        schedule = ProximalSchedule(synapses, optimizer, reg_lambda=10.0, every=1, metric_floor=floor)
+        schedule.after_step(None)
+        return (w.detach() - 1.0) / 1.0  # the share of the distance to theta* left
+
+    pinned, floored = moved(0.0), moved(1.0)
+    assert pinned[2] < 1e-3 and pinned[0] > 0.5  # Adam's own metric: the rarely moved weight is pinned
+    assert floored[2] > 0.3 and torch.allclose(floored[:2], pinned[:2], rtol=0.05)
