@@ -136,6 +136,8 @@ class OnlineMAS:
         if self.group is not None and s.hard_buffer:  # the highest-loss rows of each worker are not the union's
             raise ValueError("hard_buffer > 0 is not supported in a group of workers in the exact mode; set "
                              "hard_buffer = 0")
+        if self.averager is not None and s.importance_source == "buffer":  # each worker's buffer is its own
+            raise ValueError('importance_source = "buffer" is not supported in the averaging mode')
         if together:
             (self.group or self.averager.reducer).broadcast_module(model)
         self.model = model
@@ -157,7 +159,8 @@ class OnlineMAS:
         self.scaler = InputScaler(s.scale_inputs, clip=s.input_clip, device=self.device)
         seed = torch.initial_seed() % (1 << 63)
         self.replay = ReplayMemory(s.replay, max_bytes=s.replay_max_bytes, transform=self.scaler.transform,
-                                   seed=seed if self.group is None else self.group.same_seed(seed))
+                                   seed=self.group.same_seed(seed) if self.group is not None
+                                   else seed + distributed.rank if self.averager is not None else seed)
         self.meter = ImportanceMeter(model, self.synapses, every=s.importance_every, method=s.importance_method,
                                      output=s.importance_output,
                                      enabled=s.reg_lambda > 0 and s.importance_source == "stream")
@@ -347,10 +350,13 @@ class OnlineMAS:
     def consolidate(self) -> None:
         """Consolidate now: Omega absorbs the current regime's importance, theta* anchors the weights (in a group
         that averages, every worker calls it at once: the group averages first)."""
-        if self.averager is not None:
-            self._average()
-        self.regimes.consolidate()
-        if self.averager is not None:
+        if self.averager is None:
+            self.regimes.consolidate()
+            return
+        before = self.synapses.consolidations
+        self._average()
+        if self.synapses.consolidations == before:  # else the detector just did, at this very step
+            self.regimes.consolidate()
             self.averager.mark(self)
 
     # -- state ------------------------------------------------------------------------------------------------

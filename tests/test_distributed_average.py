@@ -118,8 +118,9 @@ def test_every_step_with_plain_sgd_is_one_learner_fed_the_union(workers):
     assert expected["synapses"]["consolidations"] >= 2  # the detector's and the explicit one
     for rank, result in enumerate(results):
         state = result["state"]
-        # the proximal schedule and the optimizer count each worker's own steps (worker 1 has fewer)
-        for key in ("prox_owed", "prox_due", "optimizer"):
+        # the proximal schedule and the optimizer count each worker's own steps (worker 1 has fewer); the replay
+        # memory (empty here) draws from each worker's own generator
+        for key in ("prox_owed", "prox_due", "optimizer", "replay"):
             state.pop(key), expected.pop(key, None)
         _compare(state, expected, f"rank {rank}", 1e-10, 1e-10)
 
@@ -154,3 +155,10 @@ def test_a_context_refuses_an_unknown_mode():
         DistributedContext(0, 2, mode="gossip")
     with pytest.raises(ValueError, match="average_every"):
         DistributedContext(0, 2, mode="average", average_every=0)
+
+
+def test_importance_on_each_workers_own_buffer_is_refused():
+    # refused before any collective: each worker's hard buffer holds its own rows, so the workers' Omega would differ
+    with pytest.raises(ValueError, match="averaging mode"):
+        OnlineMAS(MLPAutoencoder(FEATURES, hidden=(8,), latent=3), hard_buffer=8, importance_source="buffer",
+                  distributed=DistributedContext(rank=0, world_size=2, mode="average"))

@@ -157,6 +157,16 @@ def test_uneven_shards_finish_without_hanging(tmp_path, mode):
     assert received[0]["samples"] == 900 and received[1]["samples"] == 300
 
 
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_worker_whose_shard_is_empty_still_takes_part(tmp_path, mode):
+    """One file for two workers: worker 1 never has a row of its own, from the first turn on."""
+    (tmp_path / "parts").mkdir()
+    np.save(tmp_path / "parts" / "part-0.npy", _stream(400))
+    group = _run(_config(tmp_path, 16, "two", uri="npy:parts/*.npy", extra=MODES[mode]), tmp_path, "--workers", "2")
+    assert _final(tmp_path, "two").meta["samples_seen"] == 400
+    assert {r["rank"]: r["samples"] for r in group.events("source_finished")} == {0: 400, 1: 0}
+
+
 def test_another_number_of_workers_is_refused(tmp_path):
     np.save(tmp_path / "x.npy", _stream(600))
     config = _config(tmp_path, 16, "two")

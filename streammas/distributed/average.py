@@ -22,9 +22,9 @@ averaging commutes with a gradient step that is linear in the gradients; with Ad
 SGD, an approximation whose cost against the exact mode ``streammas bench scale`` measures.
 
 A period takes one host collective (each worker's calls, rows and a few counts: the weights are known on the
-host before the device all-reduce) and one device all-reduce of one flat buffer in the model's dtype (plus a
-small float64 one for the scaler's sums when the model is not float64): with Adam, four times the parameters
-(weights, two moments, importance) every ``k`` steps, against the gradients' once every step in the exact mode.
+host before the device all-reduce) and two device all-reduces: one flat buffer in the model's dtype (with Adam,
+four times the parameters: weights, two moments, importance, every ``k`` steps, against the gradients' once
+every step in the exact mode) and a small float64 one (each step's rows and loss sums, the scaler's sums).
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ class GroupAverager:
         self._running: list[torch.Tensor] = []
         self._running_count = 0
         self._scaler: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor, int] | None = None
+        self._shift: torch.Tensor | None = None  # the mean the scaler's sums are taken relative to
 
     @property
     def world_size(self) -> int:
@@ -178,76 +179,76 @@ class GroupAverager:
         with_moments = all(f[4] for f in facts)
         width = max(f[3] for f in facts) if scaler.enabled else 0
         device = skipped.device
-        dtype = state[0].dtype if state else torch.float32
-        zero = torch.zeros((), dtype=dtype, device=device)
-        loss_sums = torch.stack([(s if s is not None else zero).to(dtype).reshape(()) for s in sums])
-        per_step = torch.tensor(rows, dtype=dtype, device=device)
-        parts = [torch.stack([loss_sums, per_step]), skipped.to(dtype).reshape(1)]
-        parts += [t * weight for t in state]
+        before = self._running_count
+        total_count = before + sum(f[5] - before for f in facts)
+        # In the model's dtype: the weighted states, and the running importance as each worker's move away from
+        # the agreed one, weighted by its share of the samples (no large products: fp16 and bf16 stay in range).
+        parts = [t * weight for t in state]
         if with_moments:  # Adam's step counter may live on the host while the moments are on the device
             parts += [t.to(device) * weight for t in moments]
-        # each worker's importance sum over its samples since the last averaging: the agreed part taken out
-        count, before = synapses.running_count, self._running_count
-        parts += [t * count - r * before for t, r in zip(synapses.running, self._running)]
+        share = synapses.running_count / max(total_count, 1)
+        parts += [(t - r) * share for t, r in zip(synapses.running, self._running)]
         out = self.reducer.all_reduce(parts)
-        # the scaler's sums in float64 (raw units), in a collective of their own unless the model is float64 too
-        scaled = self._scaler_parts(scaler, width, device) if width else []
-        if scaled:
-            scaled = self.reducer.all_reduce(scaled)
+        # In float64: the counts and losses of each step, and the scaler's sums (raw units)
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        exact = [torch.stack([(s if s is not None else zero).double().reshape(()) for s in sums]),
+                 torch.tensor(rows, dtype=torch.float64, device=device), skipped.double().reshape(1)]
+        if width:
+            exact += self._scaler_parts(scaler, width, device)
+        exact = self.reducer.all_reduce(exact)
 
-        group_sums, skipped_sum = out[0], out[1]
-        k = 2
-        torch._foreach_copy_(state, out[k:k + len(state)])
-        k += len(state)
+        torch._foreach_copy_(state, out[:len(state)])
+        k = len(state)
         if with_moments:
             for t, averaged in zip(moments, out[k:k + len(moments)]):
                 t.copy_(averaged)
             k += len(moments)
-        total_count = before + sum(f[5] - before for f in facts)
-        merged = out[k:]
-        torch._foreach_add_(merged, [r * before for r in self._running])  # the agreed part, once
-        torch._foreach_div_(merged, float(max(total_count, 1)))
-        torch._foreach_copy_(synapses.running, merged)
+        torch._foreach_add_(out[k:], self._running)
+        torch._foreach_copy_(synapses.running, out[k:])
         synapses.running_count = total_count
-        if scaled:
-            self._set_scaler(scaler, scaled, facts)
-        values = host_read(torch.cat([group_sums.reshape(-1), skipped_sum.reshape(-1)]).double())
+        if width:
+            self._set_scaler(scaler, exact[3:], facts)
+        values = host_read(torch.cat([exact[0], exact[1], exact[2]]))
         group_rows = values[len(rows):2 * len(rows)]
         losses = [s / n for s, n in zip(values[:len(rows)], group_rows) if n]
         return Period(losses=losses, steps=len(losses), rows=total, updates=sum(f[2] for f in facts),
                       skipped=int(values[-1]))
 
     def _scaler_parts(self, scaler: InputScaler, width: int, device: torch.device) -> list[torch.Tensor]:
-        """This worker's new samples as sums relative to the agreed mean: ``[count, sum (x - m0), sum (x - m0)^2,
-        clipped]``, the agreed part taken out (it is added back once)."""
-        count0, mean0, var0, clipped0, _ = self._scaler or (torch.zeros((), dtype=torch.float64), None, None,
-                                                            torch.zeros((), dtype=torch.int64), 0)
-        m0 = mean0 if mean0 is not None else torch.zeros(width, dtype=torch.float64, device=device)
-        count0 = count0.to(device)
-        if scaler.mean is None:  # nothing seen yet, on this worker and at the last averaging
-            first = torch.zeros(width, dtype=torch.float64, device=device)
-            return [torch.zeros(1, dtype=torch.float64, device=device), first, first, first[:1]]
-        shift = scaler.mean - m0
+        """This worker's samples as sums relative to a shift ``m0`` (the agreed mean; before there is one, the
+        pooled mean of the workers' first statistics, from a collective of its own): ``[count, sum (x - m0),
+        sum (x - m0)^2, clipped]``, the agreed part taken out (it is added back once)."""
+        count0, mean0, var0, clipped0, _ = self._scaler
+        f64 = dict(dtype=torch.float64, device=device)
+        mine = scaler.mean is not None
+        if mean0 is None:  # the first averaging with statistics: a shift near every worker's data
+            pooled = self.reducer.all_reduce([scaler.count * scaler.mean if mine else torch.zeros(width, **f64),
+                                              (scaler.count if mine else torch.zeros((), **f64)).reshape(1)])
+            self._shift = pooled[0] / pooled[1].clamp_min(1.0)
+        else:
+            self._shift = mean0
+        if not mine:  # nothing seen yet, on this worker and at the last averaging
+            nothing = torch.zeros(width, **f64)
+            return [torch.zeros(1, **f64), nothing, nothing, torch.zeros(1, **f64)]
+        shift = scaler.mean - self._shift
         second = scaler.count * (scaler.var + shift * shift)
         if var0 is not None:
-            second = second - count0 * var0
-        return [(scaler.count - count0).reshape(1), scaler.count * shift, second,
+            second = second - count0.to(device) * var0
+        return [(scaler.count - count0.to(device)).reshape(1), scaler.count * shift, second,
                 (scaler.clipped - clipped0.to(device)).double().reshape(1)]
 
     def _set_scaler(self, scaler: InputScaler, out: Sequence[torch.Tensor], facts: list[list[int]]) -> None:
         new, first, second, clipped = out[0], out[1], out[2], out[3]
-        count0, mean0, var0, clipped0, seen0 = self._scaler or (None, None, None, None, 0)
-        count = new.reshape(()) + (count0.to(new.device) if count0 is not None else 0.0)
-        m0 = mean0 if mean0 is not None else torch.zeros_like(first)
+        count0, _, var0, clipped0, seen0 = self._scaler
+        count = new.reshape(()) + count0.to(new.device)
         if var0 is not None:
             second = second + count0.to(new.device) * var0
         safe = count.clamp_min(1.0)
         shift = first / safe
-        scaler.mean = m0 + shift
+        scaler.mean = self._shift + shift
         scaler.var = (second / safe - shift * shift).clamp_min(0.0)
         scaler.count = count
-        scaler.clipped = (clipped.reshape(()).round().long()
-                          + (clipped0.to(new.device) if clipped0 is not None else 0))
+        scaler.clipped = clipped.reshape(()).round().long() + clipped0.to(new.device)
         scaler._seen = seen0 + sum(f[6] - seen0 for f in facts)
 
 

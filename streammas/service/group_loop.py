@@ -122,7 +122,10 @@ class GroupLoop(Loop):
         """One learning step of the group: this worker's rows, or none."""
         service = self.service
         if service.learner is None:
-            service.create_learner(service.group.sample_shape(batch))
+            shape = service.group.sample_shape(batch)
+            learner = service.create_learner(shape)
+            if learner.guard.sample_shape is None:  # the group's shape, for a worker that has no row of its own yet
+                learner.guard.sample_shape = tuple(shape)
         if batch is None or len(batch) == 0:
             batch = service.group.empty_batch()
             if service.config.learner.objective == "classification":
