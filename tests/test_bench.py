@@ -106,8 +106,13 @@ def test_scale_bench_measures_one_and_two_workers(capsys):
     from streammas.bench import scale
 
     out = json.loads(_run(scale, ["--json", "--models", "mlp", "--steps", "8", "--repeats", "1", "--quality-steps",
-                                  "50", "--average-every", "4"], capsys))
-    assert set(out) == {"mlp-exact", "mlp-average"}
+                                  "50", "--average-every", "4", "--daemon", "--daemon-rows", "3000"], capsys))
+    assert set(out) == {"mlp-exact", "mlp-average", "daemon"}
+    # the service itself, as a subprocess with 1 and 2 workers: every run timed from its own log
+    daemon = out.pop("daemon")
+    assert set(daemon) == {"1 worker", "2 workers, exact", "2 workers, average"}
+    assert daemon["1 worker"]["efficiency"] == 1.0
+    assert all(r["seconds"] > 0 and r["samples_per_s"] > 0 for r in daemon.values())
     for mlp in out.values():
         assert mlp["parameters"] > 0 and mlp["samples_per_s"]["1"] > 0 and mlp["samples_per_s"]["2"] > 0
         assert mlp["efficiency_2"] > 0 and mlp["allreduce_share_of_step"] > 0

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps between two averagings in the average mode (default 16)")
     parser.add_argument("--quality-steps", type=int, default=300,
                         help="steps of the group per regime in the held-out error measurement (default 300; 0: skip)")
+    parser.add_argument("--daemon", action="store_true",
+                        help="also time the whole service (streammas run --workers N) on a generated file")
+    parser.add_argument("--daemon-rows", type=int, default=96_000, help="rows of that file (default 96,000)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -174,6 +177,12 @@ def run(args: argparse.Namespace) -> int:
                 # regime A, then B: the held-out error of each afterwards, one worker with the group's batch first
                 "heldout_error": {"1": one["heldout"], "2": two["heldout"]},
             }
+    daemon = None
+    if args.daemon:
+        from streammas.bench import scale_daemon
+
+        daemon = scale_daemon.measure(args.daemon_rows, args.batch_size, modes, args.average_every)
+        results["daemon"] = daemon
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
@@ -182,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     print("| model | mode | parameters | samples/s, 1 worker | 2 workers | efficiency | gradient all-reduce / step (2) "
           "| estimated efficiency, 8 / 64 | held-out error A / B, 1 worker | 2 workers |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in results.values():
+    for r in (r for key, r in results.items() if key != "daemon"):
         est, err = r["estimated_efficiency"], r["heldout_error"]
         errors = ["" if e is None else f"{e[0]:.3f} / {e[1]:.3f}" for e in (err["1"], err["2"])]
         print(f"| {r['model']} | {r['mode']} | {r['parameters']:,} | {r['samples_per_s']['1']:,.0f} | "
@@ -191,4 +200,6 @@ def run(args: argparse.Namespace) -> int:
               f"{est['8']:.2f} / {est['64']:.2f} | {errors[0]} | {errors[1]} |")
     print("estimates assume " + "; ".join(f"{n}: {what}, {lat * 1e6:.0f} us per hop" for n, _, lat, what in LINKS)
           + ", and this machine's step time")
+    if daemon is not None:
+        scale_daemon.print_table(daemon, args.daemon_rows, args.batch_size, args.average_every)
     return 0

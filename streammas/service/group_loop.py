@@ -55,45 +55,21 @@ class GroupLoop(Loop):
         self.progress = Progress(bar=want_bar(cfg.log.progress, False), status_every=cfg.log.status_every_seconds,
                                  logger=log)
         service.checkpoints.restart_clock()
-        every = cfg.metrics.every_batches
+        self._every = cfg.metrics.every_batches
         # A file not followed always has its next batch at hand: waiting for it keeps the workers' batches in
         # the same turns (the union batch is then the one a single worker would read); a live source is read
         # without waiting while rows flow, so that a quiet worker does not hold the others back.
-        finite = bool(getattr(source, "finite", False))
-        busy, turns = False, 0
+        self._finite = bool(getattr(source, "finite", False))
+        self._turns = 0
+        busy = False
+        averaging = group.ctx.mode == "average"
         while True:
             service.poll_signals()
             service.notifier.watchdog()
-            stop = self.stop.is_set()
-            asked = self.checkpoint_now.is_set()
-            self.checkpoint_now.clear()
-            # read even when asked to stop: another worker, signalled a moment later, reads its batch of this
-            # turn, and the group learns both before it stops (the union batch stays the one of one worker)
-            # A failure here (the source broke, the state directory was taken) is this worker's alone: say so in
-            # this turn's facts, so that the whole group stops together with its final checkpoint.
-            batch, failed, policy = None, False, None
-            try:
-                batch = source.read(timeout=0.0 if busy and not finite else READ_TIMEOUT)
-                if service.learner is not None and group.is_main:
-                    policy = service.checkpoints.due(service.learner.samples_seen, group.received)
-            except Exception as e:
-                failed = True
-                self._failed(e)
-            finished = batch is None and bool(source.finished)
-            due = policy is not None
-            turn = group.agree(rows=len(batch) if batch is not None else 0, stop=stop, checkpoint=asked,
-                               finished=finished, due=due, failed=failed)
-            if turn.checkpoint:  # the state as of the last turn, as a single service checkpoints after its batch
-                service.checkpoint(policy or "signal")
-            busy = turn.rows > 0
-            if busy:
-                self.step(batch, turn)
-                turns += 1
-                if turns % every == 0 or self.progress.status_due():
-                    service.refresh()
-                self.progress.update(len(batch) if batch is not None else 0, service.telemetry.status)
-            elif self.stale:
-                service.refresh()
+            if averaging and service.learner is not None:
+                turn, busy = self._round(busy)
+            else:
+                turn, busy = self._turn(busy)
             if turn.stop:
                 if turn.failed and service.stop_reason is None:
                     service.stop_reason = f"worker {turn.failed[0]} failed"
@@ -102,11 +78,85 @@ class GroupLoop(Loop):
                 if not turn.failed:  # the same on every worker: all drain, or none
                     self.drain()
                 break
-            if turn.finished and not busy:
+            if turn.finished and not turn.rows:
                 logs.log_event(log, "source_finished", samples=service.tally.received)
                 service.stop_reason = "source finished"
                 break
             self.progress.tick()
+
+    def _read(self, busy: bool, timeout: float = READ_TIMEOUT) -> tuple[Batch | None, bool]:
+        """This worker's next batch (or ``None``), and whether its source failed (the failure is logged and kept
+        for the turn's agreement, so that the whole group stops together with its final checkpoint)."""
+        try:
+            return self.service.source.read(timeout=0.0 if busy and not self._finite else timeout), False
+        except Exception as e:
+            self._failed(e)
+            return None, True
+
+    def _agree(self, rows: int, finished: bool, failed: bool) -> Turn:
+        """The group's agreement on what it does next, then the checkpoint it agreed on (the state as of the
+        last step, as a single service checkpoints after its batch)."""
+        service = self.service
+        stop, asked = self.stop.is_set(), self.checkpoint_now.is_set()
+        self.checkpoint_now.clear()
+        policy = None
+        if service.learner is not None and service.group.is_main and not failed:
+            try:
+                policy = service.checkpoints.due(service.learner.samples_seen, service.group.received)
+            except Exception as e:  # the state directory was taken: this worker stops the group
+                failed = True
+                self._failed(e)
+        turn = service.group.agree(rows=rows, stop=stop, checkpoint=asked, finished=finished,
+                                   due=policy is not None, failed=failed)
+        if turn.checkpoint:
+            service.checkpoint(policy or "signal")
+        return turn
+
+    def _turn(self, busy: bool) -> tuple[Turn, bool]:
+        """One turn in step with the others: read at most one batch, agree, then all learn when any has rows
+        (the exact mode's step, whose collectives need every worker; and the turn that makes the learner)."""
+        service = self.service
+        # read even when asked to stop: another worker, signalled a moment later, reads its batch of this
+        # turn, and the group learns both before it stops (the union batch stays the one of one worker)
+        batch, failed = self._read(busy)
+        turn = self._agree(len(batch) if batch is not None else 0, batch is None and bool(service.source.finished),
+                           failed)
+        busy = turn.rows > 0
+        if busy:
+            self.step(batch, turn)
+            self._stepped(len(batch) if batch is not None else 0)
+        elif self.stale:
+            service.refresh()
+        return turn, busy
+
+    def _round(self, busy: bool) -> tuple[Turn, bool]:
+        """The averaging mode: ``average_every`` local steps (the learner's period, an empty one where this
+        worker has no batch), then one agreement. A quiet round takes at most ``READ_TIMEOUT`` seconds."""
+        service = self.service
+        learner = service.learner
+        every = service.group.ctx.average_every
+        if learner.averager is not None and learner.averager.pending:  # start the period with the round
+            learner.flush()
+        rows, failed, batch = 0, False, None
+        for _ in range(every):
+            batch = None
+            if not failed:
+                batch, failed = self._read(busy, READ_TIMEOUT / every)
+            self.step(batch, None)
+            if batch is not None and len(batch):
+                rows += len(batch)
+                self._stepped(len(batch))
+        finished = not failed and batch is None and bool(service.source.finished)
+        turn = self._agree(rows, finished, failed)
+        if not turn.rows and self.stale:
+            service.refresh()
+        return turn, turn.rows > 0
+
+    def _stepped(self, rows: int) -> None:
+        self._turns += 1
+        if self._turns % self._every == 0 or self.progress.status_due():
+            self.service.refresh()
+        self.progress.update(rows, self.service.telemetry.status)
 
     def _failed(self, error: Exception) -> None:
         service = self.service
@@ -118,7 +168,7 @@ class GroupLoop(Loop):
             service.exit_code = 1
         service.stop_reason = f"{type(error).__name__}: {error}"
 
-    def step(self, batch: Batch | None, turn: Turn) -> None:
+    def step(self, batch: Batch | None, turn: Turn | None) -> None:
         """One learning step of the group: this worker's rows, or none."""
         service = self.service
         if service.learner is None:
