@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_service_support import PATIENCE, Daemon, child_env, streammas, write_config
+from test_service_support import PATIENCE, QUIET_STATE, Daemon, child_env, streammas, write_config
 
 from streammas import logs
 from streammas.config import ConfigError, DistributedConfig, parse_config
@@ -135,12 +135,7 @@ FINITE = """
 [source]
 uri = "npy:{data}"
 batch_size = 16
-[state]
-dir = "state"
-every_samples = 0
-every_seconds = 0
-[log]
-status_every_seconds = 0
+""" + QUIET_STATE + """
 [distributed]
 workers = 2
 max_restarts = {restarts}
@@ -153,12 +148,7 @@ uri = "csv:{data}"
 batch_size = 16
 max_latency_ms = 5
 options = {{ follow = true, poll_interval = 0.02 }}
-[state]
-dir = "state"
-every_samples = 0
-every_seconds = 0
-[log]
-status_every_seconds = 0
+""" + QUIET_STATE + """
 [distributed]
 workers = 2
 shutdown_seconds = {shutdown}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 
 import pytest
-from test_service_support import Daemon, address, digits, write_config
+from test_service_support import QUIET_STATE, Daemon, address, digits, write_config
 
 from connectors.zmq import ZmqProducer
 from streammas.checkpoint import CheckpointStore
@@ -18,12 +18,7 @@ CONFIG = """
 uri = "zmq+pull://127.0.0.1:*"
 batch_size = 8
 {drain}
-[state]
-dir = "state"
-every_samples = 0
-every_seconds = 0
-[log]
-status_every_seconds = 0
+""" + QUIET_STATE + """
 """
 
 MESSAGES, PER_MESSAGE = 300, 64

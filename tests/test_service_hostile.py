@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from test_service_support import PATIENCE, Daemon, address, digits, write_config
+from test_service_support import PATIENCE, QUIET_STATE, Daemon, address, digits, write_config
 
 from connectors.zmq import ZmqProducer
 from streammas.checkpoint import CheckpointStore
@@ -24,12 +24,7 @@ uri = "zmq+pull://127.0.0.1:*"
 batch_size = 32
 max_latency_ms = 5
 {extra}
-[state]
-dir = "state"
-every_samples = 0
-every_seconds = 0
-[log]
-status_every_seconds = 0
+""" + QUIET_STATE + """
 """
 
 

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from test_service_support import PATIENCE, Daemon, write_config
+from test_service_support import PATIENCE, QUIET_STATE, Daemon, write_config
 
 from streammas.checkpoint import CheckpointStore
 
@@ -21,12 +21,7 @@ CONFIG = """
 uri = "csv:data.csv"
 options = {follow = true}
 batch_size = 16
-[state]
-dir = "state"
-every_samples = 0
-every_seconds = 0
-[log]
-status_every_seconds = 0
+""" + QUIET_STATE + """
 """
 
 

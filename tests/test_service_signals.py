@@ -8,7 +8,7 @@ import signal
 
 import pytest
 import torch
-from test_service_support import Daemon, address, digits, streammas, write_config
+from test_service_support import QUIET_STATE, Daemon, address, digits, streammas, write_config
 
 from connectors.zmq import ZmqProducer
 from streammas.checkpoint import CheckpointStore
@@ -30,12 +30,7 @@ consolidate_at = "plateau"
 window = 10
 patience = 10
 progress_steps = 20
-[state]
-dir = "state"
-every_samples = 0
-every_seconds = 0
-[log]
-status_every_seconds = 0
+""" + QUIET_STATE + """
 """
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_service_support import PATIENCE, Daemon, write_config
+from test_service_support import PATIENCE, QUIET_STATE, Daemon, write_config
 
 pytestmark = pytest.mark.slow  # daemons as real subprocesses
 
@@ -33,12 +33,7 @@ batch_size = 20
 [sink]
 uri = "jsonl:{sink}"
 {options}
-[state]
-dir = "state"
-every_samples = 0
-every_seconds = 0
-[log]
-status_every_seconds = 0
+""" + QUIET_STATE + """
 """)
 
 

@@ -142,6 +142,16 @@ def digits(n: int | None = None) -> np.ndarray:
     return x
 
 
+#: A state directory that checkpoints only at shutdown or when asked, and no periodic status line: the tail of
+#: most test configurations.
+QUIET_STATE = """[state]
+dir = "state"
+every_samples = 0
+every_seconds = 0
+[log]
+status_every_seconds = 0"""
+
+
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
