@@ -8,6 +8,10 @@ finished. A worker whose source is idle still takes part every turn, at most ``R
 worker waits on another longer than that; while rows flow, reads do not wait at all. An error inside a step
 (a peer gone) fails the worker, and the launcher restarts the group from its newest checkpoint; an error of
 a worker's source stops the whole group in the same turn.
+
+In the averaging mode (``[distributed] mode = "average"``), once the learner exists, the workers agree once per
+*round* instead: each takes ``average_every`` local steps (an empty one where it has no batch), which is the
+learner's averaging period, and then they agree as above, so the agreement costs once per period too.
 """
 
 from __future__ import annotations
