@@ -113,7 +113,10 @@ class GroupLoop(Loop):
         turn = service.group.agree(rows=rows, stop=stop, checkpoint=asked, finished=finished,
                                    due=policy is not None, failed=failed)
         if turn.checkpoint:
-            service.checkpoint(policy or "signal")
+            if turn.stop:  # the shutdown checkpoint follows, after the drain: one checkpoint, and named so
+                self.checkpoint_now.set()
+            else:
+                service.checkpoint(policy or "signal")
         return turn
 
     def _turn(self, busy: bool) -> tuple[Turn, bool]:
