@@ -239,13 +239,11 @@ class OnlineMAS:
         scores are those of this worker's rows, and the counts grow by the whole group's.
         """
         batch = len(x)
-        if self.averager is not None and not batch:  # a step of the group where this worker has no rows
-            self._step_done(0, None)
-            return torch.full((0,), math.nan, device=self.device)
-        xb, yb, keep = self.guard.prepare(x, y) if self.group is None or batch else self._no_rows(x, y)
+        alone = self.group is None and self.averager is None
+        xb, yb, keep = self.guard.prepare(x, y) if alone or batch else self._no_rows(x, y)
         if self.group is None:
             if xb.shape[0] == 0:
-                if self.averager is not None:
+                if self.averager is not None:  # a step of the group where this worker has no rows
                     self._step_done(0, None)
                 return torch.full((batch,), math.nan, device=self.device)
             zb, seen = self.scaler.fit_transform(xb), (xb, yb)
@@ -336,7 +334,7 @@ class OnlineMAS:
         if period is None:
             return
         self.update.skipped.zero_()
-        self._clipped = int(host_read(self.scaler.clipped))
+        self._clipped = period.clipped
         # the group's counts, which this worker's own (its rows only) differ from since the last averaging
         self.steps, self.samples_seen = self.averager.counts(period)
         self.recovery.observe(period.skipped, period.updates * self.settings.steps_per_batch, self.update.last_rows)

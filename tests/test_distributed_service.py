@@ -126,9 +126,9 @@ def test_a_file_is_learned_exactly_once_across_sigterm_and_restart(tmp_path, mod
     assert final.learner["synapses"]["consolidations"] >= 1  # the group found the regimes' plateaus
 
 
-def test_an_averaging_group_killed_with_9_resumes_and_learns_every_row_once(tmp_path):
-    np.save(tmp_path / "x.npy", _stream(6000))
-    config = _config(tmp_path, 16, "two", every=640, extra=MODES["average"])
+def _kill_worker_1_after_a_checkpoint(config, tmp_path) -> None:
+    """Two workers; once a checkpoint holds 1,280 samples, worker 1 is killed with -9; the launcher restarts the
+    group, which resumes from the newest checkpoint and finishes the file."""
     group = Daemon(config, tmp_path, "--workers", "2")
     try:
         group.wait_for("checkpoint", lambda r: r.get("samples_seen", 0) >= 1280)
@@ -137,7 +137,12 @@ def test_an_averaging_group_killed_with_9_resumes_and_learns_every_row_once(tmp_
         assert group.wait() == 0, group.log()
     finally:
         group.kill()
-    assert group.events("resumed"), group.log()
+    assert group.events("resumed"), group.log()  # the restarted group began from the newest checkpoint
+
+
+def test_an_averaging_group_killed_with_9_resumes_and_learns_every_row_once(tmp_path):
+    np.save(tmp_path / "x.npy", _stream(6000))
+    _kill_worker_1_after_a_checkpoint(_config(tmp_path, 16, "two", every=640, extra=MODES["average"]), tmp_path)
     final = _final(tmp_path, "two")
     assert final.meta["samples_seen"] == final.learner["samples_seen"] == 6000
     assert [p["row"] for p in final.meta["source"]["positions"]] == [6000, 6000]
@@ -148,16 +153,7 @@ def test_a_worker_killed_with_9_restarts_the_group_from_the_checkpoint(tmp_path)
     # the reference checkpoints at the same samples: a checkpoint reads the learner's pending values, which
     # feeds the detector then and not a few steps later
     _run(_config(tmp_path, 32, "one", every=640), tmp_path)
-    config = _config(tmp_path, 16, "two", every=640)
-    group = Daemon(config, tmp_path, "--workers", "2")
-    try:
-        group.wait_for("checkpoint", lambda r: r.get("samples_seen", 0) >= 1280)
-        pid = int((tmp_path / "two" / "run" / "worker-1.pid").read_text())
-        os.kill(pid, signal.SIGKILL)
-        assert group.wait() == 0, group.log()
-    finally:
-        group.kill()
-    assert group.events("resumed"), group.log()  # the restarted group began from the newest checkpoint
+    _kill_worker_1_after_a_checkpoint(_config(tmp_path, 16, "two", every=640), tmp_path)
     _assert_same_learner(_final(tmp_path, "one"), _final(tmp_path, "two"))
 
 

@@ -51,7 +51,7 @@ class Period:
 
     Examples
     --------
-    >>> Period(losses=[0.5, 0.4], steps=2, rows=20, updates=3, skipped=0).steps
+    >>> Period(losses=[0.5, 0.4], steps=2, rows=20, updates=3, skipped=0, clipped=0).steps
     2
     """
 
@@ -65,6 +65,8 @@ class Period:
     updates: int
     #: Of those, skipped on a non-finite loss.
     skipped: int
+    #: Samples the group's input scaler has clipped so far (its lifetime count, as merged).
+    clipped: int
 
 
 class GroupAverager:
@@ -98,7 +100,7 @@ class GroupAverager:
     >>> period = averager.average(learner.model, learner.optimizer, learner.synapses, learner.scaler,
     ...                           torch.tensor(0))
     >>> period, averager.counts(period)
-    (Period(losses=[0.5], steps=1, rows=4, updates=1, skipped=0), (1, 4))
+    (Period(losses=[0.5], steps=1, rows=4, updates=1, skipped=0, clipped=0), (1, 4))
     >>> dist.destroy_process_group()
     """
 
@@ -208,11 +210,12 @@ class GroupAverager:
         synapses.running_count = total_count
         if width:
             self._set_scaler(scaler, exact[3:], facts)
-        values = host_read(torch.cat([exact[0], exact[1], exact[2]]))
+        # one host read for the period: each step's losses and rows, the skipped updates, the clipped samples
+        values = host_read(torch.cat([exact[0], exact[1], exact[2], scaler.clipped.double().reshape(1)]))
         group_rows = values[len(rows):2 * len(rows)]
         losses = [s / n for s, n in zip(values[:len(rows)], group_rows) if n]
         return Period(losses=losses, steps=len(losses), rows=total, updates=sum(f[2] for f in facts),
-                      skipped=int(values[-1]))
+                      skipped=int(values[-2]), clipped=int(values[-1]))
 
     def _scaler_parts(self, scaler: InputScaler, width: int, device: torch.device) -> list[torch.Tensor]:
         """This worker's samples as sums relative to a shift ``m0`` (the agreed mean; before there is one, the
