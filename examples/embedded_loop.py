@@ -16,8 +16,8 @@ import argparse
 import torch
 
 from streammas import OnlineMAS
-from streammas.evaluation.streams import make_stream
 from streammas.models import build_model
+from streammas.tools.evaluation.streams import make_stream
 
 BATCH = 10
 

@@ -18,8 +18,8 @@ import time
 import torch
 from river import anomaly, compose, metrics, preprocessing
 
-from streammas.evaluation.streams import anomaly_digits
 from streammas.river import MASAutoencoder
+from streammas.tools.evaluation.streams import anomaly_digits
 
 
 def detectors(seed: int) -> dict[str, compose.Pipeline]:

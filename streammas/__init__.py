@@ -17,8 +17,8 @@ __all__ = ["Event", "OnlineMAS", "PlateauConfig", "PlateauDetector"]
 __version__ = "0.1.0"
 
 # Imported on first use: `python -m streammas run` must install its signal handlers before torch loads.
-_LAZY = {"Event": "streammas.learner", "OnlineMAS": "streammas.learner", "PlateauConfig": "streammas.plateau",
-         "PlateauDetector": "streammas.plateau"}
+_LAZY = {"Event": "streammas.learner.events", "OnlineMAS": "streammas.learner",
+         "PlateauConfig": "streammas.learner.plateau", "PlateauDetector": "streammas.learner.plateau"}
 
 
 def __getattr__(name: str) -> Any:

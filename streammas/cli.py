@@ -14,12 +14,12 @@ from collections.abc import Sequence
 
 #: name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("streammas.demo", "run the service on built-in data with a built-in producer and report"),
+    "demo": ("streammas.tools.demo", "run the service on built-in data with a built-in producer and report"),
     "run": ("streammas.service", "run the long-lived service from a TOML configuration"),
     "send": ("connectors.send", "stream a file into a ZeroMQ source (the producer side)"),
-    "inspect": ("streammas.inspect", "summarise a state directory (samples, consolidations, importance)"),
-    "evaluate": ("streammas.evaluation.cli", "task-free continual-learning benchmarks with no boundaries given"),
-    "bench": ("streammas.bench", "speed and memory benchmarks (step, importance, memory, ingest, scale)"),
+    "inspect": ("streammas.tools.inspect", "summarise a state directory (samples, consolidations, importance)"),
+    "evaluate": ("streammas.tools.evaluation.cli", "task-free continual-learning benchmarks with no boundaries given"),
+    "bench": ("streammas.tools.bench", "speed and memory benchmarks (step, importance, memory, ingest, scale)"),
 }
 
 

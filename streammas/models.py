@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from streammas.importance.registry import register_mode_free
+from streammas.learner.fused import encoder_decoder_chain, register_chain
+from streammas.learner.importance.registry import register_mode_free
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -190,5 +191,7 @@ def build_model(kind: str, sample_shape: Sequence[int], **kwargs) -> nn.Module:
 
 
 # No dropout and no batch statistics in any of them: a learner may serve the importance from the training
-# forward of these models (streammas.importance.is_mode_free).
+# forward of these models (streammas.learner.importance.is_mode_free).
 register_mode_free(MLPAutoencoder, ConvAutoencoder, MLPClassifier)
+# The hand-derived step reads an MLPAutoencoder as the chain of its encoder and its decoder.
+register_chain(MLPAutoencoder)(encoder_decoder_chain)

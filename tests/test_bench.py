@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from streammas.bench import importance, memory, step, timing
+from streammas.tools.bench import importance, memory, step, timing
 
 MLP_BYTES = 1_742_144  # the parameters of the MLP autoencoder 784-256-64-256-784, float32
 
@@ -48,7 +48,7 @@ def test_step_bench_json(capsys):
 def test_step_bench_table_with_breakdown(capsys):
     text = _run(step, ["--models", "mlp", "--batches", "2", "--repeats", "1", "--block", "0.002", "--no-memory"],
                 capsys)
-    # the baseline is named after the learner's default optimizer (streammas.bench.variants.OPTIMIZER): Adam
+    # the baseline is named after the learner's default optimizer (streammas.tools.bench.variants.OPTIMIZER): Adam
     assert "plain Adam step" in text and "separate eval forward" in text and "state bytes" in text
 
 
@@ -85,7 +85,7 @@ def test_arguments_survive_a_trip_to_a_child_process():
 
 
 def test_the_dispatcher_lists_every_benchmark():
-    from streammas import bench
+    from streammas.tools import bench
 
     parser = argparse.ArgumentParser()
     try:
@@ -103,7 +103,7 @@ def test_the_dispatcher_lists_every_benchmark():
 
 @pytest.mark.slow  # two worker processes through gloo
 def test_scale_bench_measures_one_and_two_workers(capsys):
-    from streammas.bench import scale
+    from streammas.tools.bench import scale
 
     out = json.loads(_run(scale, ["--json", "--models", "mlp", "--steps", "8", "--repeats", "1", "--quality-steps",
                                   "50", "--average-every", "4", "--daemon", "--daemon-rows", "3000"], capsys))

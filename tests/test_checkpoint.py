@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from streammas import OnlineMAS
-from streammas.checkpoint import (
+from streammas.models import MLPAutoencoder
+from streammas.service.checkpoint import (
     CheckpointStore,
     CorruptCheckpoint,
     StateDirLocked,
     content_digest,
     read_checkpoint,
 )
-from streammas.models import MLPAutoencoder
 
 
 def _learner(seed: int = 0) -> OnlineMAS:

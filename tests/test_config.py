@@ -19,7 +19,7 @@ from streammas.config import (
     parse_config,
     parse_override,
 )
-from streammas.plateau import PlateauConfig
+from streammas.learner.plateau import PlateauConfig
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "service" / "streammas.toml"
 
@@ -132,7 +132,7 @@ def test_learner_keys_are_learner_settings():
     """The [learner] table knows every OnlineMAS setting that makes sense in a file, with the same choices."""
     from streammas.config import LearnerConfig
     from streammas.learner import learner_defaults
-    from streammas.synapses import NORMALIZATIONS
+    from streammas.learner.synapses import NORMALIZATIONS
 
     service_only = {"device", "threads", "seed"}
     # [learner] device is the service's own key; distributed: the group, which the service passes

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from streammas.bench import ingest
+from streammas.tools.bench import ingest
 
 
 def test_ingest_benchmark_json(capsys: pytest.CaptureFixture) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from test_service_support import streammas
 
-from streammas.demo import make_demo_stream, render_report, run_demo
+from streammas.tools.demo import make_demo_stream, render_report, run_demo
 
 
 @pytest.mark.slow
@@ -33,7 +33,7 @@ def test_demo_result_keeps_state_for_inspect(tmp_path):
 def test_progress_counts_a_consolidation_in_the_segment_where_it_happened(capsys):
     """The progress poll lands hundreds of samples into the next segment; a consolidation there is not the
     previous segment's."""
-    from streammas.demo import _Display
+    from streammas.tools.demo import _Display
 
     stream = make_demo_stream(quick=True, passes=1)
     (_, end1, _), (start2, end2, _), (_, end3, _) = stream.segments[:3]

@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 from test_distributed_exact import SIZES, WORLD, _blocks, _compare
 
 from streammas import OnlineMAS
-from streammas.distributed import DistributedContext
+from streammas.collective import DistributedContext
 from streammas.models import MLPAutoencoder
 
 FEATURES = 6

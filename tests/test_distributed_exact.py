@@ -21,10 +21,10 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from streammas import OnlineMAS
-from streammas.distributed import DistributedContext
-from streammas.importance.registry import register_mode_free
+from streammas.collective import DistributedContext
+from streammas.learner.importance.registry import register_mode_free
+from streammas.learner.update import FusedUpdate
 from streammas.models import MLPAutoencoder, MLPClassifier
-from streammas.update import FusedUpdate
 
 WORLD = 2
 FEATURES = 6

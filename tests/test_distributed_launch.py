@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from test_service_support import PATIENCE, QUIET_STATE, Daemon, child_env, streammas, write_config
 
-from streammas import logs
 from streammas.config import ConfigError, DistributedConfig, parse_config
-from streammas.distributed.launch import RUN_DIR, Launcher, is_worker, should_launch
-from streammas.distributed.worker import RankFilter
+from streammas.service import logs
 from streammas.service.cli import FLAG_KEYS, add_arguments, config_from_args
 from streammas.service.errors import ServiceError
-from streammas.statelock import DirLock
+from streammas.service.launch import RUN_DIR, Launcher, is_worker, should_launch
+from streammas.service.statelock import DirLock
+from streammas.service.worker import RankFilter
 
 MINIMAL = '[source]\nuri = "npy:x.npy"\n'
 

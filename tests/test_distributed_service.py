@@ -17,7 +17,7 @@ import pytest
 import torch
 from test_service_support import PATIENCE, Daemon, child_env, digits, streammas, write_config
 
-from streammas.checkpoint import CheckpointStore
+from streammas.service.checkpoint import CheckpointStore
 
 pytestmark = pytest.mark.slow  # groups of worker processes
 

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from streammas.evaluation import metrics
-from streammas.evaluation.harness import EvalConfig, evaluate, run_method, summarise
-from streammas.evaluation.methods import METHODS, default_methods, no_memory, parse_overrides
-from streammas.evaluation.streams import BENCHMARKS, HELDOUT, TUNING, make_stream, shuffled, stream_passes
-from streammas.plateau import PlateauDetector
+from streammas.learner.plateau import PlateauDetector
+from streammas.tools.evaluation import metrics
+from streammas.tools.evaluation.harness import EvalConfig, evaluate, run_method, summarise
+from streammas.tools.evaluation.methods import METHODS, default_methods, no_memory, parse_overrides
+from streammas.tools.evaluation.streams import BENCHMARKS, HELDOUT, TUNING, make_stream, shuffled, stream_passes
 
 
 # -- streams ------------------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def test_evaluate_api_subset():
 
 
 def test_a_report_without_plain_sgd_renders():
-    from streammas.evaluation.report import render_markdown
+    from streammas.tools.evaluation.report import render_markdown
 
     cfg = EvalConfig(benchmarks=("anomaly-digits",), lengths=("short",), seeds=(0,), methods=("streammas",),
                      passes={"short": 1}, eval_per_segment=1)
@@ -232,7 +232,7 @@ def test_a_report_without_plain_sgd_renders():
 
 def test_detector_replay_records_curves_and_scores_variants(tmp_path, capsys):
     from streammas.cli import main
-    from streammas.evaluation.detector import record_curves, replay
+    from streammas.tools.evaluation.detector import record_curves, replay
 
     curves = record_curves(["anomaly-segments"], ["long"], [0])
     (curve,) = curves

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from streammas.evaluation.baseline import PractitionerBaseline, practitioner_baseline
-from streammas.evaluation.harness import _evaluate_tests, run_method, standardised_error
-from streammas.evaluation.heldout import LONG_PASSES
-from streammas.evaluation.methods import Method
-from streammas.evaluation.streams import HELDOUT, Stream, make_stream, stream_passes
-from streammas.evaluation.summary import BAND, relative_gain, summarise, targets, verdict
 from streammas.models import MLPAutoencoder, MLPClassifier
+from streammas.tools.evaluation.baseline import PractitionerBaseline, practitioner_baseline
+from streammas.tools.evaluation.harness import _evaluate_tests, run_method, standardised_error
+from streammas.tools.evaluation.heldout import LONG_PASSES
+from streammas.tools.evaluation.methods import Method
+from streammas.tools.evaluation.streams import HELDOUT, Stream, make_stream, stream_passes
+from streammas.tools.evaluation.summary import BAND, relative_gain, summarise, targets, verdict
 
 # -- the held-out streams ---------------------------------------------------------------------------------------
 #: name: (kind, features, regimes, regime of each segment, passes of the long length) as documented
@@ -226,7 +226,7 @@ def test_a_method_that_diverges_is_worse():
 
 
 def test_report_groups_and_compares():
-    from streammas.evaluation.report import render_markdown
+    from streammas.tools.evaluation.report import render_markdown
 
     runs = [_run(m, v, bench=b) for b in ("wine-raw", "shuttle-raw") for m, v in
             (("plain", 1.0), ("streammas", 0.9), ("baseline", 0.5), ("no-mas", 0.9))]
@@ -243,8 +243,8 @@ def test_report_groups_and_compares():
 
 
 def test_benchmarks_accepts_groups():
-    from streammas.evaluation.cli import _csv
-    from streammas.evaluation.streams import BENCHMARKS, GROUPS, TUNING
+    from streammas.tools.evaluation.cli import _csv
+    from streammas.tools.evaluation.streams import BENCHMARKS, GROUPS, TUNING
 
     parse = _csv(tuple(BENCHMARKS), GROUPS)
     assert parse("held-out") == HELDOUT and parse("tuning,wine-raw") == (*TUNING, "wine-raw")

@@ -1,4 +1,4 @@
-"""The hand-derived step (streammas.fused) against autograd: same updates, same importance, same skipped steps,
+"""The hand-derived step (streammas.learner.fused) against autograd: same updates, same importance, same skipped steps,
 and the autograd step wherever the hand-derived one does not apply."""
 
 import copy
@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from streammas import OnlineMAS
-from streammas.fused import FusedChain
-from streammas.importance import output_sensitivity
+from streammas.learner.fused import FusedChain
+from streammas.learner.importance import output_sensitivity
+from streammas.learner.objectives import reconstruction
+from streammas.learner.update import FusedUpdate
 from streammas.models import ConvAutoencoder, MLPAutoencoder
-from streammas.objectives import reconstruction
-from streammas.update import FusedUpdate
 
 #: The settings these comparisons were written against (the learner's defaults before Adam, input scaling and
 #: replay): plain SGD, which the hand-derived step takes itself, on the raw input, nothing replayed.

@@ -1,5 +1,5 @@
 """The hot path never stops for the host: a learner reads device values once every ``sync_every`` steps, and
-only through ``streammas.hostsync.host_read``. Validating host-side input (numpy arrays, CPU tensors) is host
+only through ``streammas.backend.hostsync.host_read``. Validating host-side input (numpy arrays, CPU tensors) is host
 work and is not counted."""
 
 import sys
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from streammas import OnlineMAS, hostsync
+from streammas import OnlineMAS
+from streammas.backend import hostsync
 from streammas.models import ConvAutoencoder, MLPAutoencoder
 
 #: Functions allowed to look at tensor values: the one door, and the validation of host-side input.

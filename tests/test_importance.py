@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from streammas.importance import hebbian_importance, output_sensitivity
+from streammas.learner.importance import hebbian_importance, output_sensitivity
 from streammas.models import ConvAutoencoder, MLPAutoencoder
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from streammas.importance import (
+from streammas.learner.importance import (
     MODE_FREE,
     RULES,
     SensitivityProbe,

@@ -12,8 +12,8 @@ import pytest
 from test_service_support import child_env, digits, streammas
 
 from streammas.config import parse_config
-from streammas.inspect import summarize
 from streammas.service import Service
+from streammas.tools.inspect import summarize
 
 pytestmark = pytest.mark.slow  # a run of the service, then the command in a fresh process
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from streammas import OnlineMAS
+from streammas.learner.update import FusedUpdate
 from streammas.models import ConvAutoencoder, MLPAutoencoder, MLPClassifier
-from streammas.update import FusedUpdate
 
 #: The settings the mechanism tests below were written against (the learner's defaults before Adam, input
 #: scaling and replay): the raw input, nothing replayed, and plain SGD.

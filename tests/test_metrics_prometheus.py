@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from test_service_support import PATIENCE, REPO, Daemon, metrics_url, scrape, write_config
 
-from streammas.metrics import ServiceMetrics
+from streammas.service.metrics import ServiceMetrics
 from streammas.service.telemetry import Tally, Telemetry
 
 DASHBOARD = REPO / "examples" / "grafana" / "streammas-dashboard.json"

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from streammas.plateau import PlateauConfig, PlateauDetector
+from streammas.learner.plateau import PlateauConfig, PlateauDetector
 
 
 def _noisy(curve, seed=0, noise=0.4):

@@ -147,8 +147,8 @@ def test_the_commands_the_readme_runs_exist():
 
 
 def test_bench_help_lists_every_benchmark():
-    from streammas.bench import BENCHMARKS
     from streammas.cli import COMMANDS
+    from streammas.tools.bench import BENCHMARKS
 
     assert all(name in COMMANDS["bench"][1] for name in BENCHMARKS)
 

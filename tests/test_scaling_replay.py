@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from streammas import OnlineMAS, hostsync
+from streammas import OnlineMAS
+from streammas.backend import hostsync
+from streammas.learner.proximal import ProximalSchedule
+from streammas.learner.replay import ReplayMemory
+from streammas.learner.scaling import InputScaler
+from streammas.learner.synapses import Synapses
 from streammas.models import MLPAutoencoder
-from streammas.proximal import ProximalSchedule
-from streammas.replay import ReplayMemory
-from streammas.scaling import InputScaler
-from streammas.synapses import Synapses
 
 
 def _raw_stream(n_batches=300, batch=16, seed=0):

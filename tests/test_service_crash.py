@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_service_support import Daemon, write_config, write_counting_model
 
-from streammas.checkpoint import CheckpointStore, read_checkpoint
+from streammas.service.checkpoint import CheckpointStore, read_checkpoint
 
 pytestmark = pytest.mark.slow  # a daemon killed and restarted five times
 

@@ -13,8 +13,8 @@ import pytest
 from test_service_support import Daemon, address, digits, metrics_url, scrape, streammas, write_config
 
 from connectors.zmq import ZmqProducer
-from streammas.checkpoint import CheckpointStore
 from streammas.cli import main
+from streammas.service.checkpoint import CheckpointStore
 
 
 def test_bad_configuration_exits_2_naming_the_key(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from test_service_support import PATIENCE, QUIET_STATE, Daemon, address, digits, write_config
 
 from connectors.zmq import ZmqProducer
-from streammas.checkpoint import CheckpointStore
+from streammas.service.checkpoint import CheckpointStore
 
 pytestmark = pytest.mark.slow  # daemons as real subprocesses
 

@@ -10,8 +10,8 @@ from test_service_support import digits
 
 from streammas.cli import main
 from streammas.config import validate
-from streammas.inspect import render, summarize
 from streammas.service import Service
+from streammas.tools.inspect import render, summarize
 
 
 def _config(tmp_path, **sections):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_service_support import Daemon, digits, write_config
 
-from streammas.checkpoint import CheckpointStore, read_checkpoint
+from streammas.service.checkpoint import CheckpointStore, read_checkpoint
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_service_support import PATIENCE, QUIET_STATE, Daemon, write_config
 
-from streammas.checkpoint import CheckpointStore
+from streammas.service.checkpoint import CheckpointStore
 
 pytestmark = pytest.mark.slow  # daemons as real subprocesses
 

@@ -11,7 +11,7 @@ import torch
 from test_service_support import QUIET_STATE, Daemon, address, digits, streammas, write_config
 
 from connectors.zmq import ZmqProducer
-from streammas.checkpoint import CheckpointStore
+from streammas.service.checkpoint import CheckpointStore
 
 pytestmark = pytest.mark.slow  # daemons as real subprocesses, stopped and restarted
 

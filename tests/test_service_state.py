@@ -17,7 +17,7 @@ from test_connectors_follow import rewrite_in_place
 from test_service_support import Daemon, address, digits, streammas, write_config, write_counting_model
 
 from connectors.zmq import ZmqProducer
-from streammas.checkpoint import CheckpointStore
+from streammas.service.checkpoint import CheckpointStore
 from streammas.service.cli import add_arguments, config_from_args
 
 CONFIG = """

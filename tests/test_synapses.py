@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from streammas import OnlineMAS
+from streammas.learner.synapses import Synapses
 from streammas.models import MLPAutoencoder
-from streammas.synapses import Synapses
 
 #: Plain SGD's proximal step on the raw input, nothing replayed: what the learner's defaults were when these
 #: tests were written (the Adam-preconditioned step: tests/test_scaling_replay.py).

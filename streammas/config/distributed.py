@@ -1,7 +1,7 @@
 """The ``[distributed]`` section: how many workers learn the stream together, and how the group is run.
 
 It lives beside :mod:`streammas.config.sections` (which registers it) rather than in it, to keep that
-module within the project's size limit; its keys are made with :func:`streammas.settings.setting`, the same
+module within the project's size limit; its keys are made with :func:`streammas.learner.settings.setting`, the same
 help, choices and checks that every other key carries.
 
 Examples
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streammas.distributed.context import MODES
-from streammas.settings import at_least, non_negative, positive, setting
+from streammas.collective.context import MODES
+from streammas.learner.settings import at_least, non_negative, positive, setting
 
 BACKENDS = ("auto", "gloo", "nccl")
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from streammas.config.sections import MODEL_KINDS, SECTIONS, Config, ConfigError
-from streammas.settings import LearnerSettings, problem_with
+from streammas.learner.settings import LearnerSettings, problem_with
 
 # -- validation -------------------------------------------------------------------------------------------------
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}

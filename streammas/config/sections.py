@@ -1,8 +1,8 @@
 """The configuration's schema: one dataclass per section, each key with its default, checks and help.
 
 The ``[learner]`` and ``[learner.plateau]`` sections are derived from the learner's own settings
-(:class:`~streammas.settings.LearnerSettings`, :class:`~streammas.plateau.PlateauConfig`): the same keys,
-defaults, checks and help, so that a new learner setting needs no edit here.
+(:class:`~streammas.learner.settings.LearnerSettings`, :class:`~streammas.learner.plateau.PlateauConfig`): the
+same keys, defaults, checks and help, so that a new learner setting needs no edit here.
 
 Examples
 --------
@@ -20,8 +20,8 @@ from typing import Any
 
 from connectors.samples import MAX_SAMPLE_NDIM
 from streammas.config.distributed import DistributedConfig
-from streammas.plateau import PlateauConfig
-from streammas.settings import LearnerSettings, non_negative, positive
+from streammas.learner.plateau import PlateauConfig
+from streammas.learner.settings import LearnerSettings, non_negative, positive
 
 MODEL_KINDS = ("mlp-autoencoder", "conv-autoencoder")
 

@@ -1,7 +1,7 @@
 """river drift detectors as plateau detectors: a detected drift is a peak, ``patience`` quiet steps a plateau.
 
 :class:`~streammas.learner.OnlineMAS` takes any object with ``update(value) -> "plateau" | "peak" | "hold" |
-None`` in place of its :class:`~streammas.plateau.PlateauDetector`; :class:`RiverDriftDetector` wraps one of
+None`` in place of its :class:`~streammas.learner.plateau.PlateauDetector`; :class:`RiverDriftDetector` wraps one of
 river's drift detectors (``river.drift.ADWIN``, ``PageHinkley``...) into that shape.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from streammas.plateau import HOLD, PEAK, PLATEAU
+from streammas.learner.plateau import HOLD, PEAK, PLATEAU
 
 __all__ = ["RiverDriftDetector"]
 

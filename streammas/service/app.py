@@ -17,23 +17,23 @@ import torch
 
 from connectors.base import Sink, Source
 from connectors.registry import open_sink, open_source, split_uri
-from streammas import logs
-from streammas.checkpoint import Checkpoint, CheckpointStore
 from streammas.config import Config
-from streammas.factory import FactoryError, ModelSpec
 from streammas.learner import OnlineMAS
-from streammas.metrics import MetricsPortInUse, ServiceMetrics
+from streammas.service import logs
+from streammas.service.checkpoint import Checkpoint, CheckpointStore
 from streammas.service.checkpointing import Checkpointer, restore_tally, resume_position, run_meta
 from streammas.service.errors import ServiceError, why
+from streammas.service.factory import FactoryError, ModelSpec
 from streammas.service.group import Group, same_world
 from streammas.service.group_loop import GroupLoop
 from streammas.service.loop import Loop
+from streammas.service.metrics import MetricsPortInUse, ServiceMetrics
 from streammas.service.notify import SystemdNotifier, status_line
 from streammas.service.signals import SignalHandlers
 from streammas.service.telemetry import Tally, Telemetry
 
 if TYPE_CHECKING:
-    from streammas.distributed import DistributedContext
+    from streammas.collective import DistributedContext
 
 #: One logger for the whole service: its name is part of every log line.
 log = logging.getLogger("streammas.service")

@@ -26,13 +26,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from streammas import logs
-from streammas.checkpoint import Checkpoint, CheckpointStore, StateDirLocked
 from streammas.config import Config, SourceConfig, StateConfig
-from streammas.factory import ModelSpec
 from streammas.learner import OnlineMAS
-from streammas.metrics import ServiceMetrics
+from streammas.service import logs
+from streammas.service.checkpoint import Checkpoint, CheckpointStore, StateDirLocked
 from streammas.service.errors import ServiceError, why
+from streammas.service.factory import ModelSpec
+from streammas.service.metrics import ServiceMetrics
 from streammas.service.telemetry import Tally
 
 #: One logger for the whole service: its name is part of every log line.

@@ -6,10 +6,10 @@ checkpoint damaged, say), or the state directory taken by another process while 
 printed; 130: interrupted during start-up.
 
 With ``[distributed] workers`` > 1 (``--workers N``) the command starts that many workers and supervises
-them (:mod:`streammas.distributed.launch`): its status is then the largest of theirs, or 1 when a worker
+them (:mod:`streammas.service.launch`): its status is then the largest of theirs, or 1 when a worker
 failed beyond ``[distributed] max_restarts`` or had to be killed. Started by ``torchrun`` (``RANK`` and
 ``WORLD_SIZE`` in the environment), it runs as one worker of torchrun's group
-(:mod:`streammas.distributed.worker`).
+(:mod:`streammas.service.worker`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import os
 import sys
 from typing import Any
 
-from streammas import logs
 from streammas.config import Config, ConfigError, describe_schema, load_config, parse_override
+from streammas.service import logs
 from streammas.service.app import Service
 from streammas.service.errors import ServiceError
 
@@ -111,15 +111,15 @@ def run_command(args: argparse.Namespace) -> int:
             return 2
         print(json.dumps(config.as_dict(), indent=2))
         return 0
-    from streammas.distributed.launch import is_worker, should_launch
+    from streammas.service.launch import is_worker, should_launch
 
     if is_worker():  # started by torchrun: one worker of its group, logging with its rank
-        from streammas.distributed.worker import run_worker
+        from streammas.service.worker import run_worker
 
         return run_worker(config)
     with logs.logging_to(config.log.level, config.log.format):
         if should_launch(config):
-            from streammas.distributed.launch import launch
+            from streammas.service.launch import launch
 
             try:
                 Service(config, handle_signals=False).check()  # a bad device or factory: said once, not per worker

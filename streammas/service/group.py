@@ -4,7 +4,7 @@ Every worker runs the same loop over its own shard of the stream, and the worker
 they exchange a few integers (:meth:`Group.agree`: how many rows each one read, whether any was asked to stop
 or to checkpoint, whether all sources are finished) and then act alike. When any worker has rows, every
 worker takes a learning step, those without rows with an empty batch, so that the learner's collectives
-(:mod:`streammas.distributed`) always meet: the learner's state stays identical on every worker.
+(:mod:`streammas.collective`) always meet: the learner's state stays identical on every worker.
 
 Rank 0 holds the state directory: it resumes from the newest checkpoint and sends it to the others, and
 writes the group's checkpoints, with every worker's source position (``meta["source"]["positions"]``), its
@@ -25,13 +25,13 @@ import numpy as np
 from connectors.base import Batch
 from connectors.registry import split_uri
 from connectors.zmq.uri import worker_address
-from streammas import logs
-from streammas.checkpoint import Checkpoint
+from streammas.service import logs
+from streammas.service.checkpoint import Checkpoint
 from streammas.service.errors import ServiceError
 from streammas.service.telemetry import Tally
 
 if TYPE_CHECKING:
-    from streammas.distributed import DistributedContext
+    from streammas.collective import DistributedContext
     from streammas.service.app import Service
 
 log = logging.getLogger("streammas.service")
@@ -88,7 +88,7 @@ class Group:
     service : Service
         This worker's service.
     context : DistributedContext
-        The group (:class:`streammas.distributed.DistributedContext`).
+        The group (:class:`streammas.collective.DistributedContext`).
 
     Examples
     --------

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from connectors.base import Batch
-from streammas import logs
-from streammas.progress import Progress, want_bar
+from streammas.service import logs
 from streammas.service.errors import ServiceError
 from streammas.service.loop import READ_TIMEOUT, Loop
+from streammas.service.progress import Progress, want_bar
 
 if TYPE_CHECKING:
     from streammas.service.group import Group, Turn

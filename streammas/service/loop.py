@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from connectors.base import Batch
-from streammas import logs
-from streammas.progress import Progress, want_bar
+from streammas.service import logs
 from streammas.service.errors import why
+from streammas.service.progress import Progress, want_bar
 
 if TYPE_CHECKING:
     from streammas.service.app import Service

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from connectors.base import Source
-from streammas import logs
 from streammas.learner import OnlineMAS
-from streammas.metrics import ServiceMetrics, Snapshot
+from streammas.service import logs
 from streammas.service.errors import EveryFew
+from streammas.service.metrics import ServiceMetrics, Snapshot
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -162,7 +162,7 @@ def source_backlog(source: Source | None) -> int | None:
 
 
 class Telemetry:
-    """Publishes the learner's values: the metrics :class:`~streammas.metrics.Snapshot` and the status line.
+    """Publishes the learner's values: the metrics :class:`~streammas.service.metrics.Snapshot` and the status line.
 
     :meth:`refresh` reads the learner's values (at most one device read, none when nothing was learned
     since the last) and publishes them to the metrics and the status line that the progress display shows;

@@ -1,0 +1,447 @@
+"""OnlineMAS: one online step on a micro-batch of an unlabeled stream, remembering what mattered.
+
+The learner composes its parts and holds little of its own. A batch flows one way through them:
+
+    input guard -> update engine (score, optimizer step, proximal step, importance fold, hard buffer)
+                -> every ``sync_every`` steps: one host read -> recovery -> regime tracker (plateau, peak,
+                   consolidation)
+
+Each part owns its state and its ``state_dict``: :class:`~streammas.learner.inputs.InputGuard`,
+:mod:`~streammas.learner.update` (:class:`~streammas.learner.update.AutogradUpdate` or the hand-derived
+:class:`~streammas.learner.update.FusedUpdate`), :class:`~streammas.learner.meter.ImportanceMeter`,
+:class:`~streammas.learner.proximal.ProximalSchedule`, :class:`~streammas.learner.synapses.Synapses`,
+:class:`~streammas.learner.buffer.HardBuffer`, :class:`~streammas.learner.recovery.Recovery` and
+:class:`~streammas.learner.regimes.RegimeTracker`. The settings and their defaults live in
+:class:`~streammas.learner.settings.LearnerSettings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from streammas.backend.hostsync import host_read
+from streammas.collective.average import GroupAverager
+from streammas.collective.context import DistributedContext
+from streammas.collective.reduce import GroupReducer
+from streammas.learner.buffer import HardBuffer
+from streammas.learner.events import Event, EventLog
+from streammas.learner.inputs import InputGuard
+from streammas.learner.meter import ImportanceMeter
+from streammas.learner.objectives import reconstruction, resolve_objective
+from streammas.learner.plateau import PlateauConfig, PlateauDetector
+from streammas.learner.proximal import ProximalSchedule
+from streammas.learner.recovery import Recovery
+from streammas.learner.regimes import RegimeTracker
+from streammas.learner.replay import ReplayMemory
+from streammas.learner.scaling import InputScaler
+from streammas.learner.settings import LearnerSettings
+from streammas.learner.synapses import Synapses
+from streammas.learner.update import make_update
+
+__all__ = ["Event", "OnlineMAS", "learner_defaults"]
+
+STATE_FORMAT = 1
+
+
+def learner_defaults() -> dict[str, Any]:
+    """The default settings of :class:`OnlineMAS`, by keyword.
+
+    >>> learner_defaults()["optimizer"], learner_defaults()["replay"]
+    ('adam', 500)
+    """
+    signature = inspect.signature(OnlineMAS)
+    return {name: p.default for name, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def make_optimizer(optimizer: str | Callable, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """``"sgd"``, ``"adam"`` or a callable ``params -> optimizer``; the fused kernels where the device has them,
+    since they can skip a step on a device-side flag (``found_inf``): a non-finite loss needs no host sync."""
+    if callable(optimizer):
+        return optimizer(params)
+    kinds = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+    try:
+        return kinds[optimizer](params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):
+        return kinds[optimizer](params, lr=lr)
+
+
+class OnlineMAS:
+    """An online learner for unlabeled streams with Memory Aware Synapses.
+
+    Each :meth:`learn_many` call scores the batch (the prequential per-sample loss, computed before the
+    update and returned to the caller), updates the model on the batch plus the hard buffer, applies the
+    regulariser as a stable proximal step, and folds the batch's output sensitivity into a running
+    importance. When the loss settles on a plateau, the important weights are consolidated: Omega absorbs
+    the regime's importance and theta* anchors the current weights (the README's "How it works").
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The module to train; the learner's state lives on its device.
+    callback : callable or None, default None
+        Called with each :class:`~streammas.learner.events.Event`.
+    device : str, torch.device or None, default None
+        Where the model and all learner state live (``None``: the model's device).
+    distributed : DistributedContext or None, default None
+        A group of workers that learn together (:mod:`streammas.collective.reduce`): each calls
+        :meth:`learn_many` once per step with its own rows (a batch of ``[0, *sample_shape]`` when it has none;
+        it still takes part). With the context's ``mode="exact"``, every worker ends each step with the state of
+        one learner fed the union of the rows, worker r's j-th row at slot ``j * N + r``, to float rounding
+        (not with ``hard_buffer > 0``: a ``ValueError``; models whose output for a row depends on the other
+        rows, batch norm in training mode, are not exact). With ``mode="average"`` each worker steps alone and
+        every ``average_every`` steps the workers average their state
+        (:mod:`streammas.collective.average`); the detector acts at those steps. The workers start from rank
+        0's weights. An exception inside :meth:`learn_many` is
+        fatal for the group (the others wait inside a collective), and :meth:`flush` (which :meth:`state_dict`
+        calls) may take part in one: every worker calls it at once. ``None``, or a group of one: alone.
+    **settings
+        The keywords of :class:`~streammas.learner.settings.LearnerSettings` (``lr``, ``reg_lambda``, ...), each with
+        its default there.
+
+    Examples
+    --------
+    >>> from streammas.models import MLPAutoencoder
+    >>> torch.manual_seed(0) and None
+    >>> learner = OnlineMAS(MLPAutoencoder(in_features=8, hidden=(16,), latent=4), lr=0.05)
+    >>> x = torch.rand(32, 8)
+    >>> first = learner.learn_many(x).mean().item()
+    >>> for _ in range(200):
+    ...     losses = learner.learn_many(x)
+    >>> losses.shape, losses.mean().item() < first
+    (torch.Size([32]), True)
+    >>> learner.learn_one({"a": 1.0, "b": 0.0, "c": 0.5, "d": 0.2, "e": 0.1, "f": 0.0, "g": 0.3, "h": 0.9}) >= 0
+    True
+    """
+
+    def __init__(self, model: nn.Module, *, callback: Callable[[Event], None] | None = None,
+                 device: str | torch.device | None = None, distributed: DistributedContext | None = None,
+                 **settings: Any) -> None:
+        self.settings = s = LearnerSettings(**settings)
+        if device is not None:
+            model = model.to(device)
+        first = next(model.parameters(), None)
+        if first is None:
+            raise ValueError("the model has no parameters to learn")
+        together = distributed is not None and distributed.world_size > 1
+        exact = together and distributed.mode == "exact"
+        self.group = GroupReducer(distributed) if exact else None
+        self.averager = GroupAverager(distributed) if together and not exact else None
+        if self.group is not None and s.hard_buffer:  # the highest-loss rows of each worker are not the union's
+            raise ValueError("hard_buffer > 0 is not supported in a group of workers in the exact mode; set "
+                             "hard_buffer = 0")
+        if self.averager is not None and s.importance_source == "buffer":  # each worker's buffer is its own
+            raise ValueError('importance_source = "buffer" is not supported in the averaging mode')
+        if together:
+            (self.group or self.averager.reducer).broadcast_module(model)
+        self.model = model
+        self.device, self.dtype = first.device, first.dtype
+        self.objective, needs_labels = resolve_objective(s.objective)
+        self.samples_seen = 0
+        self.steps = 0
+        self.events = EventLog(s.max_events, clock=lambda: (self.steps, self.samples_seen), callback=callback)
+        self.guard = InputGuard(self.device, self.dtype, on_bad_input=s.on_bad_input, needs_labels=needs_labels,
+                                on_reject=lambda n: self.events.emit("rejected", float(n)))
+
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(s.optimizer, [p for _, p in named], s.lr)
+        wide = self.dtype in (torch.float32, torch.float64)
+        held_dtype = torch.bfloat16 if s.compact_state and wide else self.dtype
+        self.synapses = Synapses(named, consolidation=s.consolidation, ema_alpha=s.ema_alpha,
+                                 normalization=s.omega_normalization, omega_dtype=held_dtype)
+        self.buffer = HardBuffer(s.hard_buffer, s.hard_buffer_decay)
+        self.scaler = InputScaler(s.scale_inputs, clip=s.input_clip, device=self.device)
+        seed = torch.initial_seed() % (1 << 63)
+        self.replay = ReplayMemory(s.replay, max_bytes=s.replay_max_bytes, transform=self.scaler.transform,
+                                   seed=self.group.same_seed(seed) if self.group is not None
+                                   else seed + distributed.rank if self.averager is not None else seed)
+        self.meter = ImportanceMeter(model, self.synapses, every=s.importance_every, method=s.importance_method,
+                                     output=s.importance_output,
+                                     enabled=s.reg_lambda > 0 and s.importance_source == "stream")
+        guarded = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+        self.proximal = ProximalSchedule(self.synapses, self.optimizer, reg_lambda=s.reg_lambda, every=s.prox_every,
+                                         device_gated=guarded, metric_floor=s.prox_metric_floor)
+        self.update = make_update(model, self.objective, self.optimizer, self.buffer, self.meter, self.proximal,
+                                  steps_per_batch=s.steps_per_batch, fused=s.fused_step,
+                                  replay=self.replay if s.replay else None, group=self.group)
+        detector = (PlateauDetector(s.plateau) if s.plateau is None or isinstance(s.plateau, (PlateauConfig, Mapping))
+                    else s.plateau)
+        self.regimes = RegimeTracker(self.synapses, detector, proximal=self.proximal, events=self.events,
+                                     consolidate_at=s.consolidate_at, importance_source=s.importance_source,
+                                     meter=self.meter, buffer=self.buffer, held_dtype=held_dtype)
+        collective = self.group or self.averager
+        self.recovery = Recovery(model, self.objective, self.optimizer, self.synapses, self.proximal, self.events,
+                                 recover_after=s.recover_after,
+                                 reduce=None if collective is None else collective.all_reduce)
+        if self.averager is not None:
+            self.averager.mark(self)
+        self._pending: list[torch.Tensor] = []  # the batches' mean losses, not yet read by the host
+        self._clipped = 0  # the scaler's count of clipped samples, as of the last host read
+
+    def __getattr__(self, name: str) -> Any:
+        # The settings read as the learner's own attributes (learner.lr, learner.sync_every, ...).
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in LearnerSettings.__dataclass_fields__:
+            return getattr(settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # -- public views -----------------------------------------------------------------------------------------
+    @property
+    def detector(self) -> Any:
+        return self.regimes.detector
+
+    @property
+    def consolidations(self) -> int:
+        return self.synapses.consolidations
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """What happened so far, each count owned by the part that counts it."""
+        return {"plateaus": self.regimes.plateaus, "peaks": self.regimes.peaks,
+                "consolidations": self.synapses.consolidations, "skipped_updates": self.recovery.skipped,
+                "rejected_samples": self.guard.rejected, "recoveries": self.recovery.recoveries,
+                "clipped_samples": self._clipped}
+
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        return self.guard.sample_shape
+
+    @property
+    def feature_names(self) -> list[str] | None:
+        return self.guard.feature_names
+
+    @property
+    def importance(self) -> dict[str, torch.Tensor]:
+        """The consolidated Omega, by parameter name."""
+        return dict(zip(self.synapses.names, self.synapses.omega))
+
+    @property
+    def anchor(self) -> dict[str, torch.Tensor]:
+        """theta*, the weights consolidated last, by parameter name."""
+        return dict(zip(self.synapses.names, self.synapses.anchor))
+
+    @property
+    def running_importance(self) -> dict[str, torch.Tensor]:
+        """The importance measured since the last consolidation (not yet part of Omega)."""
+        return dict(zip(self.synapses.names, self.synapses.running))
+
+    # -- learning ---------------------------------------------------------------------------------------------
+    def learn_many(self, x: Any, y: Any = None) -> torch.Tensor:
+        """Score a batch (prequential per-sample loss, returned on the learner's device), then learn from it.
+
+        Rejected samples (``on_bad_input="skip"``) score NaN and are not learned. In a group of workers the
+        scores are those of this worker's rows, and the counts grow by the whole group's.
+        """
+        batch = len(x)
+        alone = self.group is None and self.averager is None
+        xb, yb, keep = self.guard.prepare(x, y) if alone or batch else self._no_rows(x, y)
+        if self.group is None:
+            if xb.shape[0] == 0:
+                if self.averager is not None:  # a step of the group where this worker has no rows
+                    self._step_done(0, None)
+                return torch.full((batch,), math.nan, device=self.device)
+            zb, seen = self.scaler.fit_transform(xb), (xb, yb)
+        else:
+            if not xb.shape[0]:  # none given, or all refused: the stream's shape and dtype, as the others send
+                xb = xb.new_zeros((0, *(self.guard.sample_shape or xb.shape[1:])), dtype=self.dtype)
+            found = self.group.gather(xb, yb)  # the union, on every worker (None: no worker has a row)
+            if found is None:
+                return torch.full((batch,), math.nan, device=self.device)
+            if self.guard.sample_shape is None:  # a worker that has had no rows yet learns the union's shape
+                self.guard.sample_shape = tuple(found.x.shape[1:])
+            self.scaler.fit(found.x)  # the statistics of the union, alike everywhere; each scales its own rows
+            zb, yb, seen = self.scaler.transform(xb), found.y_local, (found.x, found.y)
+        scores, score_mean = self.update(zb, yb, self.meter.due(self.steps))
+        self.replay.add(*seen)  # exact: every worker keeps the same reservoir of the union
+        self.steps += 1
+        self.samples_seen += seen[0].shape[0]
+        if self.averager is not None:
+            self._step_done(xb.shape[0], score_mean * xb.shape[0])
+        else:
+            self._pending.append(score_mean)
+            if self.steps % self.settings.sync_every == 0:
+                self._sync()
+        return self.guard.spread(scores, keep, batch)
+
+    def _step_done(self, rows: int, loss_sum: torch.Tensor | None) -> None:
+        """Averaging mode: record this worker's part in the group's step; average when the period is over."""
+        if self.averager.record(rows, loss_sum):
+            self._sync()
+
+    def _no_rows(self, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+        """A worker's batch of no rows, ``[0, *sample_shape]``, on the device as it is: nothing to check."""
+        xt = self.guard.to_tensor(x)
+        if xt.dim() < 2:
+            return self.guard.prepare(x, y)  # which says what is wrong with it
+        yt = None if y is None else self.guard.to_tensor(y).reshape(-1)
+        return self.guard.to_device(xt), None if yt is None else self.guard.to_device(yt, yt.dtype), None
+
+    def learn_one(self, x: Any, y: Any = None) -> float:
+        """Learn one sample (array, tensor or dict of features); returns its prequential loss."""
+        return float(host_read(self.learn_many(self.guard.one(x), None if y is None else [y]))[0])
+
+    def score_many(self, x: Any, y: Any = None) -> torch.Tensor:
+        """Per-sample loss of a batch, with no update."""
+        batch = len(x)
+        xb, yb, keep = self.guard.prepare(x, y)
+        if xb.shape[0] == 0:
+            return torch.full((batch,), math.nan, device=self.device)
+        with torch.no_grad():
+            zb = self.scaler.transform(xb)
+            return self.guard.spread(self.objective(self.model(zb), zb, yb), keep, batch)
+
+    def score_one(self, x: Any, y: Any = None) -> float:
+        """The loss of one sample, with no update."""
+        return float(host_read(self.score_many(self.guard.one(x), None if y is None else [y]))[0])
+
+    def predict_many(self, x: Any) -> torch.Tensor:
+        """The model's output on a batch, with no update: for the reconstruction objective, the reconstruction
+        in the input's own units (the scaling undone)."""
+        xb, _, _ = self.guard.prepare(x, None, labels_required=False)
+        with torch.no_grad():
+            out = self.model(self.scaler.transform(xb))
+            return self.scaler.inverse(out) if self.objective is reconstruction else out
+
+    def _sync(self) -> None:
+        """Read the pending device values once; count skipped updates, recover if needed, feed the detector."""
+        if self.averager is not None:
+            self._average()
+            return
+        if not self._pending:
+            return
+        skipped_now = self.update.skipped
+        values = host_read(torch.stack([*[v.float() for v in self._pending], skipped_now.float(),
+                                        self.scaler.clipped.float()]))
+        self._pending.clear()
+        self._clipped = int(values.pop())
+        skipped = int(values.pop())
+        if skipped:
+            skipped_now.zero_()
+        self.recovery.observe(skipped, len(values) * self.settings.steps_per_batch, self.update.last_rows)
+        self.regimes.observe(values)
+
+    def _average(self) -> None:
+        """Averaging mode: the group's state averaged, then the period's values acted on alike everywhere."""
+        if self.averager.pending:  # each worker's owed proximal steps first: they count its own steps
+            self.proximal.settle()
+        period = self.averager.average(self.model, self.optimizer, self.synapses, self.scaler, self.update.skipped)
+        if period is None:
+            return
+        self.update.skipped.zero_()
+        self._clipped = period.clipped
+        # the group's counts, which this worker's own (its rows only) differ from since the last averaging
+        self.steps, self.samples_seen = self.averager.counts(period)
+        self.recovery.observe(period.skipped, period.updates * self.settings.steps_per_batch, self.update.last_rows)
+        self.regimes.observe(period.losses)
+        self.averager.mark(self)
+
+    def flush(self) -> None:
+        """Process the device values not read yet (the detector sees every step's loss)."""
+        self._sync()
+
+    def consolidate(self) -> None:
+        """Consolidate now: Omega absorbs the current regime's importance, theta* anchors the weights (in a group
+        that averages, every worker calls it at once: the group averages first)."""
+        if self.averager is None:
+            self.regimes.consolidate()
+            return
+        before = self.synapses.consolidations
+        self._average()
+        if self.synapses.consolidations == before:  # else the detector just did, at this very step
+            self.regimes.consolidate()
+            self.averager.mark(self)
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state: model, optimizer, Omega, theta*, running importance, detector, buffer, counters.
+
+        Made of tensors, numbers, strings, lists and dicts only, so ``torch.load(..., weights_only=True)``
+        reads it back.
+        """
+        self._sync()
+        regimes = self.regimes.state_dict(self.synapses.names)
+        proximal = self.proximal.state_dict()
+        guard = self.guard.state_dict()
+        return {
+            "format": STATE_FORMAT,
+            "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "synapses": self.synapses.state_dict(),
+            "detector": regimes["detector"],
+            "buffer": self.buffer.state_dict(),
+            "held_delta": regimes["held_delta"],
+            "prox_owed": proximal["owed"],
+            "prox_due": proximal["due"],
+            "counters": self.counters,
+            "samples_seen": self.samples_seen,
+            "steps": self.steps,
+            "sample_shape": guard["sample_shape"],
+            "feature_names": guard["feature_names"],
+            "events": list(self.events),
+            "scaler": self.scaler.state_dict(),
+            "replay": self.replay.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state made by :meth:`state_dict`; tensors move to this learner's device."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"unsupported learner state format {state.get('format')!r}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.synapses.load_state_dict(state["synapses"])
+        buffer = dict(state["buffer"])
+        for key in ("x", "y", "loss"):
+            if buffer[key] is not None:
+                buffer[key] = buffer[key].to(self.device)
+        self.buffer.load_state_dict(buffer)
+        counters = state["counters"]
+        self.regimes.load_state_dict({"detector": state["detector"], "held_delta": state.get("held_delta"),
+                                      "plateaus": counters.get("plateaus", 0), "peaks": counters.get("peaks", 0)},
+                                     self.synapses.names, self.device)
+        self.proximal.load_state_dict({"owed": state["prox_owed"], "due": state["prox_due"]})
+        self.recovery.load_state_dict(counters)
+        self.guard.load_state_dict({"sample_shape": state["sample_shape"], "feature_names": state["feature_names"],
+                                    "rejected": counters.get("rejected_samples", 0)})
+        if state.get("scaler") is not None:  # states written before input scaling have none
+            self.scaler.load_state_dict(state["scaler"])
+            self._clipped = int(host_read(self.scaler.clipped))
+        if state.get("replay") is not None:
+            self.replay.load_state_dict(state["replay"], self.device)
+        self.samples_seen = int(state["samples_seen"])
+        self.steps = int(state["steps"])
+        self.events.replace(state["events"])
+        self._pending.clear()
+        self.update.skipped.zero_()
+        if self.averager is not None:
+            self.averager.mark(self, discard=True)
+
+    def state_nbytes(self) -> dict[str, int]:
+        """Bytes held by the learner beyond the model: the synapses (Omega, theta*, running importance), the
+        weights of a plateau that holds (``consolidate_at="peak"``: ``held`` now, ``held_max`` while one holds) and
+        the hard buffer."""
+        params = sum(p.numel() * p.element_size() for p in self.synapses.params)
+        held, held_max = self.regimes.held_nbytes()
+        return {"parameters": params, "synapses": self.synapses.nbytes(), "held": held, "held_max": held_max,
+                "buffer": self.buffer.nbytes(), "replay": self.replay.nbytes()}
+
+
+def _signature() -> inspect.Signature:
+    """``OnlineMAS(model, *, <every setting with its default>, callback=None, device=None, distributed=None)``,
+    for help() and :func:`learner_defaults`: the keywords are the settings' fields, spelled out once in
+    LearnerSettings."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+              inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="nn.Module")]
+    params += [inspect.Parameter(f.name, keyword, default=f.default, annotation=f.type)
+               for f in dataclasses.fields(LearnerSettings)]
+    params += [inspect.Parameter(name, keyword, default=None) for name in ("callback", "device", "distributed")]
+    return inspect.Signature(params)
+
+
+OnlineMAS.__init__.__signature__ = _signature()

@@ -1,0 +1,1 @@
+"""The tools on top of the learner and the service: ``streammas demo``, ``inspect``, ``evaluate`` and ``bench``."""
