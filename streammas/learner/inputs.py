@@ -177,6 +177,11 @@ class InputGuard:
         return full
 
     # -- state --------------------------------------------------------------------------------------------------
+    def adopt_shape(self, shape: tuple[int, ...]) -> None:
+        """``shape`` becomes the stream's sample shape, unless one is known already."""
+        if self.sample_shape is None:
+            self.sample_shape = tuple(shape)
+
     def state_dict(self) -> dict[str, Any]:
         return {"sample_shape": None if self.sample_shape is None else list(self.sample_shape),
                 "feature_names": self.feature_names, "rejected": self.rejected}

@@ -212,6 +212,11 @@ class OnlineMAS:
     def sample_shape(self) -> tuple[int, ...] | None:
         return self.guard.sample_shape
 
+    def adopt_sample_shape(self, shape: tuple[int, ...]) -> None:
+        """Take ``shape`` as the stream's sample shape when none is known yet (a worker of a group that has had no
+        row of its own learns the group's)."""
+        self.guard.adopt_shape(shape)
+
     @property
     def feature_names(self) -> list[str] | None:
         return self.guard.feature_names
