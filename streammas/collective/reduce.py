@@ -38,9 +38,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from streammas.collective.alone import Alone, StepRows
 from streammas.collective.context import DistributedContext
 
-__all__ = ["GroupBatch", "GroupReducer", "interleave"]
+__all__ = ["ExactGroup", "GroupBatch", "GroupReducer", "interleave"]
 
 #: Label dtypes by code, as exchanged in H (0: no labels).
 LABEL_DTYPES = (None, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool, torch.float16,
@@ -107,19 +108,13 @@ class GroupBatch:
 class GroupReducer:
     """The learner's collectives in a group of workers: the step's batch (H and G) and the sums (R).
 
-    Every method is a collective: every worker calls it, in the same order, the same number of times. The learner
-    holds one when it is made with ``distributed=`` a context of more than one worker; its update engine reads the
-    step in progress from :attr:`batch`.
+    Every method is a collective: every worker calls it, in the same order, the same number of times.
+    :class:`ExactGroup` serves a learner with them.
 
     Parameters
     ----------
     ctx : DistributedContext
         The group (its default process group carries the tensors, its control group the host integers).
-
-    Attributes
-    ----------
-    batch : GroupBatch or None
-        The step in progress (set by :meth:`gather`).
 
     Examples
     --------
@@ -141,7 +136,6 @@ class GroupReducer:
 
     def __init__(self, ctx: DistributedContext) -> None:
         self.ctx = ctx
-        self.batch: GroupBatch | None = None
 
     @property
     def world_size(self) -> int:
@@ -156,7 +150,6 @@ class GroupReducer:
         code = 0 if y is None else LABEL_DTYPES.index(y.dtype) if y.dtype in LABEL_DTYPES else -1
         facts = self.ctx.gather_ints([rows, code, math.prod(x.shape[1:]), x.element_size()])
         counts = [f[0] for f in facts]
-        self.batch = None
         if not sum(counts):
             return None
         if len({(f[2], f[3]) for f in facts}) != 1:
@@ -180,8 +173,7 @@ class GroupReducer:
         width = x.flatten(1).shape[1] * x.element_size()
         x_all = rows_all[:, :width].contiguous().view(x.dtype).reshape(len(order), *x.shape[1:])
         y_all = None if label is None else rows_all[:, width:].contiguous().view(label).reshape(-1)
-        self.batch = GroupBatch(counts, positions, x_all, y_all, y_local)
-        return self.batch
+        return GroupBatch(counts, positions, x_all, y_all, y_local)
 
     # -- R: sums -------------------------------------------------------------------------------------------------
     def all_reduce(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -221,6 +213,82 @@ class GroupReducer:
         """Rank 0's parameters and buffers on every worker, in place."""
         for t in module.state_dict().values():
             dist.broadcast(t, src=0)
+
+
+class ExactGroup(Alone):
+    """The collective of a learner in a group of the exact mode: every step is the group's, over the union of the
+    workers' rows (see the module's docstring); the period, as alone, is ``sync_every`` steps, whose losses are
+    the group's already.
+
+    Parameters
+    ----------
+    ctx : DistributedContext
+        The group.
+
+    Examples
+    --------
+    A group of one, the same calls as in a group of many:
+
+    >>> import tempfile
+    >>> store = tempfile.NamedTemporaryFile(delete=False).name
+    >>> dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    >>> group = ExactGroup(DistributedContext(rank=0, world_size=1))
+    >>> rows = group.begin(torch.ones(3, 2), torch.tensor([1, 0, 1]), None, torch.float32)
+    >>> rows.total, rows.positions, rows.y.tolist()
+    (3, [0, 1, 2], [1, 0, 1])
+    >>> group.begin(torch.ones(0, 2), None, (2,), torch.float32) is None   # no worker has a row: no step
+    True
+    >>> dist.destroy_process_group()
+    """
+
+    sums_gradients = True
+
+    def __init__(self, ctx: DistributedContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.reducer = GroupReducer(ctx)
+
+    @property
+    def world_size(self) -> int:
+        return self.ctx.world_size
+
+    @property
+    def rank(self) -> int:
+        return self.ctx.rank
+
+    def check_settings(self, *, hard_buffer: int, importance_source: str) -> None:
+        if hard_buffer:  # the highest-loss rows of each worker are not the union's
+            raise ValueError("hard_buffer > 0 is not supported in a group of workers in the exact mode; set "
+                             "hard_buffer = 0")
+
+    def start(self, model: nn.Module) -> None:
+        self.reducer.broadcast_module(model)
+
+    def replay_seed(self, seed: int) -> int:
+        return self.reducer.same_seed(seed)  # every worker keeps the same reservoir of the union
+
+    def begin(self, x: torch.Tensor, y: torch.Tensor | None, sample_shape: tuple[int, ...] | None,
+              dtype: torch.dtype) -> StepRows | None:
+        if not x.shape[0]:  # none given, or all refused: the stream's shape and dtype, as the others send
+            x = x.new_zeros((0, *(sample_shape or x.shape[1:])), dtype=dtype)
+        batch = self.reducer.gather(x, y)
+        if batch is None:
+            return None
+        return StepRows(x, batch.y_local, batch.x, batch.y, batch.total, batch.positions)
+
+    def reduce_step(self, params: Sequence[nn.Parameter], sums: Sequence[torch.Tensor],
+                    importance: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        summed, importance = self.reducer.reduce_step(params, sums, importance)
+        return list(summed.unbind()), importance
+
+    def sum_step(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return self.reducer.all_reduce(tensors)
+
+    def any(self, flag: bool) -> bool:
+        return self.reducer.any(flag)
+
+    def all_reduce(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return self.reducer.all_reduce(tensors)
 
 
 def _row_bytes(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

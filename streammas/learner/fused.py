@@ -24,14 +24,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as module_hooks
 
+from streammas.backend.compat import global_module_hooks, module_hooks
 from streammas.learner.importance.linear import fold_linear_importance, linear_importance
 from streammas.learner.importance.registry import register_into
 from streammas.learner.objectives import reconstruction
-
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                 "_global_backward_pre_hooks")
 
 #: activation type -> derivative from the activation's output (the forward's own tensor, no recomputation)
 ACTIVATIONS: dict[type[nn.Module], Callable[[nn.Module, torch.Tensor], torch.Tensor | None]] = {}
@@ -111,8 +108,10 @@ class FusedResult:
     ----------
     losses : torch.Tensor
         The per-sample losses of all rows (the batch and the hard buffer's), detached, ``[rows]``.
+    total : torch.Tensor
+        Their sum, a 0-d device tensor.
     mean : torch.Tensor
-        Their mean, a 0-d device tensor.
+        The loss the step descended: their sum over the step's row count (their mean, alone), a 0-d device tensor.
     finite : torch.Tensor
         Whether that mean was finite, a 0-d boolean device tensor: the update was applied (read it without a
         host sync by combining it on the device).
@@ -135,6 +134,7 @@ class FusedResult:
     """
 
     losses: torch.Tensor
+    total: torch.Tensor
     mean: torch.Tensor
     finite: torch.Tensor
     measured: bool
@@ -253,9 +253,9 @@ class FusedChain:
         as it is (a bare ``Sequential`` takes ``[B, features]`` only)."""
         if not self.flattens and x.dim() != 2:
             return False
-        if any(getattr(module_hooks, name, None) for name in _GLOBAL_HOOKS):  # register_module_forward_hook & co.
+        if global_module_hooks():  # register_module_forward_hook & co.
             return False
-        return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in self.modules)
+        return not any(module_hooks(m) for m in self.modules)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The flat input, each linear layer's input, and each module's output (in forward order)."""
@@ -304,7 +304,8 @@ class FusedChain:
         out = outputs[-1]
         diff = out - flat
         losses = diff.pow(2).mean(dim=1)
-        mean = losses.mean() if rows_total is None else losses.sum() / rows_total
+        total = losses.sum()
+        mean = total / (rows if rows_total is None else rows_total)
         finite = torch.isfinite(mean)
         # A non-finite loss must leave the model untouched: a zero seed and zeroed activations make every product
         # below exactly zero (0 * inf would be NaN).
@@ -340,7 +341,7 @@ class FusedChain:
             layer.weight.addmm_(train.t(), a_in, alpha=-lr)
             if layer.bias is not None:
                 layer.bias.add_(train.sum(dim=0), alpha=-lr)
-        return FusedResult(losses, mean, finite, measure)
+        return FusedResult(losses, total, mean, finite, measure)
 
     @torch.no_grad()
     def importance(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -26,15 +26,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from streammas.backend.compat import skips_on_device
 from streammas.backend.hostsync import host_read
-from streammas.collective.average import GroupAverager
-from streammas.collective.context import DistributedContext
-from streammas.collective.reduce import GroupReducer
+from streammas.collective import DistributedContext, collective_for
+from streammas.collective.alone import Period
 from streammas.learner.buffer import HardBuffer
 from streammas.learner.events import Event, EventLog
 from streammas.learner.inputs import InputGuard
 from streammas.learner.meter import ImportanceMeter
 from streammas.learner.objectives import reconstruction, resolve_objective
+from streammas.learner.optimizers import make_optimizer
 from streammas.learner.plateau import PlateauConfig, PlateauDetector
 from streammas.learner.proximal import ProximalSchedule
 from streammas.learner.recovery import Recovery
@@ -45,7 +46,7 @@ from streammas.learner.settings import LearnerSettings
 from streammas.learner.synapses import Synapses
 from streammas.learner.update import make_update
 
-__all__ = ["Event", "OnlineMAS", "learner_defaults"]
+__all__ = ["Event", "OnlineMAS", "learner_defaults", "make_optimizer"]
 
 STATE_FORMAT = 1
 
@@ -58,18 +59,6 @@ def learner_defaults() -> dict[str, Any]:
     """
     signature = inspect.signature(OnlineMAS)
     return {name: p.default for name, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
-
-
-def make_optimizer(optimizer: str | Callable, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """``"sgd"``, ``"adam"`` or a callable ``params -> optimizer``; the fused kernels where the device has them,
-    since they can skip a step on a device-side flag (``found_inf``): a non-finite loss needs no host sync."""
-    if callable(optimizer):
-        return optimizer(params)
-    kinds = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
-    try:
-        return kinds[optimizer](params, lr=lr, fused=True)
-    except (RuntimeError, ValueError):
-        return kinds[optimizer](params, lr=lr)
 
 
 class OnlineMAS:
@@ -90,17 +79,18 @@ class OnlineMAS:
     device : str, torch.device or None, default None
         Where the model and all learner state live (``None``: the model's device).
     distributed : DistributedContext or None, default None
-        A group of workers that learn together (:mod:`streammas.collective.reduce`): each calls
-        :meth:`learn_many` once per step with its own rows (a batch of ``[0, *sample_shape]`` when it has none;
-        it still takes part). With the context's ``mode="exact"``, every worker ends each step with the state of
-        one learner fed the union of the rows, worker r's j-th row at slot ``j * N + r``, to float rounding
-        (not with ``hard_buffer > 0``: a ``ValueError``; models whose output for a row depends on the other
-        rows, batch norm in training mode, are not exact). With ``mode="average"`` each worker steps alone and
-        every ``average_every`` steps the workers average their state
-        (:mod:`streammas.collective.average`); the detector acts at those steps. The workers start from rank
-        0's weights. An exception inside :meth:`learn_many` is
-        fatal for the group (the others wait inside a collective), and :meth:`flush` (which :meth:`state_dict`
-        calls) may take part in one: every worker calls it at once. ``None``, or a group of one: alone.
+        A group of workers that learn together; the learner takes the matching collective
+        (:func:`streammas.collective.collective_for`) and calls it at the same points of every step, so that alone
+        and in a group it runs the same code. Each worker calls :meth:`learn_many` once per step with its own rows
+        (a batch of ``[0, *sample_shape]`` when it has none; it still takes part). With the context's
+        ``mode="exact"`` (:mod:`streammas.collective.reduce`), every worker ends each step with the state of one
+        learner fed the union of the rows, worker r's j-th row at slot ``j * N + r``, to float rounding (not with
+        ``hard_buffer > 0``: a ``ValueError``; models whose output for a row depends on the other rows, batch norm
+        in training mode, are not exact). With ``mode="average"`` (:mod:`streammas.collective.average`) each worker
+        steps alone and every ``average_every`` steps the workers average their state; the detector acts at those
+        steps. The workers start from rank 0's weights. An exception inside :meth:`learn_many` is fatal for the
+        group (the others wait inside a collective), and :meth:`flush` (which :meth:`state_dict` calls) may take
+        part in one: every worker calls it at once. ``None``, or a group of one: alone.
     **settings
         The keywords of :class:`~streammas.learner.settings.LearnerSettings` (``lr``, ``reg_lambda``, ...), each with
         its default there.
@@ -129,17 +119,10 @@ class OnlineMAS:
         first = next(model.parameters(), None)
         if first is None:
             raise ValueError("the model has no parameters to learn")
-        together = distributed is not None and distributed.world_size > 1
-        exact = together and distributed.mode == "exact"
-        self.group = GroupReducer(distributed) if exact else None
-        self.averager = GroupAverager(distributed) if together and not exact else None
-        if self.group is not None and s.hard_buffer:  # the highest-loss rows of each worker are not the union's
-            raise ValueError("hard_buffer > 0 is not supported in a group of workers in the exact mode; set "
-                             "hard_buffer = 0")
-        if self.averager is not None and s.importance_source == "buffer":  # each worker's buffer is its own
-            raise ValueError('importance_source = "buffer" is not supported in the averaging mode')
-        if together:
-            (self.group or self.averager.reducer).broadcast_module(model)
+        # How this learner takes part in a group: alone, every step exact, or averaging now and then.
+        self.collective = collective_for(distributed)
+        self.collective.check_settings(hard_buffer=s.hard_buffer, importance_source=s.importance_source)
+        self.collective.start(model)
         self.model = model
         self.device, self.dtype = first.device, first.dtype
         self.objective, needs_labels = resolve_objective(s.objective)
@@ -157,32 +140,26 @@ class OnlineMAS:
                                  normalization=s.omega_normalization, omega_dtype=held_dtype)
         self.buffer = HardBuffer(s.hard_buffer, s.hard_buffer_decay)
         self.scaler = InputScaler(s.scale_inputs, clip=s.input_clip, device=self.device)
-        seed = torch.initial_seed() % (1 << 63)
         self.replay = ReplayMemory(s.replay, max_bytes=s.replay_max_bytes, transform=self.scaler.transform,
-                                   seed=self.group.same_seed(seed) if self.group is not None
-                                   else seed + distributed.rank if self.averager is not None else seed)
+                                   seed=self.collective.replay_seed(torch.initial_seed() % (1 << 63)))
         self.meter = ImportanceMeter(model, self.synapses, every=s.importance_every, method=s.importance_method,
                                      output=s.importance_output,
                                      enabled=s.reg_lambda > 0 and s.importance_source == "stream")
-        guarded = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
         self.proximal = ProximalSchedule(self.synapses, self.optimizer, reg_lambda=s.reg_lambda, every=s.prox_every,
-                                         device_gated=guarded, metric_floor=s.prox_metric_floor)
+                                         device_gated=skips_on_device(self.optimizer),
+                                         metric_floor=s.prox_metric_floor)
         self.update = make_update(model, self.objective, self.optimizer, self.buffer, self.meter, self.proximal,
                                   steps_per_batch=s.steps_per_batch, fused=s.fused_step,
-                                  replay=self.replay if s.replay else None, group=self.group)
+                                  replay=self.replay if s.replay else None, collective=self.collective)
         detector = (PlateauDetector(s.plateau) if s.plateau is None or isinstance(s.plateau, (PlateauConfig, Mapping))
                     else s.plateau)
         self.regimes = RegimeTracker(self.synapses, detector, proximal=self.proximal, events=self.events,
                                      consolidate_at=s.consolidate_at, importance_source=s.importance_source,
                                      meter=self.meter, buffer=self.buffer, held_dtype=held_dtype)
-        collective = self.group or self.averager
         self.recovery = Recovery(model, self.objective, self.optimizer, self.synapses, self.proximal, self.events,
-                                 recover_after=s.recover_after,
-                                 reduce=None if collective is None else collective.all_reduce)
-        if self.averager is not None:
-            self.averager.mark(self)
-        self._pending: list[torch.Tensor] = []  # the batches' mean losses, not yet read by the host
+                                 recover_after=s.recover_after, reduce=self.collective.all_reduce)
         self._clipped = 0  # the scaler's count of clipped samples, as of the last host read
+        self.collective.agreed(self)
 
     def __getattr__(self, name: str) -> Any:
         # The settings read as the learner's own attributes (learner.lr, learner.sync_every, ...).
@@ -244,40 +221,21 @@ class OnlineMAS:
         scores are those of this worker's rows, and the counts grow by the whole group's.
         """
         batch = len(x)
-        alone = self.group is None and self.averager is None
-        xb, yb, keep = self.guard.prepare(x, y) if alone or batch else self._no_rows(x, y)
-        if self.group is None:
-            if xb.shape[0] == 0:
-                if self.averager is not None:  # a step of the group where this worker has no rows
-                    self._step_done(0, None)
-                return torch.full((batch,), math.nan, device=self.device)
-            zb, seen = self.scaler.fit_transform(xb), (xb, yb)
-        else:
-            if not xb.shape[0]:  # none given, or all refused: the stream's shape and dtype, as the others send
-                xb = xb.new_zeros((0, *(self.guard.sample_shape or xb.shape[1:])), dtype=self.dtype)
-            found = self.group.gather(xb, yb)  # the union, on every worker (None: no worker has a row)
-            if found is None:
-                return torch.full((batch,), math.nan, device=self.device)
-            if self.guard.sample_shape is None:  # a worker that has had no rows yet learns the union's shape
-                self.guard.sample_shape = tuple(found.x.shape[1:])
-            self.scaler.fit(found.x)  # the statistics of the union, alike everywhere; each scales its own rows
-            zb, yb, seen = self.scaler.transform(xb), found.y_local, (found.x, found.y)
-        scores, score_mean = self.update(zb, yb, self.meter.due(self.steps))
-        self.replay.add(*seen)  # exact: every worker keeps the same reservoir of the union
-        self.steps += 1
-        self.samples_seen += seen[0].shape[0]
-        if self.averager is not None:
-            self._step_done(xb.shape[0], score_mean * xb.shape[0])
-        else:
-            self._pending.append(score_mean)
-            if self.steps % self.settings.sync_every == 0:
+        xb, yb, keep = self.guard.prepare(x, y) if batch else self._no_rows(x, y)
+        rows = self.collective.begin(xb, yb, self.guard.sample_shape, self.dtype)
+        if rows is None:  # nothing to learn here; in a group that averages, still a step of the group
+            if self.collective.idle():
                 self._sync()
-        return self.guard.spread(scores, keep, batch)
-
-    def _step_done(self, rows: int, loss_sum: torch.Tensor | None) -> None:
-        """Averaging mode: record this worker's part in the group's step; average when the period is over."""
-        if self.averager.record(rows, loss_sum):
+            return torch.full((batch,), math.nan, device=self.device)
+        self.guard.adopt_shape(tuple(rows.seen_x.shape[1:]))  # a worker with no row yet learns the group's
+        self.scaler.fit(rows.seen_x)  # in the exact mode the union's statistics, alike everywhere
+        scores, score_mean = self.update(rows, self.scaler.transform(rows.x), self.meter.due(self.steps))
+        self.replay.add(rows.seen_x, rows.seen_y)
+        self.steps += 1
+        self.samples_seen += rows.seen_x.shape[0]
+        if self.collective.record(rows.x.shape[0], score_mean, steps=self.steps, sync_every=self.settings.sync_every):
             self._sync()
+        return self.guard.spread(scores, keep, batch)
 
     def _no_rows(self, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor | None, None]:
         """A worker's batch of no rows, ``[0, *sample_shape]``, on the device as it is: nothing to check."""
@@ -314,37 +272,22 @@ class OnlineMAS:
             return self.scaler.inverse(out) if self.objective is reconstruction else out
 
     def _sync(self) -> None:
-        """Read the pending device values once; count skipped updates, recover if needed, feed the detector."""
-        if self.averager is not None:
-            self._average()
-            return
-        if not self._pending:
-            return
-        skipped_now = self.update.skipped
-        values = host_read(torch.stack([*[v.float() for v in self._pending], skipped_now.float(),
-                                        self.scaler.clipped.float()]))
-        self._pending.clear()
-        self._clipped = int(values.pop())
-        skipped = int(values.pop())
-        if skipped:
-            skipped_now.zero_()
-        self.recovery.observe(skipped, len(values) * self.settings.steps_per_batch, self.update.last_rows)
-        self.regimes.observe(values)
+        """End the period: read the pending device values once (in a group that averages, average first); count
+        skipped updates, recover if needed, feed the detector."""
+        self._act(self.collective.settle(self))
 
-    def _average(self) -> None:
-        """Averaging mode: the group's state averaged, then the period's values acted on alike everywhere."""
-        if self.averager.pending:  # each worker's owed proximal steps first: they count its own steps
-            self.proximal.settle()
-        period = self.averager.average(self.model, self.optimizer, self.synapses, self.scaler, self.update.skipped)
+    def _act(self, period: Period | None) -> None:
+        """Act on what a period learned, alike on every worker of a group."""
         if period is None:
             return
-        self.update.skipped.zero_()
+        if period.skipped:
+            self.update.skipped.zero_()
         self._clipped = period.clipped
-        # the group's counts, which this worker's own (its rows only) differ from since the last averaging
-        self.steps, self.samples_seen = self.averager.counts(period)
+        if period.counts is not None:  # the group's counts, which this worker's own (its rows only) differ from
+            self.steps, self.samples_seen = period.counts
         self.recovery.observe(period.skipped, period.updates * self.settings.steps_per_batch, self.update.last_rows)
         self.regimes.observe(period.losses)
-        self.averager.mark(self)
+        self.collective.agreed(self)
 
     def flush(self) -> None:
         """Process the device values not read yet (the detector sees every step's loss)."""
@@ -353,14 +296,11 @@ class OnlineMAS:
     def consolidate(self) -> None:
         """Consolidate now: Omega absorbs the current regime's importance, theta* anchors the weights (in a group
         that averages, every worker calls it at once: the group averages first)."""
-        if self.averager is None:
-            self.regimes.consolidate()
-            return
         before = self.synapses.consolidations
-        self._average()
+        self._act(self.collective.agree(self))
         if self.synapses.consolidations == before:  # else the detector just did, at this very step
             self.regimes.consolidate()
-            self.averager.mark(self)
+            self.collective.agreed(self)
 
     # -- state ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -421,10 +361,8 @@ class OnlineMAS:
         self.samples_seen = int(state["samples_seen"])
         self.steps = int(state["steps"])
         self.events.replace(state["events"])
-        self._pending.clear()
         self.update.skipped.zero_()
-        if self.averager is not None:
-            self.averager.mark(self, discard=True)
+        self.collective.restart(self)
 
     def state_nbytes(self) -> dict[str, int]:
         """Bytes held by the learner beyond the model: the synapses (Omega, theta*, running importance), the

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from streammas.backend.compat import adam_second_moment
 from streammas.backend.hostsync import host_read
 from streammas.learner.synapses import Synapses
 
@@ -118,12 +119,13 @@ class ProximalSchedule:
         beta2, eps = group["betas"][1], group["eps"]
         out = []
         for i in indices:
-            state = self.optimizer.state.get(self.synapses.params[i])
-            if not state or "exp_avg_sq" not in state:
+            moment = adam_second_moment(self.optimizer, self.synapses.params[i])
+            if moment is None:
                 out.append(torch.full_like(self.synapses.params[i], torch.inf))
                 continue
-            correction = 1.0 - beta2 ** torch.as_tensor(state["step"], dtype=torch.float64)
-            metric = (state["exp_avg_sq"] / correction.to(state["exp_avg_sq"])).sqrt_().add_(eps)
+            v, step = moment
+            correction = 1.0 - beta2 ** step
+            metric = (v / correction.to(v)).sqrt_().add_(eps)
             if self.metric_floor:
                 metric = torch.maximum(metric, metric.mean() * self.metric_floor)
             out.append(metric)

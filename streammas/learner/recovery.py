@@ -45,8 +45,8 @@ class Recovery:
     recover_after : int, default 64
         Updates skipped in a row before the weights are checked (0: never).
     reduce : callable or None, default None
-        In a group of workers, ``tensors -> their sums over the workers`` (one collective): each worker scores its
-        own rows, and every worker must then take part in every check, with rows or without.
+        ``tensors -> their sums over the workers`` of a group (one collective: each worker scores its own rows, and
+        every worker must then take part in every check, with rows or without); ``None``: alone.
 
     Attributes
     ----------
@@ -81,7 +81,7 @@ class Recovery:
         self.proximal = proximal
         self.events = events
         self.recover_after = int(recover_after)
-        self.reduce = reduce
+        self.reduce = reduce if reduce is not None else list
         self.skipped = 0
         self.recoveries = 0
         self._dead_steps = 0  # updates skipped in a row, as of the last read
@@ -95,8 +95,7 @@ class Recovery:
         self._dead_steps = self._dead_steps + skipped if skipped >= window else 0
         if self.recover_after and self._dead_steps >= self.recover_after:
             self._dead_steps = 0
-            if last_rows is not None or self.reduce is not None:
-                self._recover(*(last_rows or (None, None)))
+            self._recover(*(last_rows or (None, None)))
 
     def _recover(self, x: torch.Tensor | None, y: torch.Tensor | None) -> None:
         with torch.no_grad():
@@ -113,9 +112,6 @@ class Recovery:
     def _losses(self, x: torch.Tensor | None, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean loss of the rows with the weights, and with theta*: over the whole group's rows in a group."""
         anchored = dict(zip(self.synapses.names, self.synapses.anchor))
-        if self.reduce is None:
-            now = self.objective(self.model(x), x, y).mean()
-            return now, self.objective(torch.func.functional_call(self.model, anchored, (x,)), x, y).mean()
         sums = torch.zeros(3, dtype=self.synapses.anchor[0].dtype, device=self.synapses.anchor[0].device)
         if x is not None and x.shape[0]:  # a worker with no rows adds nothing
             sums[0] = self.objective(self.model(x), x, y).sum()

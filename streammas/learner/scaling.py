@@ -15,7 +15,7 @@ is judged against its own median and median absolute deviation, which one absurd
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -154,6 +154,55 @@ class InputScaler:
         self.mean = self.mean + delta * share
         self.var = m2 / total.clamp_min(1.0)
         self.count = total
+
+    @property
+    def seen(self) -> int:
+        """Samples offered so far (known on the host)."""
+        return self._seen
+
+    # -- mergeable: the statistics of several scalers, as one scaler that saw all their samples ----------------
+    def sums_since(self, agreed: Mapping[str, Any], shift: torch.Tensor, width: int) -> list[torch.Tensor]:
+        """This scaler's samples since the ``agreed`` statistics (a :meth:`state_dict` the scalers share) as sums
+        relative to ``shift`` (a mean near every scaler's data, so raw units lose no precision):
+        ``[count, sum (x - shift), sum (x - shift)^2, clipped]``, the agreed part taken out (:meth:`merge` adds it
+        back once). ``width``: the features, for a scaler that has seen nothing yet."""
+        f64 = dict(dtype=torch.float64, device=self.count.device)
+        if self.mean is None:  # nothing seen yet, here and in the agreed statistics
+            nothing = torch.zeros(width, **f64)
+            return [torch.zeros(1, **f64), nothing, nothing, torch.zeros(1, **f64)]
+        count0 = agreed["count"].to(self.count.device)
+        d = self.mean - shift
+        second = self.count * (self.var + d * d)
+        if agreed["var"] is not None:
+            second = second - count0 * agreed["var"]
+        return [(self.count - count0).reshape(1), self.count * d, second,
+                (self.clipped - agreed["clipped"].to(self.count.device)).double().reshape(1)]
+
+    def merge(self, sums: Sequence[torch.Tensor], agreed: Mapping[str, Any], shift: torch.Tensor, *,
+              seen: int) -> None:
+        """Take the statistics of every sample: the ``agreed`` ones and the scalers' summed :meth:`sums_since`
+        (``sums``, relative to ``shift``), ``seen`` samples offered in all.
+
+        >>> a, b, both = InputScaler(), InputScaler(), InputScaler()
+        >>> agreed, shift = both.state_dict(), torch.zeros(1, dtype=torch.float64)
+        >>> a.fit(torch.tensor([[1.0], [3.0]])); b.fit(torch.tensor([[5.0], [7.0]]))
+        >>> sums = [x + y for x, y in zip(a.sums_since(agreed, shift, 1), b.sums_since(agreed, shift, 1))]
+        >>> both.merge(sums, agreed, shift, seen=a.seen + b.seen)
+        >>> both.mean.tolist(), both.var.tolist(), int(both.count), both.seen
+        ([4.0], [5.0], 4, 4)
+        """
+        new, first, second, clipped = sums[0], sums[1], sums[2], sums[3]
+        count0 = agreed["count"].to(new.device)
+        count = new.reshape(()) + count0
+        if agreed["var"] is not None:
+            second = second + count0 * agreed["var"]
+        safe = count.clamp_min(1.0)
+        d = first / safe
+        self.mean = shift + d
+        self.var = (second / safe - d * d).clamp_min(0.0)
+        self.count = count
+        self.clipped = clipped.reshape(()).round().long() + agreed["clipped"].to(new.device)
+        self._seen = int(seen)
 
     def state_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "count": self.count.clone(), "seen": self._seen, "clipped": self.clipped.clone(),

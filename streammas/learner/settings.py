@@ -31,7 +31,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from streammas.learner.importance import METHODS
+from streammas.learner.objectives import OBJECTIVES
+from streammas.learner.optimizers import OPTIMIZERS
 from streammas.learner.scaling import SCALE_MODES
+from streammas.learner.synapses import CONSOLIDATION_MODES, NORMALIZATIONS
 
 Check = Callable[[Any], "str | None"]
 
@@ -105,7 +109,11 @@ def _finite(value: Any) -> bool:
 
 
 # -- the learner's settings -----------------------------------------------------------------------------------------
-_IMPORTANCE_METHODS = ("auto", "fast", "vmap", "loop", "approx", "hebbian")
+#: When a regime is consolidated: at its plateau, or at the next peak with the weights the plateau held.
+CONSOLIDATE_AT = ("plateau", "peak")
+#: Where the importance consolidated comes from: the stream (a running mean) or the hard buffer at a plateau.
+IMPORTANCE_SOURCES = ("stream", "buffer")
+_IMPORTANCE_METHODS = (*METHODS, "hebbian")  # the meter adds the local rule to output_sensitivity's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,9 +223,9 @@ class LearnerSettings:
 
     objective: Any = setting("reconstruction", help="what the model learns: reconstruction, classification (labels "
                              "required) or, in Python, a function (output, x, y) -> per-sample losses",
-                             choices=("reconstruction", "classification"), toml=str)
+                             choices=tuple(OBJECTIVES), toml=str)
     optimizer: Any = setting("adam", help="sgd, adam or, in Python, a function params -> torch.optim.Optimizer",
-                             choices=("sgd", "adam"), toml=str)
+                             choices=tuple(OPTIMIZERS), toml=str)
     lr: float = setting(1e-3, help="learning rate (0: the model is scored, not trained)", check=non_negative)
     reg_lambda: float = setting(0.0, help="strength of the regulariser lambda * sum Omega (theta - theta*)^2; "
                                 "0 disables it", check=non_negative)
@@ -228,19 +236,19 @@ class LearnerSettings:
                                        check=in_unit_interval(closed_low=False, closed_high=True))
     importance_every: int = setting(16, help="measure the online importance on every k-th batch", check=at_least(1))
     importance_source: str = setting("stream", help="stream (running average) or buffer (measured on the hard "
-                                     "buffer when a plateau holds)", choices=("stream", "buffer"))
+                                     "buffer when a plateau holds)", choices=IMPORTANCE_SOURCES)
     importance_method: str = setting("auto", help="importance estimator: auto, fast, vmap, loop, approx, or "
                                      "hebbian (local rule, no backward pass)", choices=_IMPORTANCE_METHODS)
     importance_output: str | None = setting(None, help="submodule whose output sensitivity is measured (unset: "
                                             "the model's output)", toml=str)
     consolidation: str = setting("mean", help="how each regime's importance enters Omega",
-                                 choices=("mean", "sum", "ema"))
+                                 choices=CONSOLIDATION_MODES)
     ema_alpha: float = setting(0.5, help="weight of a new regime with consolidation = \"ema\"",
                                check=in_unit_interval(closed_low=False, closed_high=True))
     omega_normalization: str = setting("mean", help="rescaling of a regime's importance before it enters Omega",
-                                       choices=("mean", "max", "tensor", "none"))
+                                       choices=NORMALIZATIONS)
     consolidate_at: str = setting("peak", help="consolidate at the plateau, or keep the plateau's weights and "
-                                  "consolidate them at the next peak", choices=("plateau", "peak"))
+                                  "consolidate them at the next peak", choices=CONSOLIDATE_AT)
     plateau: Any = setting(None, help="the plateau detector: a PlateauConfig, a dict of its fields, or an object "
                            "with update(value) -> 'plateau' | 'peak' | 'hold' | None", in_config=False)
     steps_per_batch: int = setting(1, help="optimisation steps on each batch", check=at_least(1))

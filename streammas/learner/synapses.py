@@ -8,7 +8,7 @@ of parameters, and the state dict is made of tensors and numbers only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -111,6 +111,33 @@ class Synapses:
         weight = batch_size / (self.running_count + batch_size)
         self.running_count += batch_size
         return weight
+
+    # -- mergeable: the running importance of several learners, as one learner that saw all their samples ------
+    def running_move(self, since: Sequence[torch.Tensor], total_count: int) -> list[torch.Tensor]:
+        """This learner's running importance as its move away from ``since`` (a running importance several
+        learners agreed on), weighted by its share of the ``total_count`` samples they all folded: the sum of the
+        learners' moves is the move of the merged mean, with no large products (fp16 and bf16 stay in range)."""
+        share = self.running_count / max(total_count, 1)
+        return [(t - r) * share for t, r in zip(self.running, since)]
+
+    def merge_running(self, moves: list[torch.Tensor], since: Sequence[torch.Tensor], count: int) -> None:
+        """The merged running importance: ``since`` plus the learners' summed :meth:`running_move` (``moves``,
+        consumed), over ``count`` samples in all.
+
+        >>> from torch import nn
+        >>> model = nn.Linear(2, 1)
+        >>> a, b, both = (Synapses(model.named_parameters()) for _ in range(3))
+        >>> for part, x in ((a, torch.ones(1, 2)), (b, torch.zeros(1, 2))):
+        ...     part.accumulate([x, torch.ones(1)], 3)
+        >>> start = [torch.zeros_like(t) for t in both.running]
+        >>> moves = [ma + mb for ma, mb in zip(a.running_move(start, 6), b.running_move(start, 6))]
+        >>> both.merge_running(moves, start, 6)
+        >>> both.running[0].tolist(), both.running_count
+        ([[0.5, 0.5]], 6)
+        """
+        torch._foreach_add_(moves, list(since))
+        torch._foreach_copy_(self.running, moves)
+        self.running_count = int(count)
 
     def reset_running(self) -> None:
         torch._foreach_zero_(self.running)
