@@ -70,6 +70,8 @@ CASES = {
     "classification": (lambda: MLPClassifier(FEATURES, CLASSES, hidden=(8,)),
                        dict(lr=0.01, objective="classification")),
     "recovery": (lambda: MLPAutoencoder(FEATURES, hidden=(8,), latent=3), dict(lr=0.01, recover_after=2, sync_every=1)),
+    "memory": (lambda: MLPAutoencoder(FEATURES, hidden=(8,), latent=3),
+               dict(lr=0.01, replay_ratio=2, replay_retention="balanced")),
 }
 DTYPES = {name: torch.float64 for name in CASES} | {"fused-adam-float32": torch.float32}
 CASES["fused-adam-float32"] = CASES["fused-adam"]
@@ -160,6 +162,7 @@ def _compare(a, b, path: str, rtol: float, atol: float) -> None:
         assert a == b or (a != a and b != b), f"{path}: {a!r} != {b!r}"
 
 
+@pytest.mark.slow  # two worker processes, spawned, through gloo
 @pytest.mark.parametrize("case", list(DTYPES))
 def test_workers_end_alike_and_as_one_learner_fed_the_union(workers, case):
     results = workers[case]

@@ -51,11 +51,13 @@ class StepRows:
     total: int
     #: The global slots of ``x``'s rows among the group's (the exact mode), else ``None``.
     positions: list[int] | None = None
+    #: The dtype the rows arrived in, which ``seen_x`` holds exactly (``None``: not known, or not agreed).
+    source_dtype: torch.dtype | None = None
 
     @classmethod
-    def own(cls, x: torch.Tensor, y: torch.Tensor | None) -> StepRows:
+    def own(cls, x: torch.Tensor, y: torch.Tensor | None, source_dtype: torch.dtype | None = None) -> StepRows:
         """A step of this learner's rows alone."""
-        return cls(x, y, x, y, x.shape[0])
+        return cls(x, y, x, y, x.shape[0], source_dtype=source_dtype)
 
 
 @dataclass(frozen=True)
@@ -130,9 +132,10 @@ class Alone:
 
     # -- a step -------------------------------------------------------------------------------------------------
     def begin(self, x: torch.Tensor, y: torch.Tensor | None, sample_shape: tuple[int, ...] | None,
-              dtype: torch.dtype) -> StepRows | None:
-        """The step's rows from this learner's validated rows, or ``None`` when it takes no step."""
-        return StepRows.own(x, y) if x.shape[0] else None
+              dtype: torch.dtype, source_dtype: torch.dtype | None = None) -> StepRows | None:
+        """The step's rows from this learner's validated rows (in the model's ``dtype``; they arrived in
+        ``source_dtype``), or ``None`` when it takes no step."""
+        return StepRows.own(x, y, source_dtype) if x.shape[0] else None
 
     def idle(self) -> bool:
         """A step of the stream in which this learner learned nothing; returns whether its period is over."""

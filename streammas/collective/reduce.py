@@ -43,7 +43,7 @@ from streammas.collective.context import DistributedContext
 
 __all__ = ["ExactGroup", "GroupBatch", "GroupReducer", "interleave"]
 
-#: Label dtypes by code, as exchanged in H (0: no labels).
+#: Label and source dtypes by code, as exchanged in H (0: none).
 LABEL_DTYPES = (None, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool, torch.float16,
                 torch.bfloat16, torch.float32, torch.float64)
 
@@ -86,6 +86,8 @@ class GroupBatch:
         The global batch and its labels, in the group's order.
     y_local : torch.Tensor or None
         This worker's labels in the group's label dtype (an empty tensor for a worker with no rows).
+    source_dtype : torch.dtype or None, default None
+        The dtype the rows arrived in, where every worker with rows agrees.
 
     Examples
     --------
@@ -99,6 +101,7 @@ class GroupBatch:
     x: torch.Tensor
     y: torch.Tensor | None
     y_local: torch.Tensor | None
+    source_dtype: torch.dtype | None = None
 
     @property
     def total(self) -> int:
@@ -142,13 +145,16 @@ class GroupReducer:
         return self.ctx.world_size
 
     # -- H and G: the step's global batch --------------------------------------------------------------------------
-    def gather(self, x: torch.Tensor, y: torch.Tensor | None) -> GroupBatch | None:
+    def gather(self, x: torch.Tensor, y: torch.Tensor | None,
+               source_dtype: torch.dtype | None = None) -> GroupBatch | None:
         """Every worker's rows (``x`` of shape ``[n, *sample_shape]``, ``n`` possibly 0) and labels, in the group's
         order; ``None`` when no worker has a row. A disagreement (sample shapes, labels present or not) raises
-        the same ``ValueError`` on every worker, since every worker sees the same counts."""
+        the same ``ValueError`` on every worker, since every worker sees the same counts. ``source_dtype``: the
+        dtype this worker's rows arrived in; the batch's is the one every worker with rows reports, if they agree."""
         rows = x.shape[0]
         code = 0 if y is None else LABEL_DTYPES.index(y.dtype) if y.dtype in LABEL_DTYPES else -1
-        facts = self.ctx.gather_ints([rows, code, math.prod(x.shape[1:]), x.element_size()])
+        source = LABEL_DTYPES.index(source_dtype) if source_dtype in LABEL_DTYPES else 0
+        facts = self.ctx.gather_ints([rows, code, math.prod(x.shape[1:]), x.element_size(), source])
         counts = [f[0] for f in facts]
         if not sum(counts):
             return None
@@ -173,7 +179,9 @@ class GroupReducer:
         width = x.flatten(1).shape[1] * x.element_size()
         x_all = rows_all[:, :width].contiguous().view(x.dtype).reshape(len(order), *x.shape[1:])
         y_all = None if label is None else rows_all[:, width:].contiguous().view(label).reshape(-1)
-        return GroupBatch(counts, positions, x_all, y_all, y_local)
+        sources = {f[4] for f in facts if f[0]}
+        return GroupBatch(counts, positions, x_all, y_all, y_local,
+                          LABEL_DTYPES[sources.pop()] if len(sources) == 1 else None)
 
     # -- R: sums -------------------------------------------------------------------------------------------------
     def all_reduce(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -268,13 +276,13 @@ class ExactGroup(Alone):
         return self.reducer.same_seed(seed)  # every worker keeps the same reservoir of the union
 
     def begin(self, x: torch.Tensor, y: torch.Tensor | None, sample_shape: tuple[int, ...] | None,
-              dtype: torch.dtype) -> StepRows | None:
+              dtype: torch.dtype, source_dtype: torch.dtype | None = None) -> StepRows | None:
         if not x.shape[0]:  # none given, or all refused: the stream's shape and dtype, as the others send
             x = x.new_zeros((0, *(sample_shape or x.shape[1:])), dtype=dtype)
-        batch = self.reducer.gather(x, y)
+        batch = self.reducer.gather(x, y, source_dtype)
         if batch is None:
             return None
-        return StepRows(x, batch.y_local, batch.x, batch.y, batch.total, batch.positions)
+        return StepRows(x, batch.y_local, batch.x, batch.y, batch.total, batch.positions, batch.source_dtype)
 
     def reduce_step(self, params: Sequence[nn.Parameter], sums: Sequence[torch.Tensor],
                     importance: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

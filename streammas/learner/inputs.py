@@ -65,6 +65,7 @@ class InputGuard:
         self.needs_labels = needs_labels
         self.on_reject = on_reject
         self.sample_shape: tuple[int, ...] | None = None
+        self.input_dtype: torch.dtype | None = None  # the dtype the last batch arrived in, before the model's
         self.feature_names: list[str] | None = None
         self.rejected = 0
 
@@ -110,6 +111,7 @@ class InputGuard:
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Validate a batch; returns ``(x, y)`` on the device and the indices kept (``None``: all of them)."""
         xt = self.to_tensor(x)
+        self.input_dtype = xt.dtype
         if xt.dim() < 2:
             raise ValueError(f"learn_many/score_many expect a batch [B, ...]; got shape {tuple(xt.shape)} "
                              "(use learn_one for a single sample)")

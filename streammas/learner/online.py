@@ -141,7 +141,8 @@ class OnlineMAS:
         self.buffer = HardBuffer(s.hard_buffer, s.hard_buffer_decay)
         self.scaler = InputScaler(s.scale_inputs, clip=s.input_clip, device=self.device)
         self.replay = ReplayMemory(s.replay, max_bytes=s.replay_max_bytes, transform=self.scaler.transform,
-                                   seed=self.collective.replay_seed(torch.initial_seed() % (1 << 63)))
+                                   seed=self.collective.replay_seed(torch.initial_seed() % (1 << 63)),
+                                   retention=s.replay_retention, ratio=s.replay_ratio)
         self.meter = ImportanceMeter(model, self.synapses, every=s.importance_every, method=s.importance_method,
                                      output=s.importance_output,
                                      enabled=s.reg_lambda > 0 and s.importance_source == "stream")
@@ -222,7 +223,7 @@ class OnlineMAS:
         """
         batch = len(x)
         xb, yb, keep = self.guard.prepare(x, y) if batch else self._no_rows(x, y)
-        rows = self.collective.begin(xb, yb, self.guard.sample_shape, self.dtype)
+        rows = self.collective.begin(xb, yb, self.guard.sample_shape, self.dtype, self.guard.input_dtype)
         if rows is None:  # nothing to learn here; in a group that averages, still a step of the group
             if self.collective.idle():
                 self._sync()
@@ -230,7 +231,7 @@ class OnlineMAS:
         self.guard.adopt_shape(tuple(rows.seen_x.shape[1:]))  # a worker with no row yet learns the group's
         self.scaler.fit(rows.seen_x)  # in the exact mode the union's statistics, alike everywhere
         scores, score_mean = self.update(rows, self.scaler.transform(rows.x), self.meter.due(self.steps))
-        self.replay.add(rows.seen_x, rows.seen_y)
+        self.replay.add(rows.seen_x, rows.seen_y, regime=self.regimes.peaks, dtype=rows.source_dtype)
         self.steps += 1
         self.samples_seen += rows.seen_x.shape[0]
         if self.collective.record(rows.x.shape[0], score_mean, steps=self.steps, sync_every=self.settings.sync_every):

@@ -1,10 +1,14 @@
-"""Replay memory: a uniform reservoir of past samples on the device, replayed beside each new batch.
+"""Replay memory: past samples on the device, replayed beside each new batch.
 
-Reservoir sampling keeps every sample seen so far with the same chance ``capacity / n``, so the memory holds
-the stream's regimes in proportion to their length, old ones included (a highest-loss buffer, by contrast,
-fills with the current regime within a few steps). The samples are kept as they arrived, before input scaling,
-and scaled when replayed, so that they follow the scaler's statistics. Which slot a sample takes and which
-samples are replayed is drawn on the host with the memory's own generator: no tensor is read.
+Which samples the memory keeps is its retention rule's choice (:mod:`streammas.learner.retention`): a uniform
+reservoir keeps every sample seen so far with the same chance, so it holds the stream's regimes in proportion to
+their length, old ones included (a highest-loss buffer, by contrast, fills with the current regime within a few
+steps); a balanced rule gives each of the learner's pseudo-regimes an equal share. The memory is bounded in bytes
+as well as in samples, and keeps each sample in the narrowest of the stream's own dtype and the model's (pixels
+that arrive as ``uint8`` stay ``uint8``: four times the samples in the same bytes, exactly). The samples are kept
+as they arrived, before input scaling, and scaled when replayed, so that they follow the scaler's statistics.
+Which slot a sample takes and which samples are replayed is drawn on the host with the memory's own generator: no
+tensor is read.
 """
 
 from __future__ import annotations
@@ -15,20 +19,26 @@ from typing import Any
 
 import torch
 
+from streammas.learner.retention import make_retention
+
 
 class ReplayMemory:
-    """A reservoir of up to ``capacity`` samples (and labels), at most ``max_bytes`` of them.
+    """Up to ``capacity`` samples (and labels), at most ``max_bytes`` of them, kept by a retention rule.
 
     Parameters
     ----------
     capacity : int
-        Samples kept; 0 disables the memory.
+        Samples kept at most; 0 disables the memory.
     max_bytes : int, default 64 MiB
-        The memory's bound in bytes: wide samples lower the capacity to fit.
+        The memory's bound in bytes: wide samples lower the capacity to fit, narrow dtypes raise it.
     seed : int, default 0
         Seed of the memory's own generator (slots and replay draws).
     transform : callable or None
         Applied to replayed samples (the learner's input scaling).
+    retention : {"reservoir", "balanced"}, default "reservoir"
+        The rule that chooses what to keep (:mod:`streammas.learner.retention`).
+    ratio : int, default 1
+        Samples replayed per row of a batch.
 
     Attributes
     ----------
@@ -47,16 +57,29 @@ class ReplayMemory:
     >>> x_all, _ = memory.extend(torch.zeros(3, 1), None)   # the batch, then 3 replayed samples
     >>> x_all.shape, bool((x_all[3:] >= 0).all())
     (torch.Size([6, 1]), True)
+
+    Pixels that arrive as bytes are kept as bytes, in a quarter of the memory:
+
+    >>> pixels = ReplayMemory(1000, max_bytes=64 * 100)
+    >>> pixels.add(torch.full((10, 64), 255.0), None, dtype=torch.uint8)
+    >>> pixels.x.dtype, pixels.x.shape[0], pixels.extend(torch.zeros(1, 64), None)[0][1, 0].item()
+    (torch.uint8, 100, 255.0)
     """
 
     def __init__(self, capacity: int, *, max_bytes: int = 64 << 20, seed: int = 0,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, retention: str = "reservoir",
+                 ratio: int = 1) -> None:
         if capacity < 0:
             raise ValueError(f"replay must be >= 0, got {capacity}")
+        if ratio < 1:
+            raise ValueError(f"replay_ratio must be >= 1, got {ratio}")
         self.capacity = int(capacity)
         self.max_bytes = int(max_bytes)
         self.transform = transform
-        self.generator = random.Random(int(seed))
+        self.ratio = int(ratio)
+        self.generator = random.Random(seed)
+        self.retention = make_retention(retention, self.generator)
+        self.retention_name = retention
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self.seen = 0
@@ -64,37 +87,53 @@ class ReplayMemory:
     def __len__(self) -> int:
         return 0 if self.x is None else min(self.seen, self.x.shape[0])
 
-    def add(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
-        """Offer a batch: each sample takes a slot with probability ``capacity / seen``."""
+    def add(self, x: torch.Tensor, y: torch.Tensor | None, *, regime: int = 0,
+            dtype: torch.dtype | None = None) -> None:
+        """Offer a batch of the pseudo-regime ``regime``; the retention rule chooses the slots it takes. ``dtype``:
+        the stream's own dtype, which ``x`` holds exactly, kept where it is narrower than ``x``'s."""
         if self.capacity == 0 or x.shape[0] == 0:
             return
         if self.x is None:
-            per_sample = x[0].numel() * x.element_size() + (0 if y is None else y.element_size())
-            slots = min(self.capacity, max(1, self.max_bytes // max(per_sample, 1)))
-            self.x = torch.empty((slots, *x.shape[1:]), dtype=x.dtype, device=x.device)
-            self.y = None if y is None else torch.empty(slots, dtype=y.dtype, device=y.device)
-        size = self.x.shape[0]
-        chosen: dict[int, int] = {}  # slot -> row of the batch; a later row drawing the same slot wins
-        for row in range(x.shape[0]):
-            n = self.seen + row  # this sample's place in the stream (0-based)
-            slot = n if n < size else self.generator.randrange(n + 1)
-            if slot < size:
-                chosen[slot] = row
+            self._allocate(x, y, dtype)
+        elif self.x.dtype not in (x.dtype, dtype):  # a batch the held dtype cannot keep exactly
+            self._widen(x.dtype)
+        chosen = self.retention.choose(x.shape[0], self.x.shape[0], self.seen, regime)
         self.seen += x.shape[0]
         if not chosen:
             return
         slots = torch.tensor(list(chosen), device=x.device)
         rows = torch.tensor(list(chosen.values()), device=x.device)
-        self.x.index_copy_(0, slots, x.index_select(0, rows))
+        self.x.index_copy_(0, slots, x.index_select(0, rows).to(self.x.dtype))
         if self.y is not None and y is not None:
             self.y.index_copy_(0, slots, y.index_select(0, rows))
 
+    def _allocate(self, x: torch.Tensor, y: torch.Tensor | None, dtype: torch.dtype | None) -> None:
+        held = x.dtype if dtype is None or dtype.itemsize >= x.element_size() else dtype
+        slots = self._slots(x[0].numel(), held, y)
+        self.x = torch.empty((slots, *x.shape[1:]), dtype=held, device=x.device)
+        self.y = None if y is None else torch.empty(slots, dtype=y.dtype, device=y.device)
+
+    def _slots(self, features: int, dtype: torch.dtype, y: torch.Tensor | None) -> int:
+        per_sample = features * dtype.itemsize + (0 if y is None else y.element_size())
+        return min(self.capacity, max(1, self.max_bytes // max(per_sample, 1)))
+
+    def _widen(self, dtype: torch.dtype) -> None:
+        """Keep the samples in ``dtype`` from now on, in the slots that still fit the bound in bytes."""
+        slots = min(self.x.shape[0], self._slots(self.x[0].numel(), dtype, self.y))
+        self.x = self.x[:slots].to(dtype)
+        self.y = None if self.y is None else self.y[:slots].clone()
+        self.retention.resize(slots)
+
+    def draws(self, rows: int) -> int:
+        """How many samples a batch of ``rows`` rows replays once the memory holds any."""
+        return rows * self.ratio
+
     def extend(self, x: torch.Tensor, y: torch.Tensor | None, *, draws: int | None = None,
                positions: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The batch followed by as many samples drawn from the memory (the batch alone while it is empty).
+        """The batch followed by :meth:`draws` samples drawn from the memory (the batch alone while it is empty).
 
-        In a group of workers each holds the same memory and draws for the whole global batch (``draws`` samples,
-        so that the generators stay alike), keeping the draws at its own rows' ``positions`` in that batch: the
+        In a group of workers each holds the same memory and draws for the whole global batch (``draws`` rows,
+        so that the generators stay alike), keeping the draws of its own rows' ``positions`` in that batch: the
         workers together replay what one learner would.
 
         >>> memory = ReplayMemory(8, seed=1)
@@ -109,14 +148,15 @@ class ReplayMemory:
         held = len(self)
         if held == 0:
             return x, y
-        drawn = [self.generator.randrange(held) for _ in range(x.shape[0] if draws is None else draws)]
+        per_row = self.ratio
+        drawn = [self.generator.randrange(held) for _ in range(per_row * (x.shape[0] if draws is None else draws))]
         if positions is not None:
-            drawn = [drawn[i] for i in positions]
+            drawn = [drawn[p * per_row + k] for p in positions for k in range(per_row)]
         pick = torch.tensor(drawn, dtype=torch.long, device=self.x.device)
-        replayed = self.x.index_select(0, pick)
+        replayed = self.x.index_select(0, pick).to(x.dtype)
         if self.transform is not None:
             replayed = self.transform(replayed)
-        x_all = torch.cat([x, replayed.to(x.dtype)])
+        x_all = torch.cat([x, replayed])
         y_all = None if y is None or self.y is None else torch.cat([y, self.y.index_select(0, pick)])
         return x_all, y_all
 
@@ -126,13 +166,19 @@ class ReplayMemory:
 
     def state_dict(self) -> dict[str, Any]:
         return {"x": None if self.x is None else self.x.clone(), "y": None if self.y is None else self.y.clone(),
-                "seen": self.seen, "generator": _plain(self.generator.getstate())}
+                "seen": self.seen, "generator": _plain(self.generator.getstate()),
+                "retention": self.retention_name, "retained": self.retention.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any], device: torch.device | None = None) -> None:
         self.x = None if state["x"] is None else state["x"].to(device)
         self.y = None if state["y"] is None else state["y"].to(device)
         self.seen = int(state["seen"])
         self.generator.setstate(_tuples(state["generator"]))
+        if state.get("retention", "reservoir") == self.retention_name:  # else the rule starts afresh
+            self.retention.load_state_dict(state.get("retained", {}))
+        else:
+            self.retention = make_retention(self.retention_name, self.generator)
+            self.retention.adopt(len(self))
 
 
 def _plain(value: Any) -> Any:

@@ -34,6 +34,7 @@ from typing import Any
 from streammas.learner.importance import METHODS
 from streammas.learner.objectives import OBJECTIVES
 from streammas.learner.optimizers import OPTIMIZERS
+from streammas.learner.retention import RETENTIONS
 from streammas.learner.scaling import SCALE_MODES
 from streammas.learner.synapses import CONSOLIDATION_MODES, NORMALIZATIONS
 
@@ -207,7 +208,13 @@ class LearnerSettings:
         Samples kept in a uniform reservoir on the device (:class:`~streammas.learner.replay.ReplayMemory`); as many of
         them as the batch holds are replayed with each update. 0 disables replay.
     replay_max_bytes : int, default 67108864
-        The replay memory's bound in bytes: wide samples keep fewer.
+        The replay memory's bound in bytes: wide samples keep fewer; samples that arrive in a narrower dtype than
+        the model's (``uint8`` pixels) are kept in it, exactly, and more of them fit.
+    replay_retention : {"reservoir", "balanced"}, default "reservoir"
+        What the memory keeps (:mod:`~streammas.learner.retention`): a uniform reservoir of the stream, or an equal
+        share for each pseudo-regime (a new one at each peak of the loss).
+    replay_ratio : int, default 1
+        Samples replayed with each row of a batch.
     max_events : int, default 1000
         How many events the learner's history keeps.
 
@@ -274,6 +281,9 @@ class LearnerSettings:
                           "with each batch as it holds; 0 disables replay", check=at_least(0))
     replay_max_bytes: int = setting(64 << 20, help="the replay memory's bound in bytes (wide samples keep fewer)",
                                     check=at_least(1))
+    replay_retention: str = setting("reservoir", help="what the replay memory keeps: a uniform reservoir of the "
+                                    "stream, or an equal share for each pseudo-regime", choices=tuple(RETENTIONS))
+    replay_ratio: int = setting(1, help="samples replayed with each row of a batch", check=at_least(1))
     max_events: int = setting(1000, help="events kept in the learner's history", check=at_least(1),
                               in_config=False)
 

@@ -142,7 +142,7 @@ class AutogradUpdate:
         self.last_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # what the last update learned
 
     def __call__(self, rows: StepRows, z: torch.Tensor, measure: bool) -> Scores:
-        # One replayed sample per row of the step, drawn for the whole step so that the workers of a group draw
+        # Replayed samples for each row of the step, drawn for the whole step so that the workers of a group draw
         # alike and each keeps its own rows' draws.
         replaying = self.replay is not None and len(self.replay) > 0
         x_all, y_all = (self.replay.extend(z, rows.y, draws=rows.total, positions=rows.positions) if replaying
@@ -151,7 +151,7 @@ class AutogradUpdate:
         x_all, y_all = self.buffer.extend(x_all, y_all)
         self.last_rows = (x_all, y_all)
         # the step's loss: the sum over its rows, over every worker that learns it, divided by their count
-        divisor = rows.total * (2 if replaying else 1) + (x_all.shape[0] - learned)
+        divisor = rows.total + (self.replay.draws(rows.total) if replaying else 0) + (x_all.shape[0] - learned)
         scores, score_mean, measured = self._steps(rows.total, z, x_all, y_all, divisor, measure)
         if measure and not measured:  # a separate eval-mode pass over the step's rows
             self.meter.fold_sum(self.collective.sum_step(self.meter.measure_sum(z)), rows.total)
