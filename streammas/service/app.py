@@ -2,8 +2,9 @@
 
 :class:`Service` checks the device, the model factory and the learner's settings, locks the state directory
 (resuming from its newest checkpoint), serves the metrics, opens the sink and the source, then hands over
-to the :class:`~streammas.service.loop.Loop`; at the end it writes the last checkpoint and closes everything.
-The learner itself is created from the first batch's sample shape (or from the checkpoint's).
+to the :class:`~streammas.service.loop.Loop` (run by its :class:`~streammas.service.group.Group`, or alone)
+and acts on its outcome; at the end it writes the last checkpoint and closes everything. The learner itself
+is created from the first batch's sample shape (or from the checkpoint's).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,18 +23,19 @@ from streammas.config import Config
 from streammas.learner import OnlineMAS
 from streammas.service import logs
 from streammas.service.checkpoint import Checkpoint, CheckpointStore
-from streammas.service.checkpointing import Checkpointer, restore_tally, resume_position, run_meta
+from streammas.service.checkpointing import Checkpointer, run_meta
 from streammas.service.errors import ServiceError, why
 from streammas.service.factory import FactoryError, ModelSpec
-from streammas.service.group import Group, same_world
-from streammas.service.group_loop import GroupLoop
-from streammas.service.loop import Loop
+from streammas.service.group import Alone, Group
+from streammas.service.loop import Control, Loop, Outcome, Ports
 from streammas.service.metrics import MetricsPortInUse, ServiceMetrics
 from streammas.service.notify import SystemdNotifier, status_line
 from streammas.service.signals import SignalHandlers
 from streammas.service.telemetry import Tally, Telemetry
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from streammas.collective import DistributedContext
 
 #: One logger for the whole service: its name is part of every log line.
@@ -75,7 +78,8 @@ class Service:
 
     It checks the device, the model factory and the learner's settings, locks the state directory (resuming
     from its newest checkpoint), serves the metrics, opens the sink and the source, then hands over to the
-    :class:`~streammas.service.loop.Loop`; at the end it writes the last checkpoint and closes everything.
+    :class:`~streammas.service.loop.Loop` and acts on its outcome; at the end it writes the last checkpoint and
+    closes everything.
 
     Parameters
     ----------
@@ -91,8 +95,14 @@ class Service:
         Set once the source is open (its ``address`` is then known, for a ZeroMQ source bound to port ``*``).
     learner : OnlineMAS or None
         Created from the first batch, or from the checkpoint resumed from.
+    group : Group or Alone
+        This worker's group, or its one-worker form for a service alone.
+    loop : Loop or None
+        The loop, made once the source is open.
     exit_code : int
         What :meth:`run` returns: 0 stopped or finished normally, 1 gave up on errors, 2 could not go on.
+    stop_reason : str or None
+        Why it stopped, once :meth:`run` returned.
 
     Examples
     --------
@@ -125,15 +135,16 @@ class Service:
         self.device = "cpu"
         self.exit_code = 0
         self.stop_reason: str | None = None
-        #: The source's position after the last batch learned (what a checkpoint records).
-        self.position: dict | None = None
+        #: Where the source opens: the position of the checkpoint resumed from (``None``: its start).
+        self.opened_at: dict | None = None
         self.tally = Tally()
         self.telemetry = Telemetry(self.metrics)
         self.checkpoints = Checkpointer(config.state, self.metrics)
         self.notifier = SystemdNotifier()
-        #: This worker's group (``None``: the service runs alone).
-        self.group = Group(self, distributed) if distributed is not None else None
-        self.loop = GroupLoop(self) if self.group is not None else Loop(self)
+        self.group: Group | Alone = (Group(distributed, config, self.write_checkpoint) if distributed is not None
+                                     else Alone(config, self.write_checkpoint))
+        self.control = Control()
+        self.loop: Loop | None = None
         self._closed: set[str] = set()
         self._signals = SignalHandlers(stop=self.request_stop, checkpoint=self.request_checkpoint,
                                        repeated=self._repeated_stop)
@@ -141,19 +152,17 @@ class Service:
     # -- control (thread-safe; also what the signal handlers call) ---------------------------------------------
     def request_stop(self, reason: str = "requested") -> None:
         """Stop after the current batch: checkpoint, close, return from :meth:`run`."""
-        if self.loop.stop.is_set():
-            logs.log_event(log, "stopping", reason=reason, msg="already stopping; finishing the checkpoint")
-            return
-        self.stop_reason = reason
-        self.loop.stop.set()
+        self.control.request_stop(reason)
 
     def request_checkpoint(self) -> None:
         """Write a checkpoint after the current batch."""
-        self.loop.checkpoint_now.set()
+        self.control.checkpoint_now.set()
 
-    def poll_signals(self) -> None:
-        """Act on the signals that arrived since the last call (the loop calls it between batches)."""
+    def between_batches(self) -> None:
+        """Act on the signals that arrived since the last call, and tell the watchdog the service is alive (the
+        loop calls it every turn; the notifier sends at most every WATCHDOG_USEC/2)."""
         self._signals.poll()
+        self.notifier.watchdog()
 
     def _repeated_stop(self, count: int) -> None:
         logs.log_event(log, "stopping", signals=count, msg="already stopping; finishing the checkpoint")
@@ -162,6 +171,11 @@ class Service:
     def source_address(self) -> str | None:
         """The address a ZeroMQ source is bound to (``None`` for other sources)."""
         return getattr(self.source, "address", None)
+
+    @property
+    def position(self) -> dict | None:
+        """The source's position after the last batch learned (what a checkpoint records)."""
+        return self.loop.position if self.loop is not None else self.opened_at
 
     @property
     def store(self) -> CheckpointStore | None:
@@ -189,13 +203,12 @@ class Service:
         if cfg.learner.threads:
             torch.set_num_threads(cfg.learner.threads)
         self.check()
-        if self.group is not None and self.device.startswith("cuda"):  # the GPU the worker took by local rank
-            self.device = f"cuda:{torch.cuda.current_device()}"
+        self.device = self.group.worker_device(self.device)
         self.metrics.device = self.device
-        ckpt = self.group.open_state() if self.group is not None else self.checkpoints.open()
+        ckpt = self.group.open_state(self.checkpoints.open)
         if ckpt is not None:
             self._resume(ckpt)
-        if cfg.metrics.port is not None and (self.group is None or self.group.is_main):  # rank 0 serves the group
+        if cfg.metrics.port is not None and self.group.is_main:  # rank 0 serves the group
             try:
                 host, port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
             except MetricsPortInUse as e:
@@ -203,6 +216,11 @@ class Service:
             logs.log_event(log, "metrics", url=f"http://{host}:{port}/metrics")
         self._open_sink()
         self._open_source()
+        ports = Ports(config=cfg, source=self.source, sink=self.sink, tally=self.tally, telemetry=self.telemetry,
+                      policy=self.checkpoints, checkpoint=self.checkpoint, make_learner=self.create_learner,
+                      refresh=self.refresh, between_batches=self.between_batches,
+                      observe_step=self.metrics.observe_step)
+        self.loop = Loop(ports, self.control, learner=self.learner, position=self.opened_at)
         self.started.set()
         self.notifier.ready(f"reading {self.config.source.uri}")
 
@@ -222,26 +240,18 @@ class Service:
         except Exception as e:
             raise ServiceError(f"cannot restore {ckpt.path} into the configured learner: "
                                f"{type(e).__name__}: {e}") from e
-        if self.group is not None:
-            self.tally = self.group.restore_tally(meta) or Tally()
-            self.position = self.group.resume_position(meta)
-            self.group.received = int((meta.get("service") or {}).get("received", 0))
-        else:
-            self.tally = restore_tally(meta)
-            same = same_world(meta, 1, self.config)
-            self.position = resume_position(meta, self.config.source) if same else None
+        self.tally, self.opened_at = self.group.resume(meta)
         self.checkpoints.resumed(ckpt, learner.samples_seen)
         self.metrics.last_checkpoint = ckpt.created
         self.resumed_from = ckpt
         logs.log_event(log, "resumed", checkpoint=str(ckpt.path), samples_seen=learner.samples_seen,
-                       consolidations=learner.consolidations, position=self.position)
+                       consolidations=learner.consolidations, position=self.opened_at)
 
     def _open_sink(self) -> None:
         uri = self.config.sink.uri
         if uri is None:
             return
-        if self.group is not None:
-            uri = self.group.sink_uri(uri)
+        uri = self.group.sink_uri(uri)
         try:
             self.sink = open_sink(uri, **self.config.sink.options)
         except Exception as e:
@@ -256,11 +266,10 @@ class Service:
         if "sample_shape" not in options and shape is not None and takes_sample_shape(cfg.uri):
             # resumed: the learner can take one shape only, so a stray first message must not decide another
             options["sample_shape"] = list(shape)
-        if self.group is not None:  # each worker its own part of the stream: rows, files or port + rank
-            options["shard"] = (self.group.ctx.rank, self.group.ctx.world_size)
+        options.update(self.group.source_options())
         try:
             self.source = open_source(cfg.uri, batch_size=cfg.batch_size, max_latency_ms=cfg.max_latency_ms,
-                                      position=self.position, **options)
+                                      position=self.opened_at, **options)
         except Exception as e:
             raise ServiceError(f"[source] cannot open {cfg.uri}: {why(e)}") from None
         fields: dict[str, Any] = {"source": cfg.uri}
@@ -276,9 +285,8 @@ class Service:
         except FactoryError as e:
             raise ServiceError(f"[model] {e}") from None
         try:
-            extra = {"distributed": self.group.ctx} if self.group is not None else {}
-            self.learner = OnlineMAS(model, device=self.device, callback=self._on_event, **extra,
-                                     **self.config.learner.learner_kwargs())
+            self.learner = OnlineMAS(model, device=self.device, callback=self._on_event,
+                                     **self.group.learner_options(), **self.config.learner.learner_kwargs())
         except (TypeError, ValueError) as e:
             raise ServiceError(f"[learner] {e}") from None
         params = sum(p.numel() for p in model.parameters())
@@ -299,7 +307,7 @@ class Service:
 
     def _on_event(self, event: Any) -> None:
         record = event.as_dict() if hasattr(event, "as_dict") else dict(vars(event))
-        if self.config.sink.events and self.sink is not None:
+        if self.config.sink.events and self.sink is not None and self.loop is not None:
             self.loop.queue_event(record)
         self.telemetry.log_event(record)
 
@@ -314,33 +322,21 @@ class Service:
             self._signals.restore()
             self._close()
             raise
+        assert self.loop is not None
+        outcome: Outcome | None = None
         try:
-            self.loop.run()
-        except ServiceError as e:
-            logs.log_event(log, "error", logging.ERROR, msg=str(e))
-            self.exit_code = 2
-            if self.group is not None:  # it stopped in the middle of a turn: the others' collectives cannot meet
-                self.group.broken = True
-        except Exception as e:
-            if self.group is not None:
-                # A peer gone, or an error in the middle of a turn: no collective can meet any more. Leave
-                # without a checkpoint and fail, so that the launcher restarts the group from the newest one.
-                self.group.broken = True
-                log.error("worker %d stopped on an error (%s: %s); the group restarts from its newest checkpoint",
-                          self.group.ctx.rank, type(e).__name__, e)
-                self.stop_reason = f"{type(e).__name__}: {e}"
-                self.exit_code = 1
-                raise  # after the shutdown below, which skips the group's collectives
-            # a source that broke, say: checkpoint what was learned and say why
-            log.error("the service stopped on an unexpected error: %s: %s", type(e).__name__, e, exc_info=True)
-            self.stop_reason = f"{type(e).__name__}: {e}"
-            self.exit_code = 1
+            outcome = self.group.run(self.loop)
         finally:
-            # handlers stay until the end: a second SIGTERM must not kill the final checkpoint
+            # Interrupted (KeyboardInterrupt), the stop line and the last checkpoint say what the loop reached.
+            # The handlers stay until the end: a second SIGTERM must not kill the final checkpoint.
+            ended = outcome if outcome is not None else self.loop.outcome()
+            self.stop_reason, self.exit_code = ended.stop_reason, ended.exit_code
             try:
                 self._shutdown()
             finally:
                 self._signals.restore()
+        if outcome.error is not None:  # a worker that left a turn half-way: the launcher restarts the group
+            raise outcome.error
         return self.exit_code
 
     def rejected(self) -> dict[str, int]:
@@ -356,19 +352,17 @@ class Service:
         """Write a checkpoint now (between batches); returns it, or ``None`` if there is nothing to save or the
         write failed (logged; the service goes on and tries again at the next occasion). In a group every
         worker calls it, and rank 0 writes the group's state."""
-        if self.group is not None:
-            return self.group.checkpoint(reason)
-        return self.write_checkpoint(reason)
+        return self.group.checkpoint(reason, self.learner, lambda: {  # this worker's part of a group's checkpoint
+            "position": self.position, "tally": asdict(self.tally), "rejected": self.rejected()})
 
-    def write_checkpoint(self, reason: str, positions: list | None = None,
-                         workers: list[dict[str, Any]] | None = None) -> Checkpoint | None:
-        """Write this service's checkpoint (with a group's ``positions`` and ``workers``' counts, on rank 0)."""
+    def write_checkpoint(self, reason: str,
+                         amend: Callable[[dict[str, Any]], None] | None = None) -> Checkpoint | None:
+        """Write this service's checkpoint, ``amend(meta)`` completing its metadata (a group's part, on rank 0)."""
         def describe() -> dict[str, Any]:
             meta = run_meta(spec=self.spec, config=self.config, position=self.position, tally=self.tally,
                             rejected=self.rejected(), reason=reason, device=self.device)
-            if self.group is not None and workers is not None:
-                meta["source"]["positions"] = positions
-                meta.update(self.group.group_meta(workers))
+            if amend is not None:
+                amend(meta)
             return meta
 
         written = self.checkpoints.write(self.learner, reason, describe)
@@ -381,16 +375,11 @@ class Service:
         if self.loop.progress is not None:
             self.loop.progress.close()
         if self.learner is not None:
-            due = (self.checkpoints.learned_since(self.learner.samples_seen)
-                   or self.checkpoints.received_since(self.tally.received) or self.loop.checkpoint_now.is_set())
-            if self.group is not None:
-                due = self.checkpoints.learned_since(self.learner.samples_seen) or (
-                    self.checkpoints.received_since(self.group.received))  # rank 0's view decides
-                if not self.group.broken and self.group.shutdown_due(due, self.loop.checkpoint_now.is_set()):
-                    self.group.checkpoint("shutdown")
-                    if not self.group.last_ok and self.exit_code == 0:
-                        self.exit_code = 1
-            elif due and self.checkpoint("shutdown") is None and self.exit_code == 0:
+            # in a group, rank 0's view decides
+            due = self.checkpoints.learned_since(self.learner.samples_seen) or (
+                self.checkpoints.received_since(self.group.received(self.tally)))
+            ok = self.group.final_checkpoint(due, self.control.checkpoint_now.is_set(), self.checkpoint)
+            if not ok and self.exit_code == 0:
                 self.exit_code = 1
             # the sink's last try at what it could not write yet, so that the stop line counts what is lost
             self._close_part("sink")

@@ -11,30 +11,41 @@ writes the group's checkpoints, with every worker's source position (``meta["sou
 counts, and the group's size (``meta["distributed"]``). A restart with another number of workers is refused,
 unless ``[distributed] reshard`` says to start the sources over (then rows learned before are learned again:
 at least once instead of exactly once).
+
+A service alone has the same parts in their one-worker form (:class:`Alone`), so that the service asks its
+group, whichever it is, instead of telling the two cases apart.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+import torch
 
 from connectors.base import Batch
 from connectors.registry import split_uri
 from connectors.zmq.uri import worker_address
+from streammas.config import Config
+from streammas.learner import OnlineMAS
 from streammas.service import logs
 from streammas.service.checkpoint import Checkpoint
+from streammas.service.checkpointing import restore_tally, resume_position
 from streammas.service.errors import ServiceError
+from streammas.service.group_loop import GroupLoop, Turn
+from streammas.service.loop import Loop, Outcome
 from streammas.service.telemetry import Tally
 
 if TYPE_CHECKING:
     from streammas.collective import DistributedContext
-    from streammas.service.app import Service
 
 log = logging.getLogger("streammas.service")
+
+#: ``write(reason, amend)``: write this worker's checkpoint now, ``amend(meta)`` completing its metadata (the
+#: group's part, on rank 0); returns it, or ``None`` when nothing was written.
+Write = Callable[[str, Callable[[dict[str, Any]], None] | None], Checkpoint | None]
 
 
 def same_world(meta: dict[str, Any], world_size: int, config: Any) -> bool:
@@ -59,71 +70,124 @@ def same_world(meta: dict[str, Any], world_size: int, config: Any) -> bool:
     return False
 
 
-@dataclass
-class Turn:
-    """What the workers agreed on for one turn of the loop.
+class Alone:
+    """A service alone: the one-worker form of :class:`Group`, each method doing the plain thing.
+
+    Parameters
+    ----------
+    config : Config
+        The whole configuration.
+    write : callable
+        ``write(reason, amend)``: writes the service's checkpoint (``amend`` is always ``None`` here).
 
     Examples
     --------
-    >>> Turn(counts=[3, 0], stop=False, checkpoint=True, finished=False).rows
-    3
+    >>> alone = Alone(None, write=lambda reason, amend: f"ckpt ({reason})")
+    >>> alone.sink_uri("jsonl:scores.jsonl"), alone.source_options(), alone.checkpoint("signal", None, dict)
+    ('jsonl:scores.jsonl', {}, 'ckpt (signal)')
     """
 
-    counts: list[int]
-    stop: bool
-    checkpoint: bool
-    finished: bool
-    failed: list[int] = field(default_factory=list)
+    is_main = True
 
-    @property
-    def rows(self) -> int:
-        return sum(self.counts)
+    def __init__(self, config: Config, write: Write) -> None:
+        self.config = config
+        self.write = write
+
+    def worker_device(self, device: str) -> str:
+        return device
+
+    def open_state(self, open_state: Callable[[], Checkpoint | None]) -> Checkpoint | None:
+        return open_state()
+
+    def resume(self, meta: dict[str, Any]) -> tuple[Tally, dict | None]:
+        """The counts and the source's position a checkpoint carries over (raises :class:`ServiceError` for a
+        checkpoint of a group, unless ``[distributed] reshard``)."""
+        tally = restore_tally(meta)
+        same = same_world(meta, 1, self.config)
+        return tally, resume_position(meta, self.config.source) if same else None
+
+    def sink_uri(self, uri: str) -> str:
+        return uri
+
+    def source_options(self) -> dict[str, Any]:
+        return {}
+
+    def learner_options(self) -> dict[str, Any]:
+        return {}
+
+    def run(self, loop: Loop) -> Outcome:
+        return loop.run()
+
+    def received(self, tally: Tally) -> int:
+        """The samples the checkpoint policy counts as received."""
+        return tally.received
+
+    def checkpoint(self, reason: str, learner: OnlineMAS | None,
+                   record: Callable[[], dict[str, Any]]) -> Checkpoint | None:
+        """Write the checkpoint now; returns it, or ``None`` if nothing was written."""
+        return self.write(reason, None)
+
+    def final_checkpoint(self, due: bool, asked: bool, checkpoint: Callable[[str], Checkpoint | None]) -> bool:
+        """Write the shutdown checkpoint if one is ``due`` (something changed since the last) or was ``asked``
+        for; returns ``False`` when that write failed."""
+        return not (due or asked) or checkpoint("shutdown") is not None
 
 
 class Group:
     """A worker's part in its group: start-up, agreeing each turn, and the group's checkpoints.
 
+    It has the methods of :class:`Alone`, each doing the group's thing, and runs the worker's loop in step with
+    the others (:class:`~streammas.service.group_loop.GroupLoop`).
+
     Parameters
     ----------
-    service : Service
-        This worker's service.
     context : DistributedContext
         The group (:class:`streammas.collective.DistributedContext`).
+    config : Config
+        The whole configuration.
+    write : callable
+        ``write(reason, amend)``: writes this worker's checkpoint, ``amend(meta)`` adding the group's part
+        (rank 0 only calls it).
 
     Examples
     --------
     In prose (every call is a collective, made by every worker in the same order)::
 
-        group = Group(service, context)
-        ckpt = group.open_state()                       # rank 0 reads the state directory, all get it
+        group = Group(context, config, write)
+        ckpt = group.open_state(checkpoints.open)       # rank 0 reads the state directory, all get it
         turn = group.agree(rows=len(batch), stop=False, checkpoint=False, finished=False, due=False)
         if turn.rows: ...                               # every worker steps, some with an empty batch
-        group.checkpoint("signal")                      # rank 0 writes the group's state
+        group.checkpoint("signal", learner, record)     # rank 0 writes the group's state
     """
 
-    def __init__(self, service: Service, context: DistributedContext) -> None:
-        self.service = service
+    def __init__(self, context: DistributedContext, config: Config, write: Write) -> None:
         self.ctx = context
+        self.config = config
+        self.write = write
         #: Whether the group's last checkpoint was written (known on every worker).
         self.last_ok = True
         #: Set when this worker left a turn half-way (an error): no collective can meet any more.
         self.broken = False
         #: Rows the group received in the state directory's life (the sum of every turn's counts; the same on
         #: every worker), for rank 0's checkpoint policy.
-        self.received = 0
+        self.group_received = 0
 
     @property
     def is_main(self) -> bool:
         return self.ctx.is_main
 
     # -- start-up ----------------------------------------------------------------------------------------------
-    def open_state(self) -> Checkpoint | None:
-        """Rank 0 locks the state directory and reads its newest checkpoint; every worker gets it (or the
-        start-up error, so that no worker waits for a rank 0 that gave up)."""
+    def worker_device(self, device: str) -> str:
+        """The device this worker learns on: for ``cuda``, the GPU it took by local rank."""
+        return f"cuda:{torch.cuda.current_device()}" if device.startswith("cuda") else device
+
+    def open_state(self, open_state: Callable[[], Checkpoint | None]) -> Checkpoint | None:
+        """Rank 0 locks the state directory and reads its newest checkpoint (``open_state()``); every worker
+        gets it (or the start-up error, so that no worker waits for a rank 0 that gave up)."""
         error, payload = None, None
         if self.is_main:
             try:
-                ckpt = self.service.checkpoints.open()
+                ckpt = open_state()
             except Exception as e:  # any of them: the others wait on this broadcast
                 error = str(e) if isinstance(e, ServiceError) else f"[state] {type(e).__name__}: {e}"
             else:
@@ -137,10 +201,17 @@ class Group:
         path, seq, created, meta, learner, nbytes = payload
         return Checkpoint(path=Path(path), seq=seq, created=created, meta=meta, learner=learner, nbytes=nbytes)
 
+    def resume(self, meta: dict[str, Any]) -> tuple[Tally, dict | None]:
+        """This worker's counts and position in a checkpoint of the group, and the group's count of rows."""
+        tally = self.restore_tally(meta) or Tally()
+        position = self.resume_position(meta)
+        self.group_received = int((meta.get("service") or {}).get("received", 0))
+        return tally, position
+
     def resume_position(self, meta: dict[str, Any]) -> dict | None:
         """This worker's position in a checkpoint of the group (raises :class:`ServiceError` for a group of
         another size, unless ``[distributed] reshard``)."""
-        cfg = self.service.config
+        cfg = self.config
         source = meta.get("source") or {}
         if not same_world(meta, self.ctx.world_size, cfg):
             return None
@@ -150,14 +221,13 @@ class Group:
         if positions is None:  # a checkpoint of one worker
             return source.get("position")
         return positions[self.ctx.rank]
-
     def sink_uri(self, uri: str) -> str:
         """Each worker's own sink: a file sink's path gets ``.worker<rank>`` before its extension
         (``jsonl:scores.jsonl`` -> ``jsonl:scores.worker1.jsonl``), a ZeroMQ sink's port the rank added; a
         plug-in's sink is used as given.
 
         >>> class Ctx: rank, world_size, is_main = 1, 2, False
-        >>> group = Group(None, Ctx())
+        >>> group = Group(Ctx(), config=None, write=None)
         >>> [group.sink_uri(u) for u in ("jsonl:out/scores.jsonl", "scores.jsonl", "alerts:a.jsonl?q=0.9")]
         ['jsonl:out/scores.worker1.jsonl', 'jsonl:scores.worker1.jsonl', 'alerts:a.worker1.jsonl?q=0.9']
         >>> group.sink_uri("zmq+pub://127.0.0.1:5556")
@@ -179,7 +249,23 @@ class Group:
         path = f"{stem}.worker{self.ctx.rank}.{ext}" if dot and "/" not in ext else f"{path}.worker{self.ctx.rank}"
         return f"{scheme}:{path}{qmark}{query}"
 
+    def source_options(self) -> dict[str, Any]:
+        """Each worker its own part of the stream: rows, files or port + rank."""
+        return {"shard": (self.ctx.rank, self.ctx.world_size)}
+
+    def learner_options(self) -> dict[str, Any]:
+        return {"distributed": self.ctx}
+
     # -- each turn ---------------------------------------------------------------------------------------------
+    def run(self, loop: Loop) -> Outcome:
+        """Run this worker's ``loop`` in step with the others (:class:`~streammas.service.group_loop.GroupLoop`)."""
+        return GroupLoop(loop, self).run()
+
+    def received(self, tally: Tally) -> int:
+        """The rows rank 0's checkpoint policy counts as received: the whole group's (not this worker's
+        ``tally``)."""
+        return self.group_received
+
     def agree(self, rows: int, stop: bool, checkpoint: bool, finished: bool, due: bool, failed: bool = False) -> Turn:
         """Exchange this turn's facts; any worker's stop or checkpoint request counts for all, rank 0's
         checkpoint policy (``due``) decides for the group, the stream is finished when every source is, and a
@@ -189,7 +275,7 @@ class Group:
         failed_ranks = [r for r, f in enumerate(facts) if f[4]]
         turn = Turn(counts=[f[0] for f in facts], stop=any(f[1] for f in facts) or bool(failed_ranks),
                     checkpoint=any(f[2] for f in facts), finished=all(f[3] for f in facts), failed=failed_ranks)
-        self.received += turn.rows
+        self.group_received += turn.rows
         return turn
 
     def sample_shape(self, batch: Batch | None) -> tuple[int, ...]:
@@ -197,31 +283,35 @@ class Group:
         mine = None if batch is None or len(batch) == 0 else tuple(int(d) for d in batch.x.shape[1:])
         return next(s for s in self.ctx.gather_objects(mine) if s is not None)
 
-    def empty_batch(self) -> Batch:
-        """A batch of no rows, for a worker without data in a turn where others have some."""
-        learner = self.service.learner
-        assert learner is not None and learner.sample_shape is not None
-        return Batch(np.zeros((0, *learner.sample_shape), np.float32), None, position=self.service.position)
-
     # -- checkpoints -------------------------------------------------------------------------------------------
-    def checkpoint(self, reason: str) -> Checkpoint | None:
-        """Write the group's checkpoint (rank 0), with every worker's position and counts; all workers call it.
-        Returns the checkpoint on rank 0, ``None`` elsewhere or when the write failed."""
-        service = self.service
-        learner = service.learner
+    def checkpoint(self, reason: str, learner: OnlineMAS | None,
+                   record: Callable[[], dict[str, Any]]) -> Checkpoint | None:
+        """Write the group's checkpoint (rank 0), with every worker's position and counts (``record()``: this
+        worker's ``position``, ``tally`` and ``rejected``); all workers call it. Returns the checkpoint on rank
+        0, ``None`` elsewhere or when the write failed."""
         if learner is None:
             return None
         learner.flush()  # the learner's pending reads may involve collectives: all workers at once
-        mine = {"position": service.position, "tally": asdict(service.tally), "rejected": service.rejected()}
-        workers = self.ctx.gather_objects(mine)
+        workers = self.ctx.gather_objects(record())
         written = None
         if self.is_main:
-            written = service.write_checkpoint(reason, positions=[w["position"] for w in workers],
-                                               workers=workers)
+            def amend(meta: dict[str, Any]) -> None:
+                meta["source"]["positions"] = [w["position"] for w in workers]
+                meta.update(self.group_meta(workers))
+
+            written = self.write(reason, amend)
         self.last_ok = bool(self.ctx.broadcast_object(written is not None))
         if not self.last_ok and not self.is_main:
             logs.log_event(log, "checkpoint_failed", logging.ERROR, reason=reason, msg="rank 0 could not write")
         return written
+
+    def final_checkpoint(self, due: bool, asked: bool, checkpoint: Callable[[str], Checkpoint | None]) -> bool:
+        """Write the group's shutdown checkpoint when :meth:`shutdown_due` (a collective, skipped by a worker
+        that left a turn half-way); returns ``False`` when that write failed."""
+        if self.broken or not self.shutdown_due(due, asked):
+            return True
+        checkpoint("shutdown")
+        return self.last_ok
 
     def shutdown_due(self, due: bool, asked: bool) -> bool:
         """Whether the group writes a final checkpoint: rank 0's policy says something changed since the last
@@ -243,7 +333,7 @@ class Group:
                         "sink_failed": sum(t["sink_failed"] for t in tallies), "rejected": rejected},
             "workers": [{"tally": {k: v for k, v in w["tally"].items() if k != "carried_rejected"},
                          "rejected": {k: v for k, v in w["rejected"].items() if k != "learner"}} for w in workers],
-            "distributed": {"world_size": self.ctx.world_size, "mode": self.service.config.distributed.mode},
+            "distributed": {"world_size": self.ctx.world_size, "mode": self.config.distributed.mode},
         }
 
     def restore_tally(self, meta: dict[str, Any]) -> Tally | None:

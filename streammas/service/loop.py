@@ -4,6 +4,11 @@ Each turn reads a micro-batch (waiting at most :data:`READ_TIMEOUT` seconds, so 
 served promptly), learns it, writes each sample's prequential score to the sink and checkpoints when one is
 due. A batch the learner fails on is counted (reason ``learner_error``) and skipped; after
 :data:`MAX_CONSECUTIVE_ERRORS` failed batches in a row the service stops with exit status 1.
+
+The loop works on narrow :class:`Ports` (the source, the sink, the counts, the checkpoint policy, callables
+that make the learner and write a checkpoint), is steered by a :class:`Control` and returns an
+:class:`Outcome`: what to do about it is the service's business. A group's worker wraps the same loop
+(:class:`~streammas.service.group_loop.GroupLoop`), which learns and counts its batches through it.
 """
 
 from __future__ import annotations
@@ -11,18 +16,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from connectors.base import Batch
+from connectors.base import Batch, Sink, Source
+from streammas.config import Config
+from streammas.learner import OnlineMAS
 from streammas.service import logs
-from streammas.service.errors import why
+from streammas.service.errors import ServiceError, why
 from streammas.service.progress import Progress, want_bar
-
-if TYPE_CHECKING:
-    from streammas.service.app import Service
+from streammas.service.telemetry import Tally, Telemetry
 
 #: One logger for the whole service: its name is part of every log line.
 log = logging.getLogger("streammas.service")
@@ -42,28 +49,126 @@ def host_scores(scores: torch.Tensor) -> np.ndarray:
     return scores.detach().to("cpu", torch.float64).numpy()
 
 
-class Loop:
-    """The service's main loop, and the two flags that steer it from other threads and signal handlers.
+class CheckpointPolicy(Protocol):
+    """When a checkpoint is due (:class:`~streammas.service.checkpointing.Checkpointer` is one)."""
 
-    It works on its :class:`~streammas.service.Service`'s source, learner, sink, counts and telemetry, and
-    runs once the service has started. It is not used on its own; in prose::
+    def restart_clock(self) -> None: ...
 
-        loop = Loop(service)          # made by the service
-        loop.stop.set()               # what Service.request_stop does: finish the batch, leave run()
-        loop.checkpoint_now.set()     # what Service.request_checkpoint (SIGHUP) does
-        loop.run()                    # returns when stopped or when a finite source is exhausted
+    def due(self, samples_seen: int, received: int) -> str | None: ...
 
-    Parameters
-    ----------
-    service : Service
-        The service whose parts the loop drives.
+
+@dataclass(frozen=True)
+class Ports:
+    """What the loop works on, each part as narrow as the loop uses it (the service makes them)."""
+
+    #: The whole configuration (the loop reads ``[source]``, ``[log]``, ``[metrics]`` and the objective).
+    config: Config
+    #: Open; read until stopped or finished.
+    source: Source
+    #: Where each sample's score goes.
+    sink: Sink | None
+    #: The counts the loop keeps up to date (a checkpoint carries them over).
+    tally: Tally
+    #: The loss windows, the status line and the rate limit on repeated warnings.
+    telemetry: Telemetry
+    #: Says when a checkpoint is due.
+    policy: CheckpointPolicy
+    #: ``checkpoint(reason)`` writes one now (in a group, every worker calls it at once).
+    checkpoint: Callable[[str], object]
+    #: ``make_learner(sample_shape)`` makes the learner, from the first batch when none was resumed.
+    make_learner: Callable[[tuple[int, ...]], OnlineMAS]
+    #: Publishes the learner's current values (the metrics and the status line).
+    refresh: Callable[[], None]
+    #: Called every turn: acts on the signals that arrived and tells the watchdog the service is alive.
+    between_batches: Callable[[], None]
+    #: ``observe_step(seconds)``: the time a batch took, for the metrics.
+    observe_step: Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a loop ended.
 
     Attributes
     ----------
-    stop, checkpoint_now : threading.Event
-        Set to stop after the current batch, or to checkpoint after it.
+    stop_reason : str or None
+        Why it stopped (``None``: it did not say; the stop line reads ``error``).
+    exit_code : int
+        0 stopped or finished normally, 1 gave up on errors, 2 could not go on.
+    position : dict or None
+        The source's position after the last batch learned (what the last checkpoint records).
+    error : Exception or None
+        An error the caller raises again once it has shut down (a group's worker that left a turn half-way,
+        so that the launcher restarts the group from its newest checkpoint).
+    """
+
+    stop_reason: str | None
+    exit_code: int
+    position: dict | None
+    error: Exception | None = None
+
+
+class Control:
+    """The flags that steer a loop from other threads and signal handlers.
+
+    Examples
+    --------
+    >>> control = Control()
+    >>> control.request_stop("SIGTERM"); control.request_stop("SIGINT")  # the second is only logged
+    >>> control.stop.is_set(), control.reason
+    (True, 'SIGTERM')
+    """
+
+    def __init__(self) -> None:
+        #: Set to stop after the current batch, or to checkpoint after it.
+        self.stop = threading.Event()
+        self.checkpoint_now = threading.Event()
+        #: Why a stop was requested (the first reason given).
+        self.reason: str | None = None
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Stop after the current batch: checkpoint, close, return from the loop."""
+        if self.stop.is_set():
+            logs.log_event(log, "stopping", reason=reason, msg="already stopping; finishing the checkpoint")
+            return
+        self.reason = reason
+        self.stop.set()
+
+
+class Loop:
+    """The service's main loop over its :class:`Ports`, steered by a :class:`Control`.
+
+    :meth:`run` is the loop of a service alone; its steps (:meth:`learn`, :meth:`drain`, ...) are also what a
+    group's worker runs in step with the others. In prose::
+
+        loop = Loop(ports, control)   # made by the service once its source is open
+        control.request_stop("...")   # what Service.request_stop does: finish the batch, leave run()
+        control.checkpoint_now.set()  # what Service.request_checkpoint (SIGHUP) does
+        outcome = loop.run()          # when stopped or when a finite source is exhausted
+
+    Parameters
+    ----------
+    ports : Ports
+        What the loop works on.
+    control : Control, optional
+        Its flags (a new one by default).
+    learner : OnlineMAS or None, default None
+        The learner resumed from a checkpoint (``None``: the first batch makes it).
+    position : dict or None, default None
+        Where the source was opened.
+
+    Attributes
+    ----------
+    learner : OnlineMAS or None
+        The learner, once made.
+    position : dict or None
+        The source's position after the last batch learned (what a checkpoint records).
+    reason : str or None
+        Why the loop stopped, where the loop knows better than :attr:`Control.reason`.
+    exit_code : int
+        What the loop ends with, so far.
     progress : Progress or None
-        The progress bar or status lines, once :meth:`run` began (the service closes it at shutdown).
+        The progress bar or status lines, once begun (the service closes it at shutdown).
 
     Examples
     --------
@@ -79,19 +184,22 @@ class Loop:
     ...                        f'[sink]\\nuri = "jsonl:{d}/scores.jsonl"\\n[state]\\ndir = "{d}/state"\\n'
     ...                        '[log]\\nstatus_every_seconds = 0\\nprogress = "never"\\n')
     ...     service = Service(cfg, handle_signals=False)
-    ...     loop = service.loop  # made by the service; Service.run() starts everything, then runs it
-    ...     status = service.run()
+    ...     status = service.run()  # starts everything, makes the loop, runs it, acts on its outcome
     ...     records = [json.loads(line) for line in pathlib.Path(d, "scores.jsonl").read_text().splitlines()]
-    >>> isinstance(loop, Loop), status, service.stop_reason
+    >>> isinstance(service.loop, Loop), status, service.stop_reason
     (True, 0, 'source finished')
     >>> service.tally.batches, service.tally.received, len(records), sorted(records[-1])
     (3, 40, 40, ['sample', 'score', 'seq'])
     """
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.stop = threading.Event()
-        self.checkpoint_now = threading.Event()
+    def __init__(self, ports: Ports, control: Control | None = None, *, learner: OnlineMAS | None = None,
+                 position: dict | None = None) -> None:
+        self.ports = ports
+        self.control = control if control is not None else Control()
+        self.learner = learner
+        self.position = position
+        self.reason: str | None = None
+        self.exit_code = 0
         self.progress: Progress | None = None
         self.consecutive_errors = 0
         self._events: list[dict[str, Any]] = []
@@ -101,137 +209,181 @@ class Loop:
         """Attach a learner event to the next batch's sink records."""
         self._events.append(record)
 
-    def run(self) -> None:
-        """Loop until :attr:`stop` is set or the source is finished (exceptions go to the caller)."""
-        service = self.service
-        cfg = service.config
-        source = service.source
-        assert source is not None, "the service opens the source before the loop runs"
+    def fail(self, reason: str, exit_code: int) -> None:
+        """Record why the loop gives up, and its exit status."""
+        self.reason, self.exit_code = reason, exit_code
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the loop stopped: its own reason, else the one the stop was requested with."""
+        return self.reason if self.reason is not None else self.control.reason
+
+    def outcome(self, error: Exception | None = None) -> Outcome:
+        """How the loop ended (or stands, if it was interrupted)."""
+        return Outcome(stop_reason=self.stop_reason, exit_code=self.exit_code, position=self.position, error=error)
+
+    def run(self) -> Outcome:
+        """Loop until stopped or the source is finished. An error ends the loop with exit status 2 (a
+        :class:`ServiceError`) or 1, logged, so that the service checkpoints what was learned and says why."""
+        try:
+            self._run()
+        except ServiceError as e:
+            logs.log_event(log, "error", logging.ERROR, msg=str(e))
+            self.exit_code = 2
+        except Exception as e:  # a source that broke, say
+            log.error("the service stopped on an unexpected error: %s: %s", type(e).__name__, e, exc_info=True)
+            self.fail(f"{type(e).__name__}: {e}", 1)
+        return self.outcome()
+
+    def begin(self, finite: bool, total: int | None = None) -> Progress:
+        """Start the progress display (a bar only for a ``finite`` source) and the checkpoint clock."""
+        cfg = self.ports.config
+        self.progress = Progress(bar=want_bar(cfg.log.progress, finite), status_every=cfg.log.status_every_seconds,
+                                 logger=log, total=total)
+        self.ports.policy.restart_clock()
+        return self.progress
+
+    def _run(self) -> None:
+        ports, control = self.ports, self.control
+        source = ports.source
         # The source knows whether it ends (a file not followed); a plug-in source written before
         # Source.finite existed may not subclass Source and lack the attribute: endless, then.
         finite = bool(getattr(source, "finite", False))
         total = getattr(source, "size_hint", None) if finite else None
-        self.progress = Progress(bar=want_bar(cfg.log.progress, finite), status_every=cfg.log.status_every_seconds,
-                                 logger=log, total=total if isinstance(total, int) else None)
-        service.checkpoints.restart_clock()
-        every = cfg.metrics.every_batches
+        progress = self.begin(finite, total if isinstance(total, int) else None)
+        every = ports.config.metrics.every_batches
         while True:
-            service.poll_signals()
-            service.notifier.watchdog()  # every turn: the notifier sends at most every WATCHDOG_USEC/2
-            if self.stop.is_set():
-                if service.exit_code == 0:  # stopped on request, not given up on errors
+            ports.between_batches()
+            if control.stop.is_set():
+                if self.exit_code == 0:  # stopped on request, not given up on errors
                     self.drain()
                 break
-            if self.checkpoint_now.is_set():
-                self.checkpoint_now.clear()
-                service.checkpoint("signal")
+            if control.checkpoint_now.is_set():
+                control.checkpoint_now.clear()
+                ports.checkpoint("signal")
             batch = source.read(timeout=READ_TIMEOUT)
             if batch is None:
                 if source.finished:
-                    logs.log_event(log, "source_finished", samples=service.tally.received)
-                    service.stop_reason = "source finished"
+                    logs.log_event(log, "source_finished", samples=ports.tally.received)
+                    self.reason = "source finished"
                     break
                 if self.stale:  # idle: show what was learned, not what was true some batches ago
-                    service.refresh()
+                    ports.refresh()
                 self.maybe_checkpoint()
-                self.progress.tick()
+                progress.tick()
                 continue
             if len(batch) == 0:
                 continue
             self.learn(batch)
-            refreshed = service.tally.batches % every == 0 or self.progress.status_due()
+            refreshed = ports.tally.batches % every == 0 or progress.status_due()
             if refreshed:
-                service.refresh()
-            self.progress.update(len(batch), service.telemetry.status if refreshed else None)
+                ports.refresh()
+            progress.update(len(batch), ports.telemetry.status if refreshed else None)
             self.maybe_checkpoint()
-
-    def drain(self) -> None:
-        """Learn what the source already holds (a ZeroMQ socket's queue), for at most ``[source] drain_seconds``
-        of reading, so that a SIGTERM loses nothing that had arrived; what is left is counted and logged."""
-        service = self.service
-        seconds = service.config.source.drain_seconds
-        drain = getattr(service.source, "drain", None)  # plug-in sources may predate Source.drain
-        if drain is None:
-            return
-        batches = [b for b in drain(seconds) if len(b)]
-        for batch in batches:
-            self.learn(batch)
-        counters = getattr(service.source, "counters", {}) or {}
-        left = int(counters.get("dropped_at_shutdown", 0))
-        if left:
-            service.tally.carried_rejected["dropped_at_shutdown"] = (
-                service.tally.carried_rejected.get("dropped_at_shutdown", 0) + left)
-        if batches or left:
-            logs.log_event(log, "drained", logging.WARNING if left else logging.INFO,
-                           samples=sum(len(b) for b in batches), batches=len(batches), dropped=left)
 
     @property
     def stale(self) -> bool:
         """Whether batches were processed since the telemetry was last refreshed."""
-        return self.service.telemetry.refreshed_batches != self.service.tally.batches
+        return self.ports.telemetry.refreshed_batches != self.ports.tally.batches
 
     def maybe_checkpoint(self) -> None:
         """Write a checkpoint if the policy says one is due."""
-        service = self.service
-        if service.learner is None:
+        if self.learner is None:
             return
-        reason = service.checkpoints.due(service.learner.samples_seen, service.tally.received)
+        reason = self.ports.policy.due(self.learner.samples_seen, self.ports.tally.received)
         if reason is not None:
-            service.checkpoint(reason)
+            self.ports.checkpoint(reason)
 
-    def learn(self, batch: Batch) -> None:
-        """Learn one batch (the first one creates the learner), count it, and write its scores to the sink."""
-        service = self.service
-        learner = service.learner if service.learner is not None else service.create_learner(batch.x.shape[1:])
-        labels = batch.y if service.config.learner.objective == "classification" else None
+    def learner_for(self, sample_shape: tuple[int, ...]) -> OnlineMAS:
+        """The learner, made for ``sample_shape`` if there is none yet."""
+        if self.learner is None:
+            self.learner = self.ports.make_learner(sample_shape)
+        return self.learner
+
+    # -- the accounting, the same for a service alone and a group's worker ------------------------------------
+    def drain(self, learn: Callable[[list[Batch]], None] | None = None) -> None:
+        """Learn what the source already holds (a ZeroMQ socket's queue), for at most ``[source] drain_seconds``
+        of reading, so that a SIGTERM loses nothing that had arrived; what is left is counted and logged.
+
+        ``learn`` learns the drained batches (a group's workers: in step); by default one by one.
+        """
+        source = self.ports.source
+        drain = getattr(source, "drain", None)  # plug-in sources may predate Source.drain
+        batches = [b for b in drain(self.ports.config.source.drain_seconds) if len(b)] if drain is not None else []
+        if learn is not None:
+            learn(batches)
+        else:
+            for batch in batches:
+                self.learn(batch)
+        left = int((getattr(source, "counters", {}) or {}).get("dropped_at_shutdown", 0))
+        if left:
+            carried = self.ports.tally.carried_rejected
+            carried["dropped_at_shutdown"] = carried.get("dropped_at_shutdown", 0) + left
+        if batches or left:
+            logs.log_event(log, "drained", logging.WARNING if left else logging.INFO,
+                           samples=sum(len(b) for b in batches), batches=len(batches), dropped=left)
+
+    def learn(self, batch: Batch, *, in_step: bool = False) -> None:
+        """Learn one batch (the first one makes the learner), count it, and write its scores to the sink.
+
+        ``in_step``: a step of a group, which may have no rows (this worker's part of a step where others have
+        some: it changes no count), and whose error is not caught: one in the middle of a step (a peer gone,
+        most often) leaves the others inside its collectives, so the worker fails and the launcher restarts
+        the group from its newest checkpoint.
+        """
+        ports = self.ports
+        learner = self.learner_for(batch.x.shape[1:])
+        labels = batch.y if ports.config.learner.objective == "classification" else None
         started = time.perf_counter()
         try:
             scores = learner.learn_many(batch.x, labels)
         except Exception as e:
+            if in_step:
+                raise
             self._failed_batch(batch, e)
             scores = None
         else:
             self.consecutive_errors = 0
-        service.metrics.observe_step(time.perf_counter() - started)
-        tally = service.tally
+        if len(batch) == 0:
+            return
+        ports.observe_step(time.perf_counter() - started)
+        tally = ports.tally
         first = tally.received
         tally.received += len(batch)
         tally.batches += 1
-        service.position = batch.position
+        self.position = batch.position
         if scores is None:
             return
-        service.telemetry.losses.add(scores)
-        if service.sink is not None:
-            self._write_sink(batch, host_scores(scores), first)
+        ports.telemetry.losses.add(scores)
+        if ports.sink is not None:
+            self._write_sink(ports.sink, batch, host_scores(scores), first)
 
     def _failed_batch(self, batch: Batch, error: Exception) -> None:
-        service = self.service
-        service.tally.errors += len(batch)
+        tally = self.ports.tally
+        tally.errors += len(batch)
         self.consecutive_errors += 1
-        suppressed = service.telemetry.quiet("learner_error")
+        suppressed = self.ports.telemetry.quiet("learner_error")
         if suppressed is not None:
             log.error("a batch of %d samples could not be learned (%s: %s)%s", len(batch), type(error).__name__,
                       error, f"; {suppressed} more since the last report" if suppressed else "",
-                      exc_info=service.tally.errors == len(batch))
+                      exc_info=tally.errors == len(batch))
         if self.consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
-            service.exit_code = 1
-            service.request_stop(f"{MAX_CONSECUTIVE_ERRORS} batches in a row failed")
+            self.exit_code = 1
+            self.control.request_stop(f"{MAX_CONSECUTIVE_ERRORS} batches in a row failed")
 
-    def _write_sink(self, batch: Batch, scores: np.ndarray, first: int) -> None:
-        service = self.service
-        assert service.sink is not None
+    def _write_sink(self, sink: Sink, batch: Batch, scores: np.ndarray, first: int) -> None:
         extra: dict[str, Any] = {"sample": np.arange(first, first + len(batch), dtype=np.int64)}
         if self._events:
             extra["events"], self._events = self._events, []
         # A sink that keeps what it could not write and retries it counts its own losses (``dropped``); for any
         # other sink, the records of a failed write are lost.
-        accounts = isinstance(getattr(service.sink, "dropped", None), int)
+        accounts = isinstance(getattr(sink, "dropped", None), int)
         try:
-            service.sink.write(batch, scores, extra)
+            sink.write(batch, scores, extra)
         except Exception as e:  # a full disk, a closed pipe: the learning goes on, every lost record is counted
             if not accounts:
-                service.tally.sink_failed += len(batch)
-            suppressed = service.telemetry.quiet("sink_error")
+                self.ports.tally.sink_failed += len(batch)
+            suppressed = self.ports.telemetry.quiet("sink_error")
             if suppressed is not None:
                 logs.log_event(log, "sink_error", logging.ERROR, error=why(e), records=len(batch),
                                suppressed=suppressed)
@@ -239,9 +391,8 @@ class Loop:
             self.count_sink_losses()
 
     def count_sink_losses(self) -> None:
-        """Add what the sink gave up since the last call to the service's count (sinks that keep that count)."""
-        service = self.service
-        dropped = getattr(service.sink, "dropped", None)
+        """Add what the sink gave up since the last call to the counts (sinks that keep that count)."""
+        dropped = getattr(self.ports.sink, "dropped", None)
         if isinstance(dropped, int):
-            service.tally.sink_failed += dropped - self._sink_dropped
+            self.ports.tally.sink_failed += dropped - self._sink_dropped
             self._sink_dropped = dropped
