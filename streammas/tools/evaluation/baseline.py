@@ -14,6 +14,7 @@ torch.Size([10])
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,10 @@ class PractitionerBaseline:
         Adam's learning rate.
     reservoir : int, default 500
         Samples held in the reservoir.
+    reservoir_bytes : int, callable or None, default None
+        The reservoir's budget in bytes instead of ``reservoir``: as many samples as fit, a sample counting its
+        values (float32) and, for a classifier, its label (int64). A callable is given the first batch seen and
+        returns the budget, so that a budget can follow another learner's memory for the stream's samples.
     replay : int or None, default None
         Samples replayed with every batch; ``None``: as many as the batch holds.
     seed : int, default 0
@@ -67,6 +72,8 @@ class PractitionerBaseline:
         Always empty: the baseline has no detector.
     samples_seen : int
         Samples learned so far.
+    capacity : int
+        Samples the reservoir holds when full (from ``reservoir_bytes`` once the first batch is seen).
 
     Examples
     --------
@@ -85,14 +92,24 @@ class PractitionerBaseline:
     (True, 0, 2010, 500)
     >>> baseline.predict_many(x[:2]).shape, bool(baseline.predict_many(x[:50]).mean() > 100)  # input units
     (torch.Size([2, 6]), True)
+
+    A budget in bytes: 1,000 bytes hold 41 samples of 6 float32 values.
+
+    >>> small = PractitionerBaseline(MLPAutoencoder(in_features=6, hidden=(16,), latent=3), reservoir_bytes=1000)
+    >>> _ = small.learn_many(x[:10])
+    >>> small.capacity, small.memory_nbytes()
+    (41, 984)
     """
 
     def __init__(self, model: nn.Module, *, objective: str = "reconstruction", lr: float = 1e-3,
-                 reservoir: int = 500, replay: int | None = None, seed: int = 0) -> None:
+                 reservoir: int = 500, replay: int | None = None, seed: int = 0,
+                 reservoir_bytes: int | Callable[[torch.Tensor], int] | None = None) -> None:
         if objective not in ("reconstruction", "classification"):
             raise ValueError(f"objective must be 'reconstruction' or 'classification'; got {objective!r}")
         if reservoir < 0 or (replay is not None and replay < 0):
             raise ValueError("reservoir and replay must be >= 0")
+        if isinstance(reservoir_bytes, (int, float)) and reservoir_bytes < 0:
+            raise ValueError("reservoir_bytes must be >= 0")
         self.model = model
         self.objective = objective
         self.classifier = objective == "classification"
@@ -101,6 +118,7 @@ class PractitionerBaseline:
         except (RuntimeError, TypeError, ValueError):
             self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         self.capacity = int(reservoir)
+        self.reservoir_bytes = reservoir_bytes
         self.replay = replay
         self.rng = np.random.default_rng(seed)
         self.samples_seen = 0
@@ -123,8 +141,13 @@ class PractitionerBaseline:
             n_features = int(np.prod(self._shape))
             self._mean = torch.zeros(n_features, dtype=torch.float64)
             self._m2 = torch.zeros(n_features, dtype=torch.float64)
+            if self.reservoir_bytes is not None:
+                budget = self.reservoir_bytes(x) if callable(self.reservoir_bytes) else self.reservoir_bytes
+                per_sample = n_features * 4 + (8 if self.classifier else 0)
+                self.capacity = max(0, int(budget)) // per_sample
             self._x = torch.zeros((self.capacity, *self._shape))
-            self._y = torch.zeros(self.capacity, dtype=torch.int64)
+            # labels only where there are any: the reservoir's bytes are the samples' own
+            self._y = torch.zeros(self.capacity if self.classifier else 0, dtype=torch.int64)
         elif tuple(x.shape[1:]) != self._shape:
             raise ValueError(f"samples of shape {tuple(x.shape[1:])}; this learner has seen {self._shape}")
         return x
@@ -168,7 +191,7 @@ class PractitionerBaseline:
     def _draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         k = min(n if self.replay is None else self.replay, self.held)
         idx = torch.from_numpy(np.sort(self.rng.choice(self.held, k, replace=False))) if k else torch.zeros(0).long()
-        return self._x[idx], self._y[idx]
+        return self._x[idx], self._y[idx] if self.classifier else self._y[:0]
 
     def _store(self, x: torch.Tensor, y: torch.Tensor | None, first: int) -> None:
         """Algorithm R: sample ``first + i`` (0-based) takes a free place, or place ``j`` ~ U{0..first+i} if j fits."""
@@ -178,7 +201,7 @@ class PractitionerBaseline:
         places = np.where(seen < self.capacity, seen, self.rng.integers(0, seen + 1))
         for i in np.flatnonzero(places < self.capacity):  # in order: a later sample may take an earlier's place
             self._x[places[i]] = x[i]
-            if y is not None:
+            if y is not None and self.classifier:
                 self._y[places[i]] = y[i]
         self.held = min(self.capacity, first + len(x))
 
@@ -242,6 +265,10 @@ class PractitionerBaseline:
     def consolidate(self) -> None:
         """No importance, nothing to consolidate."""
 
+    def memory_nbytes(self) -> int:
+        """Bytes of the reservoir: the samples (and a classifier's labels) it holds when full."""
+        return sum(t.numel() * t.element_size() for t in (self._x, self._y) if t is not None)
+
     def state_nbytes(self) -> dict[str, int]:
         """Bytes held: model, optimizer state, reservoir and running statistics."""
         def size(tensors) -> int:
@@ -259,11 +286,12 @@ def practitioner_baseline(model: nn.Module, *, objective: str = "reconstruction"
     """The factory :func:`~streammas.tools.evaluation.methods.default_methods` gives the ``baseline`` method.
 
     The streammas settings a run shares with every method (``lr``, ``optimizer``, ``steps_per_batch``) are
-    ignored: the baseline is Adam at 1e-3 by definition. ``reservoir`` and ``replay`` pass through.
+    ignored: the baseline is Adam at 1e-3 by definition. ``reservoir``, ``reservoir_bytes`` and ``replay`` pass
+    through.
 
     >>> from streammas.models import MLPClassifier
     >>> practitioner_baseline(MLPClassifier(4, 3), objective="classification", lr=0.05).counters["updates"]
     0
     """
-    keep = {k: v for k, v in settings.items() if k in ("reservoir", "replay")}
+    keep = {k: v for k, v in settings.items() if k in ("reservoir", "reservoir_bytes", "replay")}
     return PractitionerBaseline(model, objective=objective, seed=seed, **keep)

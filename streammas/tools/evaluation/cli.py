@@ -1,7 +1,16 @@
 """``streammas evaluate``: task-free continual-learning benchmarks, no boundaries given to any method.
 
 Writes ``results.md`` (the tables), ``results.json`` (everything, the per-seed matrices included) and one
-PNG per benchmark and length into ``--out``.
+PNG per benchmark and length into ``--out``. By default it runs the tuning and held-out streams with every
+method of :data:`~streammas.tools.evaluation.methods.METHODS`; ``--benchmarks stress`` runs the stress streams
+(one size each, so the long length only) with streammas and its peers
+(:data:`~streammas.tools.evaluation.methods.STRESS_METHODS`), unless ``--lengths`` or ``--methods`` say otherwise.
+
+>>> parser = argparse.ArgumentParser()
+>>> add_arguments(parser)
+>>> args = parser.parse_args(["--benchmarks", "stress"])
+>>> defaults(args.benchmarks)
+(('long',), ('plain', 'streammas', 'baseline', 'baseline-bytes', 'iid'))
 """
 
 from __future__ import annotations
@@ -14,8 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streammas.tools.evaluation.methods import METHODS, parse_overrides
-from streammas.tools.evaluation.streams import BENCHMARKS, DEFAULT_BENCHMARKS, GROUPS, LENGTHS
+from streammas.tools.evaluation.methods import ALL_METHODS, METHODS, STRESS_METHODS, parse_overrides
+from streammas.tools.evaluation.streams import BENCHMARKS, DEFAULT_BENCHMARKS, GROUPS, LENGTHS, STRESS
 
 QUICK_PASSES = {"long": 3, "short": 1}
 
@@ -43,11 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="evaluation-results", help="output folder (default: evaluation-results)")
     parser.add_argument("--benchmarks", type=_csv(tuple(BENCHMARKS), GROUPS), default=DEFAULT_BENCHMARKS,
                         help=f"comma-separated, from {', '.join(BENCHMARKS)}, or a group: "
-                             f"{', '.join(GROUPS)} (default: all of them)")
-    parser.add_argument("--lengths", type=_csv(tuple(LENGTHS)), default=tuple(LENGTHS),
-                        help="comma-separated: long, short, or long,short (default: both)")
-    parser.add_argument("--methods", type=_csv(METHODS), default=METHODS,
-                        help=f"comma-separated subset of {', '.join(METHODS)}")
+                             f"{', '.join(GROUPS)} (default: the tuning and held-out streams). "
+                             "`--benchmarks stress` runs the stress streams (many regimes, rare regimes, "
+                             "regimes that never return, a recurring fault, gradual drift) with "
+                             f"{', '.join(STRESS_METHODS)}, long only (3 seeds: about 6 minutes, one job)")
+    parser.add_argument("--lengths", type=_csv(tuple(LENGTHS)), default=None,
+                        help="comma-separated: long, short, or long,short (default: both; long for the stress "
+                             "streams alone, which have one size)")
+    parser.add_argument("--methods", type=_csv(ALL_METHODS), default=None,
+                        help=f"comma-separated subset of {', '.join(ALL_METHODS)} (default: {', '.join(METHODS)}; "
+                             f"for the stress streams alone, {', '.join(STRESS_METHODS)})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="learner setting for the streammas methods (lr, optimizer, steps_per_batch: all "
                              "methods), e.g. --set reg_lambda=10 --set plateau.window=30")
@@ -73,6 +87,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def defaults(benchmarks) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The lengths and methods a run of ``benchmarks`` gets unless told: the stress streams alone have one size
+    and their own peers."""
+    if benchmarks and all(b in STRESS for b in benchmarks):
+        return ("long",), STRESS_METHODS
+    return tuple(LENGTHS), METHODS
+
+
 def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run (the output folder left out)."""
     parts = ["streammas", "evaluate"]
@@ -82,10 +104,13 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--seeds", str(args.seeds)]
     if args.seed:
         parts += ["--seed", str(args.seed)]
+    lengths, methods = defaults(args.benchmarks)
     for flag, value, default in (("--benchmarks", args.benchmarks, DEFAULT_BENCHMARKS),
-                                 ("--lengths", args.lengths, tuple(LENGTHS)), ("--methods", args.methods, METHODS)):
+                                 ("--lengths", args.lengths or lengths, lengths),
+                                 ("--methods", args.methods or methods, methods)):
         if tuple(value) != tuple(default):
-            parts += [flag, ",".join(value)]
+            group = next((name for name, members in GROUPS.items() if tuple(members) == tuple(value)), None)
+            parts += [flag, group or ",".join(value)]
     for item in args.set:
         parts += ["--set", item]
     if args.passes:
@@ -102,6 +127,8 @@ def run_command(args: argparse.Namespace) -> int:
     from streammas.tools.evaluation.report import render_markdown
 
     torch.set_num_threads(1)
+    lengths, methods = defaults(args.benchmarks)
+    args.lengths, args.methods = args.lengths or lengths, args.methods or methods
     n_seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     if n_seeds < 1:
         print("--seeds must be at least 1", file=sys.stderr)

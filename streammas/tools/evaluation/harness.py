@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from streammas.tools.evaluation import metrics
+from streammas.tools.evaluation import metrics, stress_metrics
 from streammas.tools.evaluation.methods import METHODS, Method, NeverDetector, default_methods
-from streammas.tools.evaluation.streams import DEFAULT_BENCHMARKS, HELDOUT, LENGTHS, Stream, make_stream, shuffled
+from streammas.tools.evaluation.streams import DEFAULT_BENCHMARKS, LENGTHS, Stream, group_of, make_stream, shuffled
 from streammas.tools.evaluation.summary import PRIMARY, summarise, targets
 
 __all__ = ["PRIMARY", "EvalConfig", "build_model", "evaluate", "run_method", "standardised_error", "summarise",
@@ -40,7 +40,8 @@ class EvalConfig:
     Parameters
     ----------
     benchmarks : sequence of str, default DEFAULT_BENCHMARKS
-        Benchmark names (:data:`streammas.tools.evaluation.streams.BENCHMARKS`); every one by default.
+        Benchmark names (:data:`streammas.tools.evaluation.streams.BENCHMARKS`); the tuning and held-out ones by
+        default (the stress streams only when named: :data:`~streammas.tools.evaluation.streams.STRESS`).
     lengths : sequence of str, default ("long", "short")
         Stream lengths (:data:`streammas.tools.evaluation.streams.LENGTHS`).
     seeds : sequence of int, default (0, 1, 2)
@@ -103,7 +104,7 @@ def build_model(stream: Stream, hidden: int = 128):
 def _make_learner(method: Method, model, objective: str, seed: int = 0):
     import inspect
 
-    from streammas import OnlineMAS
+    from streammas.learner import OnlineMAS
 
     kwargs = dict(method.learner)
     if method.oracle:
@@ -197,7 +198,7 @@ def run_method(stream: Stream, method: Method, seed: int = 0, batch_size: int = 
     stream_losses[order] = losses
     result: dict[str, Any] = {
         "benchmark": stream.name, "length": stream.length, "method": method.name, "seed": seed,
-        "kind": stream.kind, "group": "held-out" if stream.name in HELDOUT else "tuning", "samples": n,
+        "kind": stream.kind, "group": group_of(stream.name), "samples": n,
         "eval_samples": eval_samples, "matrix": matrix,
         "boundaries": stream.boundaries, "segments": [list(s) for s in stream.segments],
     }
@@ -222,6 +223,7 @@ def run_method(stream: Stream, method: Method, seed: int = 0, batch_size: int = 
         row = max((i for i, p in enumerate(eval_samples) if p <= start), default=None)
         result["auc_at_return"] = math.nan if row is None else matrix[row][regime]
     result["primary"] = result["auc_at_return"] if stream.kind == "anomaly" else result["final_average"]
+    result.update(stress_metrics.run_metrics(stream, result, stream_losses, learner, method.iid))
     result["events"] = _events(learner, stream, method)
     # Every batch is one update per optimiser step (OnlineMAS may take several per batch).
     result["updates"] = batches * int(getattr(learner, "steps_per_batch", 1) or 1)

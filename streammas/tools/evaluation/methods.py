@@ -13,11 +13,14 @@ differ only in what they remember and how:
   separates the quality of the detector from the quality of the regulariser;
 * ``baseline``: the practitioner's baseline (:mod:`~streammas.tools.evaluation.baseline`: Adam at 1e-3, running
   standardisation, reservoir replay), on the same model; no setting of the run changes it;
+* ``baseline-bytes``: the baseline with a reservoir of as many bytes as the ``streammas`` method's replay memory
+  holds for the stream's samples (:func:`equal_bytes_baseline`); not in :data:`METHODS` (it equals ``baseline``
+  while that memory is 500 float32 samples), but in :data:`STRESS_METHODS`;
 * ``iid``: ``plain`` on the same samples shuffled, the upper bound.
 
 Overrides (``--set key=value``) change the streammas family (``no-mas``, ``streammas``, ``streammas-buffer``,
 ``oracle``); the keys in :data:`SHARED` (the optimiser and its learning rate) change every OnlineMAS method, so
-the comparison stays fair.
+the comparison stays fair; ``baseline-bytes`` follows the streammas family's replay settings.
 
 >>> [m.name for m in default_methods()]
 ['plain', 'buffer', 'no-mas', 'streammas', 'mas', 'mas-only', 'streammas-buffer', 'oracle', 'baseline', 'iid']
@@ -33,13 +36,20 @@ the comparison stays fair.
 from __future__ import annotations
 
 import ast
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 #: Overrides that apply to every method (the comparison must share the optimiser and its step size).
 SHARED = ("lr", "optimizer", "steps_per_batch")
 METHODS = ("plain", "buffer", "no-mas", "streammas", "mas", "mas-only", "streammas-buffer", "oracle", "baseline", "iid")
+#: The methods of the stress streams (``--benchmarks stress``): streammas and its peers.
+STRESS_METHODS = ("plain", "streammas", "baseline", "baseline-bytes", "iid")
+#: Every method ``--methods`` accepts.
+ALL_METHODS = (*METHODS, "baseline-bytes")
 #: MAS's strength in the ``mas`` and ``mas-only`` methods where the defaults under test have none (the measured best
 #: of 0.001, 0.01, 0.15; README, results).
 MAS_LAMBDA = 0.01
@@ -168,6 +178,57 @@ def no_memory() -> dict[str, Any]:
     return off
 
 
+def replay_nbytes(model: Any, settings: Mapping[str, Any], x: Any, objective: str = "reconstruction",
+                  factory: Callable | None = None) -> int:
+    """Bytes of the replay memory a learner (``factory``, default :class:`~streammas.OnlineMAS`) with ``settings``
+    keeps for samples like ``x`` once full: measured (``state_nbytes()["replay"]``) on a copy of ``model`` that
+    learns ``x`` cycled to the memory's size (``replay`` samples), so that it follows whatever the memory keeps
+    and how.
+
+    >>> import torch
+    >>> from streammas.models import MLPAutoencoder
+    >>> model = MLPAutoencoder(in_features=8, hidden=(16,), latent=4)
+    >>> replay_nbytes(model, {}, torch.rand(10, 8)), replay_nbytes(model, {"replay": 20}, torch.rand(10, 8))
+    (16000, 640)
+    """
+    import torch
+
+    from streammas.learner import OnlineMAS, learner_defaults
+
+    probe = (factory or OnlineMAS)(copy.deepcopy(model), objective=objective, **settings)
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+    n = max(1, int(settings.get("replay", learner_defaults()["replay"])))
+    rows = x[torch.arange(n) % len(x)]
+    probe.learn_many(rows, torch.zeros(n, dtype=torch.int64) if objective == "classification" else None)
+    probe.flush()
+    return int(probe.state_nbytes()["replay"])
+
+
+def equal_bytes_baseline(model: Any, *, objective: str = "reconstruction", seed: int = 0,
+                         streammas: Mapping[str, Any] | None = None, learner_factory: Callable | None = None,
+                         **settings: Any):
+    """The practitioner's baseline with a reservoir of as many bytes as streammas's replay memory: the budget is
+    :func:`replay_nbytes` of the streammas learner (``learner_factory``, default OnlineMAS) with the
+    ``streammas`` settings, measured on the first batch.
+
+    >>> import torch
+    >>> from streammas.models import MLPAutoencoder
+    >>> b = equal_bytes_baseline(MLPAutoencoder(in_features=8, hidden=(16,), latent=4), streammas={"replay": 20})
+    >>> _ = b.learn_many(torch.rand(10, 8))
+    >>> b.capacity, b.memory_nbytes()
+    (20, 640)
+    """
+    from streammas.tools.evaluation.baseline import practitioner_baseline
+
+    template = copy.deepcopy(model)  # as the baseline starts: a probe must not see it trained
+    options = dict(streammas or {})
+
+    def budget(x: Any) -> int:
+        return replay_nbytes(template, options, x, objective, learner_factory)
+
+    return practitioner_baseline(model, objective=objective, seed=seed, reservoir_bytes=budget, **settings)
+
+
 def default_methods(overrides: Mapping[str, Any] | None = None, names: Sequence[str] = METHODS,
                     factory: Callable | None = None) -> list[Method]:
     """The methods of a run, with ``overrides`` applied (see the module's docstring)."""
@@ -179,6 +240,8 @@ def default_methods(overrides: Mapping[str, Any] | None = None, names: Sequence[
     tuned = dict(overrides)
     # The two buffer methods need a buffer even where the defaults under test have none.
     buffer_size = {"hard_buffer": overrides.get("hard_buffer") or BUFFER_SIZE}
+    # The budget follows the streammas method's memory: its settings, and its learner where a variant is tried.
+    same_bytes: dict[str, Any] = {"streammas": tuned, **({"learner_factory": factory} if factory else {})}
     specs = {
         "plain": Method("plain", {**shared, **off}, description="the learner's defaults, nothing remembered"),
         "buffer": Method("buffer", {**shared, "reg_lambda": 0.0, **buffer_size}, description="hard buffer only"),
@@ -196,10 +259,12 @@ def default_methods(overrides: Mapping[str, Any] | None = None, names: Sequence[
                          description="consolidation at the true boundaries"),
         "baseline": Method("baseline", {}, factory=practitioner_baseline,
                            description="Adam 1e-3, running standardisation, 500-sample reservoir replay"),
+        "baseline-bytes": Method("baseline-bytes", same_bytes, factory=equal_bytes_baseline,
+                                 description="the baseline with as many bytes of reservoir as streammas's replay"),
         "iid": Method("iid", {**shared, **off}, iid=True,
                       description="plain on the shuffled stream (upper bound)"),
     }
     unknown = [n for n in names if n not in specs]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(ALL_METHODS)}")
     return [specs[n] for n in names]

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 COLORS = {"plain": "#7f7f7f", "buffer": "#bcbd22", "no-mas": "#e377c2", "streammas": "#d62728",
-          "streammas-buffer": "#ff7f0e", "oracle": "#1f77b4", "baseline": "#9467bd", "iid": "#2ca02c"}
+          "streammas-buffer": "#ff7f0e", "oracle": "#1f77b4", "baseline": "#9467bd", "iid": "#2ca02c",
+          "baseline-bytes": "#8c564b"}
 YLABEL = {"classification": "test accuracy", "reconstruction": "test standardised reconstruction error",
           "anomaly": "test ROC AUC"}
 
@@ -61,10 +62,12 @@ def plot_results(results: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
                 continue
             samples, matrix = _mean_curves(by_method[method])
             for r in range(matrix.shape[1]):
-                right.plot(samples, matrix[:, r], ls=style, color=cmap(r), lw=1.4,
-                           label=f"regime {r}" if method == "streammas" else None)
+                labelled = method == "streammas" and matrix.shape[1] <= 10  # a hundred regimes: no legend
+                right.plot(samples, matrix[:, r], ls=style, color=cmap(r % 10), lw=1.4,
+                           label=f"regime {r}" if labelled else None)
         right.set_title("per regime: streammas (solid), plain SGD (dashed)")
-        right.legend(fontsize=8)
+        if right.get_legend_handles_labels()[1]:
+            right.legend(fontsize=8)
         fig.text(0.01, 0.01, "dashed black: true boundaries (never shown to the learners); "
                  "dotted red: streammas consolidations (seed 0)", fontsize=7)
         fig.tight_layout(rect=(0, 0.03, 1, 1))

@@ -1,5 +1,6 @@
-"""The markdown report of an evaluation: the summary tables (tuning streams, then held-out ones), whether
-streammas helps against plain, the baseline and no-mas, skipped updates, the targets, and per-benchmark details."""
+"""The markdown report of an evaluation: the summary tables (tuning streams, held-out ones, stress ones), whether
+streammas helps against plain, the baselines and no-mas, the stress streams' own metrics, skipped updates, the
+targets, and per-benchmark details."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from streammas.tools.evaluation.stress_metrics import ROWS as STRESS_ROWS
 from streammas.tools.evaluation.summary import BAND, MAX_SKIPPED, PRIMARY, REFERENCES
 
 LABELS = {"plain": "plain (no memory)", "buffer": "hard buffer", "no-mas": "no MAS (λ = 0)",
           "mas": "MAS λ 0.01 + replay", "mas-only": "MAS λ 0.01, no replay",
           "streammas": "**streammas**", "streammas-buffer": "streammas (buffer Ω)", "oracle": "oracle boundaries",
-          "baseline": "baseline (Adam, replay)", "iid": "i.i.d. (bound)"}
-GROUPS = (("tuning", "The six tuning streams"), ("held-out", "Held-out streams"))
+          "baseline": "baseline (Adam, replay)", "baseline-bytes": "baseline, streammas's memory bytes",
+          "iid": "i.i.d. (bound)"}
+GROUPS = (("tuning", "The six tuning streams"), ("held-out", "Held-out streams"), ("stress", "Stress streams"))
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -31,13 +34,14 @@ def _cell(row: Mapping[str, Any], kind: str) -> str:
     return cell + (f" ({diverged} of {seeds} seeds diverged)" if diverged else "")
 
 
+def _group(summary: Mapping[str, Any], bench: str) -> str:
+    rows = next(iter(summary[bench].values()))
+    return next(iter(rows.values())).get("group", "tuning")
+
+
 def _groups(summary: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
     """(title, benchmarks) per group present, in the order of :data:`GROUPS`."""
-    def group(bench: str) -> str:
-        rows = next(iter(summary[bench].values()))
-        return next(iter(rows.values())).get("group", "tuning")
-
-    out = [(title, [b for b in summary if group(b) == key]) for key, title in GROUPS]
+    out = [(title, [b for b in summary if _group(summary, b) == key]) for key, title in GROUPS]
     return [(title, benches) for title, benches in out if benches]
 
 
@@ -48,6 +52,45 @@ def _gain(row: Mapping[str, Any], ref: str) -> str:
     if math.isinf(gain):
         return f"{row['verdict'][ref]} ({'diverged' if gain < 0 else 'the other diverged'})"
     return f"{row['verdict'][ref]} ({_fmt(100 * gain, 1)}%)" if math.isfinite(gain) else "n/a"
+
+
+def _stress_cell(row: Mapping[str, Any], key: str, how: str) -> str:
+    value = row.get(key)
+    if not value or not isinstance(value.get("mean"), (int, float)) or not math.isfinite(value["mean"]):
+        return "n/a"
+    mean, std = value["mean"], value["std"]
+    if how == "error":
+        return f"{mean:.4f} ± {std:.4f}"
+    if how == "auc":
+        return f"{100 * mean:.1f} ± {100 * std:.1f}"
+    if how == "kib":
+        return f"{mean / 1024:.0f}"
+    missed = row.get("changes_not_reached", 0)
+    return f"{mean:.0f} ± {std:.0f}" + (f" ({missed} not reached)" if missed else "")
+
+
+def _stress_lines(summary: Mapping[str, Any], methods: list[str]) -> list[str]:
+    """The stress streams' metrics (:mod:`~streammas.tools.evaluation.stress_metrics`), one row per metric."""
+    benches = [b for b in summary if _group(summary, b) == "stress"]
+    if not benches:
+        return []
+    lines = ["## Stress streams: memory against memory", "",
+             "Errors on every regime's held-out rows at the end (standardised, lower is better); the rarest quarter: "
+             "the regimes with the fewest samples, then the longest unseen. Samples to reach plain: after each "
+             "permanent change, until the error on the new regime is within 2% of plain's halfway through its "
+             "stretch (plain: about half the stretch; a change never reached counts the whole stretch). ROC AUC: "
+             "the prequential per-sample losses of the anomalies (planted; or the first 100 samples of the faulty "
+             "period) against the other samples of the returns (the normal samples just before the fault).", "",
+             "| stream | metric | " + " | ".join(LABELS.get(m, m) for m in methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for bench in benches:
+        for length, rows in summary[bench].items():
+            name = bench if length == "long" else f"{bench} ({length})"
+            for key, what, how in STRESS_ROWS:
+                if any(key in rows[m] for m in methods if m in rows):
+                    cells = [_stress_cell(rows[m], key, how) if m in rows else "" for m in methods]
+                    lines.append(f"| {name} | {what} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def render_markdown(results: Mapping[str, Any], command: str | None = None) -> str:
@@ -86,6 +129,7 @@ def render_markdown(results: Mapping[str, Any], command: str | None = None) -> s
                     lines.append(f"| {bench} | {length} | "
                                  + " | ".join(_gain(rows["streammas"], r) for r in refs) + " |")
         lines.append("")
+    lines += _stress_lines(summary, methods)
     lines += [f"## Skipped updates (% of updates; target <= {100 * MAX_SKIPPED:g}%)", "",
               "| benchmark | length | " + " | ".join(LABELS.get(m, m) for m in methods) + " |",
               "|---|---|" + "---|" * len(methods)]

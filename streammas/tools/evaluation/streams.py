@@ -25,7 +25,10 @@ a regime is learned and then overwritten; ``"short"``: one pass):
 These six (:data:`TUNING`) are the streams the learner's defaults were chosen on. Ten more, held out
 (:data:`HELDOUT`, :mod:`~streammas.tools.evaluation.heldout`), differ from them in the ways that broke the
 defaults: raw units, wide inputs, high noise floors, time-series windows, 2 to 8 regimes of 1 to 20 passes.
-They are registered into :data:`BENCHMARKS` too; :func:`stream_passes` gives each benchmark's passes.
+Nine stress streams (:data:`STRESS`, :mod:`~streammas.tools.evaluation.stress`: many regimes, rare ones,
+regimes that never return, a recurring fault, gradual drift) are where one memory must beat another; they run
+only when asked for (``--benchmarks stress``). All are registered into :data:`BENCHMARKS`;
+:func:`stream_passes` gives each benchmark's passes.
 
 >>> s = make_stream("permuted-digits", "short", seed=0)
 >>> s.kind, s.x.shape[1], len(s.segments), s.n_regimes
@@ -94,7 +97,10 @@ class Stream:
     returning : int or None, default None
         The index of the segment where a regime returns after a long absence (anomaly streams).
     meta : dict, default {}
-        Anything else worth recording (how the stream was made).
+        Anything else worth recording (how the stream was made; what the stress metrics need).
+    evaluate_at : list of int or None, default None
+        Sample counts at which to evaluate, instead of :meth:`eval_points`' points in every segment (a stream
+        of a hundred segments is evaluated a few times in all).
 
     Examples
     --------
@@ -125,6 +131,7 @@ class Stream:
     n_classes: int = 0
     returning: int | None = None  # index of the segment where a regime returns after a long absence
     meta: dict = field(default_factory=dict)
+    evaluate_at: list[int] | None = None
 
     @property
     def n_regimes(self) -> int:
@@ -152,6 +159,11 @@ class Stream:
         """Whether the stream is one of the held-out ones (:data:`HELDOUT`), not one the defaults were tuned on."""
         return self.name in HELDOUT
 
+    @property
+    def group(self) -> str:
+        """``"tuning"``, ``"held-out"`` or ``"stress"`` (:func:`group_of`)."""
+        return group_of(self.name)
+
     @functools.cached_property
     def scale(self) -> np.ndarray:
         """Per-feature standard deviation of the stream's samples, 1 where a feature is constant: the unit of the
@@ -164,7 +176,10 @@ class Stream:
         return std.reshape(self.sample_shape)
 
     def eval_points(self, per_segment: int = 4) -> list[int]:
-        """Sample counts at which a learner is evaluated: ``per_segment`` points in each segment, its end included."""
+        """Sample counts at which a learner is evaluated: ``per_segment`` points in each segment, its end included
+        (or :attr:`evaluate_at` where the stream sets it)."""
+        if self.evaluate_at is not None:
+            return sorted({int(p) for p in self.evaluate_at})
         points: list[int] = []
         for start, end, _ in self.segments:
             points += [int(round(start + (end - start) * (i + 1) / per_segment)) for i in range(per_segment)]
@@ -286,7 +301,10 @@ TUNING = tuple(BENCHMARKS)
 
 
 def stream_passes(benchmark: str, length: str) -> int:
-    """Passes per segment of a benchmark at a length: :data:`LENGTHS`, unless the benchmark sets its own."""
+    """Passes per segment of a benchmark at a length: :data:`LENGTHS`, unless the benchmark sets its own (a
+    stress stream: 1 at either length, its regimes shown once)."""
+    if benchmark in STRESS:
+        return 1
     if length == "long" and benchmark in LONG_PASSES:
         return LONG_PASSES[benchmark]
     return LENGTHS[length]
@@ -301,9 +319,12 @@ def make_stream(benchmark: str, length: str = "long", seed: int = 0, passes: int
         raise ValueError(f"unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}")
     if length not in LENGTHS:
         raise ValueError(f"unknown length {length!r}; choose from {', '.join(LENGTHS)}")
+    if benchmark in STRESS:
+        passes = None  # one size: --quick's passes per long regime would only lengthen it
     n_passes = stream_passes(benchmark, length) if passes is None else int(passes)
     spec = BENCHMARKS[benchmark](n_passes, seed)
-    return Stream(name=benchmark, length=length, meta={"passes": n_passes, "seed": seed}, **spec)
+    meta = {"passes": n_passes, "seed": seed, **spec.pop("meta", {})}
+    return Stream(name=benchmark, length=length, meta=meta, **spec)
 
 
 def shuffled(stream: Stream, seed: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -312,13 +333,27 @@ def shuffled(stream: Stream, seed: int) -> tuple[np.ndarray, np.ndarray | None, 
     return stream.x[order], None if stream.y is None else stream.y[order], order
 
 
-# The held-out streams are built with the helpers above, so they are registered last.
+def group_of(benchmark: str) -> str:
+    """The group a benchmark belongs to: ``"tuning"``, ``"held-out"`` or ``"stress"``.
+
+    >>> group_of("permuted-digits"), group_of("wine-raw"), group_of("stress-drift")
+    ('tuning', 'held-out', 'stress')
+    """
+    return "held-out" if benchmark in HELDOUT else "stress" if benchmark in STRESS else "tuning"
+
+
+# The held-out and stress streams are built with the helpers above, so they are registered last.
 from streammas.tools.evaluation.heldout import HELDOUT_BENCHMARKS, LONG_PASSES  # noqa: E402
+from streammas.tools.evaluation.stress import STRESS_BENCHMARKS  # noqa: E402
 
 BENCHMARKS.update(HELDOUT_BENCHMARKS)
 #: The held-out streams (:mod:`~streammas.tools.evaluation.heldout`): unlike the six in the ways that broke the
 #: defaults.
 HELDOUT = tuple(HELDOUT_BENCHMARKS)
+#: What ``streammas evaluate`` runs unless told otherwise: the tuning and held-out streams.
 DEFAULT_BENCHMARKS = tuple(BENCHMARKS)
+BENCHMARKS.update(STRESS_BENCHMARKS)
+#: The stress streams (:mod:`~streammas.tools.evaluation.stress`), run only when asked for.
+STRESS = tuple(STRESS_BENCHMARKS)
 #: Names ``--benchmarks`` accepts for a group of streams.
-GROUPS = {"tuning": TUNING, "held-out": HELDOUT}
+GROUPS = {"tuning": TUNING, "held-out": HELDOUT, "stress": STRESS}

@@ -1,10 +1,11 @@
 """The summary of an evaluation (mean and std over seeds, comparisons between methods) and its targets.
 
-Each method is compared with ``plain``, ``baseline`` and ``no-mas`` on the primary metric of a stream by the
-*relative gain*: the difference in its favour divided by the other method's value (accuracy and ROC AUC: higher
-is better; the standardised reconstruction error: lower is better). Within :data:`BAND` (2%) of each other
-two methods are ``"neutral"``; beyond it one is ``"better"`` or ``"worse"``. A method whose primary metric is
-not finite on more seeds than the other's (it diverged) is ``"worse"``.
+Each method is compared with ``plain``, ``baseline``, ``baseline-bytes`` and ``no-mas`` (those in the run) on
+the primary metric of a stream by the *relative gain*: the difference in its favour divided by the other
+method's value (accuracy and ROC AUC: higher is better; the standardised reconstruction error: lower is
+better). Within :data:`BAND` (2%) of each other two methods are ``"neutral"``; beyond it one is ``"better"`` or
+``"worse"``. A method whose primary metric is not finite on more seeds than the other's (it diverged) is
+``"worse"``.
 
 >>> round(relative_gain(0.80, 0.75, higher_is_better=True), 4), round(relative_gain(0.09, 0.10, False), 4)
 (0.0667, 0.1)
@@ -22,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from streammas.tools.evaluation import metrics
-from streammas.tools.evaluation.streams import HELDOUT
+from streammas.tools.evaluation.streams import HELDOUT, STRESS
+from streammas.tools.evaluation.stress_metrics import STRESS_KEYS, add_samples_to_plain
 
 #: The primary metric of each kind of stream: (name, higher is better).
 PRIMARY = {
@@ -32,8 +34,8 @@ PRIMARY = {
 }
 #: Relative difference within which two methods are even ("neutral").
 BAND = 0.02
-#: The methods every method is compared with.
-REFERENCES = ("plain", "baseline", "no-mas")
+#: The methods every method is compared with (those in the run).
+REFERENCES = ("plain", "baseline", "baseline-bytes", "no-mas")
 #: A method "forgets" on a stream when its mean forgetting (best minus final) exceeds this share of its final
 #: score: there the regulariser must show a gain.
 FORGETS = 0.05
@@ -64,7 +66,9 @@ def compare(row: Mapping[str, Any], other: Mapping[str, Any], higher_is_better: 
 
 def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean and std over seeds per benchmark, length and method; the share of the plain-to-i.i.d. gap; skipped
-    updates; the relative gain and verdict against ``plain``, ``baseline`` and ``no-mas``."""
+    updates; the relative gain and verdict against :data:`REFERENCES`; the stress streams' metrics
+    (:mod:`~streammas.tools.evaluation.stress_metrics`; the runs gain ``samples_to_plain``)."""
+    add_samples_to_plain(runs, BAND)
     grouped: dict[str, dict[str, dict[str, list]]] = {}
     for run in runs:
         grouped.setdefault(run["benchmark"], {}).setdefault(run["length"], {}).setdefault(run["method"], []).append(run)
@@ -92,10 +96,13 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def _row(rs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     kind = rs[0]["kind"]
     row: dict[str, Any] = {"kind": kind, "group": rs[0].get("group", "tuning"), "seeds": [r["seed"] for r in rs]}
-    for key in ("primary", "final_average", "online_accuracy", "online_auc", "returning_auc", "auc_at_return"):
+    for key in ("primary", "final_average", "online_accuracy", "online_auc", "returning_auc", "auc_at_return",
+                *STRESS_KEYS):
         if key in rs[0]:
-            mean, std = metrics.mean_std([r[key] for r in rs])
-            row[key] = {"mean": mean, "std": std, "values": [r[key] for r in rs]}
+            mean, std = metrics.mean_std([r.get(key) for r in rs])
+            row[key] = {"mean": mean, "std": std, "values": [r.get(key) for r in rs]}
+    if "changes_not_reached" in rs[0]:
+        row["changes_not_reached"] = int(sum(r.get("changes_not_reached", 0) for r in rs))
     row["diverged"] = sum(1 for r in rs if r["primary"] is None or not math.isfinite(r["primary"]))
     with warnings.catch_warnings():  # a method that diverged on every seed has NaN there, and says so
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -175,7 +182,7 @@ def _plain_targets(bench: str, length: str, row: Mapping[str, Any], plain_row: M
             out.append(_target(bench, length, "no more than 1 point below plain (do no harm)",
                                value - plain, value - plain >= -0.01))
         return out
-    if bench in HELDOUT:
+    if bench in HELDOUT or bench in STRESS:  # the targets the tuning streams were tuned for
         return out
     if kind == "classification":
         need = 0.75 if bench == "permuted-digits" else 0.5
