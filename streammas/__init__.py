@@ -13,8 +13,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Event", "OnlineMAS", "PlateauConfig", "PlateauDetector"]
-__version__ = "0.1.0"
+from streammas.backend.version import __version__
+
+__all__ = ["Event", "OnlineMAS", "PlateauConfig", "PlateauDetector", "__version__"]
 
 # Imported on first use: `python -m streammas run` must install its signal handlers before torch loads.
 _LAZY = {"Event": "streammas.learner.events", "OnlineMAS": "streammas.learner",

@@ -1,9 +1,12 @@
-"""Contracts, micro-batching, counters and the URI registry (no sockets, no files)."""
+"""Contracts, micro-batching, counters and the URI registry, and the positions of the real sources (files and a
+ZeroMQ socket on 127.0.0.1) as a checkpoint keeps them."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from connectors.base import Batch, Sink, Source
 from connectors.batching import BatchingSource, MicroBatcher
 from connectors.counters import Counters, RateLimitedLog, Reject
 from connectors.registry import available, find_connector, open_sink, open_source, register, split_uri, unregister
+from connectors.zmq import ZmqProducer, ZmqSource
 
 
 class FakeClock:
@@ -239,8 +243,68 @@ def test_builtin_schemes_are_listed_and_sink_source_roles_checked() -> None:
         open_source("csv:x.csv", batch_size=0)
 
 
-def test_positions_are_json_serialisable() -> None:
-    src = Scripted([arr(1)], batch_size=1)
-    batch = src.read()
-    json.dumps(batch.position)
-    json.dumps(src.position)
+# -- positions of real sources ------------------------------------------------------------------------
+def _write_input(kind: str, folder: Path) -> str:
+    """A small input of ``kind`` whose rows are ``[i, -i]`` in order.
+
+    The JSON Lines file holds two rows a line after a first of one, so that a position can fall inside a line;
+    the glob is five files, so that the reading crosses from one to the next.
+    """
+    rows = np.stack([np.arange(30), -np.arange(30)], axis=1).astype(np.float32)
+    if kind == "csv":
+        (folder / "d.csv").write_text("a,b\n" + "".join(f"{a:g},{b:g}\n" for a, b in rows))
+        return f"csv:{folder}/d.csv"
+    if kind == "jsonl":
+        lines = [json.dumps({"x": rows[i:i + 2].tolist()}) for i in range(1, 30, 2)]
+        lines.insert(0, json.dumps({"x": rows[:1].tolist()}))
+        (folder / "d.jsonl").write_text("\n".join(lines) + "\n")
+        return f"jsonl:{folder}/d.jsonl"
+    if kind == "npy":
+        np.save(folder / "d.npy", rows)
+        return f"npy:{folder}/d.npy"
+    if kind == "npz":
+        np.savez(folder / "d.npz", x=rows)
+        return f"npz:{folder}/d.npz"
+    for k in range(5):  # a glob of .npy files (split among workers by file)
+        np.save(folder / f"p{k}.npy", rows[6 * k:6 * k + 6])
+    return f"npy:{folder}/p*.npy"
+
+
+@pytest.mark.parametrize("shard", [None, (1, 2)], ids=["whole", "shard"])
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "npy", "npz", "glob"])
+def test_positions_of_real_sources_survive_json_and_resume_where_they_were(
+        kind: str, shard: tuple[int, int] | None, tmp_path: Path) -> None:
+    uri = _write_input(kind, tmp_path)
+    with open_source(uri, batch_size=4, shard=shard) as src:
+        whole = np.concatenate([b.x for b in src])
+    with open_source(uri, batch_size=4, shard=shard) as src:
+        head = [src.read() for _ in range(3)]
+        assert all(b is not None for b in head) and not src.finished  # some is left to resume
+        position = src.position
+    assert position is not None and position == head[-1].position  # where the last batch returned left it
+    saved = json.loads(json.dumps(position, allow_nan=False))
+    assert saved == position  # nothing JSON changes: lists, not tuples; Python numbers, not numpy's
+    if shard is not None:
+        assert saved["shard"] == list(shard)
+    with open_source(uri, batch_size=4, shard=shard, position=saved) as resumed:
+        rest = [b.x for b in resumed]
+    np.testing.assert_array_equal(np.concatenate([b.x for b in head] + rest), whole)
+    assert rest  # it did resume in the middle
+    if shard is None:
+        np.testing.assert_array_equal(whole[:, 0], np.arange(30))
+
+
+def test_a_zeromq_source_is_not_resumable_and_says_so_with_none() -> None:
+    with ZmqSource("tcp://127.0.0.1:*", batch_size=2, max_latency_ms=0) as src:
+        with ZmqProducer(src.address) as producer:
+            for k in range(3):
+                producer.send(np.full((2, 2), k, np.float32))
+        got = []
+        deadline = time.monotonic() + 60.0  # a safety net against a hang, never a performance assertion
+        while len(got) < 3 and time.monotonic() < deadline:
+            batch = src.read(timeout=0.5)
+            if batch is not None:
+                got.append(batch)
+        assert [b.x[0, 0] for b in got] == [0, 1, 2]
+        assert [b.position for b in got] == [None] * 3 and src.position is None
+        assert json.loads(json.dumps(src.position)) is None  # a checkpoint stores null: start where the stream is

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_service_support import child_env, streammas
+from service_support import child_env, streammas
 
 from connectors import send
 from connectors.zmq import ZmqSource

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from test_service_support import streammas
+from service_support import streammas
 
 from connectors.base import Source
 from connectors.registry import open_source, register, unregister

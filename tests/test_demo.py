@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_service_support import streammas
+from service_support import streammas
 
 from streammas.tools.demo import make_demo_stream, render_report, run_demo
 
@@ -33,12 +33,12 @@ def test_demo_result_keeps_state_for_inspect(tmp_path):
 def test_progress_counts_a_consolidation_in_the_segment_where_it_happened(capsys):
     """The progress poll lands hundreds of samples into the next segment; a consolidation there is not the
     previous segment's."""
-    from streammas.tools.demo import _Display
+    from streammas.tools.demo.display import Display
 
     stream = make_demo_stream(quick=True, passes=1)
     (_, end1, _), (start2, end2, _), (_, end3, _) = stream.segments[:3]
     consolidated = [start2 + 5, end2 + 5]  # early in segment 2, early in segment 3
-    display = _Display(stream)
+    display = Display(stream)
     display.update(end2 + 40, consolidated)  # seen at one poll, already past the second consolidation
     display.update(end3 + 1, consolidated)
     display.close(len(stream.x), consolidated)

@@ -111,6 +111,7 @@ def _consolidation_steps(state: dict) -> list[int]:
     return [e["step"] for e in state["events"] if e["kind"] == "consolidation"]
 
 
+@pytest.mark.slow  # two worker processes, spawned, through gloo
 def test_every_step_with_plain_sgd_is_one_learner_fed_the_union(workers):
     results = workers["sgd-every-1"]
     reference = _run("sgd-every-1", slice(None), None)
@@ -125,6 +126,7 @@ def test_every_step_with_plain_sgd_is_one_learner_fed_the_union(workers):
         _compare(state, expected, f"rank {rank}", 1e-10, 1e-10)
 
 
+@pytest.mark.slow  # the same two workers
 def test_the_defaults_end_alike_on_every_worker_and_learn(workers):
     a, b = (r["state"] for r in workers["defaults-every-4"])
     shared = ("model", "optimizer", "synapses", "detector", "scaler", "samples_seen", "steps", "events", "counters",

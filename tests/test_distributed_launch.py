@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_service_support import PATIENCE, QUIET_STATE, Daemon, child_env, streammas, write_config
+from service_support import PATIENCE, QUIET_STATE, Daemon, child_env, streammas, write_config
 
 from streammas.config import ConfigError, DistributedConfig, parse_config
 from streammas.service import logs
@@ -62,7 +62,10 @@ def test_bad_values_name_the_key_and_what_it_accepts(key, value, message):
 def test_nccl_needs_a_cuda_device():
     with pytest.raises(ConfigError, match=r'\[distributed\] backend = "nccl" needs a CUDA \[learner\] device'):
         parse_config(f'{MINIMAL}[learner]\ndevice = "cpu"\n[distributed]\nbackend = "nccl"\n')
-    assert parse_config(f'{MINIMAL}[learner]\ndevice = "cuda"\n[distributed]\nbackend = "nccl"\n')
+    cfg = parse_config(f'{MINIMAL}[learner]\ndevice = "cuda"\n[distributed]\nbackend = "nccl"\n')
+    assert (cfg.learner.device, cfg.distributed.backend) == ("cuda", "nccl")
+    cfg = parse_config(f'{MINIMAL}[distributed]\nbackend = "nccl"\n')  # device auto: CUDA where there is one
+    assert (cfg.learner.device, cfg.distributed.backend) == ("auto", "nccl")
 
 
 def _args(*flags: str) -> argparse.Namespace:

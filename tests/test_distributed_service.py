@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_service_support import PATIENCE, Daemon, child_env, digits, streammas, write_config
+from service_support import PATIENCE, Daemon, child_env, digits, streammas, write_config
 
 from streammas.service.checkpoint import CheckpointStore
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_service_support import child_env, digits, streammas
+from service_support import child_env, digits, streammas
 
 from streammas.config import parse_config
 from streammas.service import Service

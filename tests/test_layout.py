@@ -1,10 +1,13 @@
 """The architecture targets, checked statically: ``ast`` and text only, nothing of the project is imported.
 
 - No import cycle among the modules of ``streammas/`` and ``connectors/``. Every ``import`` and ``from ... import``
-  statement counts, at module level or inside a function (a lazy import still runs the other module's top level,
-  and a cycle through it can meet a half-initialised module), except those under ``if TYPE_CHECKING:``. A
-  package's ``__init__`` importing its own submodules is an edge like any other.
-- No source file in those packages over 450 lines.
+  statement counts, at module level, inside a function (a lazy import still runs the other module's top level,
+  and a cycle through it can meet a half-initialised module) or under ``if TYPE_CHECKING:`` (a cycle the type
+  checker needs is one the code's design has, and the next runtime import along it closes it). A package's
+  ``__init__`` importing its own submodules is an edge like any other.
+- Layers: a module imports only modules of its own layer or of a lower one (:data:`LAYERS`), and ``connectors``
+  nothing of ``streammas``.
+- No source file in those packages over 400 lines.
 - Nothing in the repository points at a ``shared`` folder beside it, or cites a design document it does not hold.
 """
 
@@ -19,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("streammas", "connectors")
-MAX_LINES = 450
+MAX_LINES = 400
 SELF = Path(__file__).resolve()
 
 Edges = dict[str, dict[str, tuple[Path, int]]]  # module -> imported module -> (file, line of the first such import)
@@ -37,23 +40,11 @@ def module_name(path: Path, root: Path = ROOT) -> str:
     return ".".join(parts)
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 class _Imports(ast.NodeVisitor):
-    """Every import statement of a file, wherever it is, but for the body of ``if TYPE_CHECKING:``."""
+    """Every import statement of a file, wherever it is: ``if TYPE_CHECKING:`` included."""
 
     def __init__(self) -> None:
         self.found: list[tuple[int, int, str, list[str]]] = []  # (line, level, module, names from it)
-
-    def visit_If(self, node: ast.If) -> None:
-        if _is_type_checking(node.test):
-            for child in node.orelse:
-                self.visit(child)
-        else:
-            self.generic_visit(node)
 
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
@@ -171,28 +162,114 @@ def test_no_import_cycle_among_the_modules():
     assert not found, f"{len(found)} import cycle(s):\n" + "\n".join(describe(c, graph) for c in found)
 
 
-def test_the_cycle_finder_sees_lazy_imports_and_package_inits_but_not_type_checking(tmp_path):
-    pkg = tmp_path / "pkg"
-    (pkg / "sub").mkdir(parents=True)
-    files = {
+def _write_package(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_the_cycle_finder_sees_lazy_imports_package_inits_and_type_checking(tmp_path):
+    _write_package(tmp_path / "pkg", {
         "__init__.py": "",
         "a.py": "def f():\n    from pkg import b  # lazy\n",
         "b.py": "import pkg.a\nimport pkg.f\n",
         "f.py": "from pkg.a import f\n",
         "c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.a import f\nelse:\n    import os\n",
         "d.py": "from .c import TYPE_CHECKING\n",
+        "g.py": "import typing\nif typing.TYPE_CHECKING:\n    from pkg import h\n",
+        "h.py": "import pkg.g\n",
         "sub/__init__.py": "from . import e\n",
         "sub/e.py": "from pkg.sub import something  # not a module: the package itself\n",
-    }
-    for name, text in files.items():
-        (pkg / name).write_text(text)
+    })
     graph = import_graph(tmp_path, ("pkg",))
-    assert graph["pkg.c"] == {} and set(graph["pkg.d"]) == {"pkg.c"}
-    assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.a"], ["pkg.sub", "pkg.sub.e", "pkg.sub"]]
+    assert graph["pkg.c"] == {"pkg.a": (tmp_path / "pkg" / "c.py", 3)} and set(graph["pkg.d"]) == {"pkg.c"}
+    assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.a"], ["pkg.g", "pkg.h", "pkg.g"],
+                             ["pkg.sub", "pkg.sub.e", "pkg.sub"]]
     message = describe(cycles(graph)[0], graph, tmp_path)
     assert message.splitlines() == ["pkg.a -> pkg.b -> pkg.a  (one of the cycles among pkg.a, pkg.b, pkg.f)",
                                     f"    {Path('pkg/a.py')}:2 imports pkg.b",
                                     f"    {Path('pkg/b.py')}:1 imports pkg.a"]
+
+
+# -- layers ---------------------------------------------------------------------------------------------------------
+#: Lowest first. A name covers its package and every module under it, but for those in :data:`ONLY_ITSELF`.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("connectors", "streammas.backend"),
+    ("streammas.collective",),
+    ("streammas.learner",),
+    ("streammas.models", "streammas.river"),
+    ("streammas.config",),
+    ("streammas.service",),
+    ("streammas.tools",),
+    ("streammas.cli", "streammas.__main__", "streammas"),
+)
+#: The top package's ``__init__`` is the front door, above everything: its submodules are placed by name.
+ONLY_ITSELF = frozenset({"streammas"})
+#: Packages that import nothing of another package of the project, even of their own layer or a lower one.
+STANDALONE = frozenset({"connectors"})
+
+
+def layer_of(module: str, layers: tuple[tuple[str, ...], ...] = LAYERS,
+             only_itself: frozenset[str] = ONLY_ITSELF) -> tuple[int, str] | None:
+    """``(index, name)`` of the most specific entry of ``layers`` that covers ``module``; None: none does."""
+    found = None
+    for index, names in enumerate(layers):
+        for name in names:
+            covers = module == name or (module.startswith(f"{name}.") and name not in only_itself)
+            if covers and (found is None or len(name) > len(found[1])):
+                found = (index, name)
+    return found
+
+
+def layer_violations(graph: Edges, layers: tuple[tuple[str, ...], ...] = LAYERS,
+                     only_itself: frozenset[str] = ONLY_ITSELF, standalone: frozenset[str] = STANDALONE,
+                     root: Path = ROOT) -> list[str]:
+    """One line per import that goes up a layer or out of a standalone package, and per module with no layer."""
+    found = []
+    for module in sorted(graph):
+        own = layer_of(module, layers, only_itself)
+        if own is None:
+            found.append(f"{module}: in no layer (add it to LAYERS)")
+            continue
+        top = module.split(".")[0]
+        for target, (path, line) in sorted(graph[module].items()):
+            theirs = layer_of(target, layers, only_itself)
+            where = f"{path.relative_to(root)}:{line}: {module} imports {target}"
+            if top in standalone and target.split(".")[0] != top:
+                found.append(f"{where}, but {top} imports nothing of the rest of the project")
+            elif theirs is not None and theirs[0] > own[0]:
+                found.append(f"{where}, a higher layer ({theirs[1]} is above {own[1]})")
+    return found
+
+
+def test_every_module_imports_only_its_own_layer_or_lower():
+    graph = import_graph()
+    assert layer_of("streammas.learner.online") == (2, "streammas.learner")  # LAYERS does cover the project
+    found = layer_violations(graph)
+    assert not found, f"{len(found)} import(s) against the layers:\n  " + "\n  ".join(found)
+
+
+def test_the_layer_check_names_the_file_and_line_of_each_import_up(tmp_path):
+    _write_package(tmp_path / "app", {
+        "__init__.py": "from app.top import run\n",
+        "low/__init__.py": "",
+        "low/a.py": "import os\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from app.high import b\n",
+        "high.py": "from app.low import a\nimport app\n",
+        "top.py": "import app.high\ndef run():\n    import app.low.a\n",
+        "stray.py": "",
+    })
+    _write_package(tmp_path / "alone", {"__init__.py": "", "c.py": "import os\nfrom app.low import a\n"})
+    layers = (("alone", "app.low"), ("app.high",), ("app.top", "app"))
+    graph = import_graph(tmp_path, ("app", "alone"))
+    assert layer_of("app.top", layers) == (2, "app.top") and layer_of("app.low.a", layers) == (0, "app.low")
+    assert layer_of("app.stray", layers, frozenset({"app"})) is None
+    assert layer_of("app.stray", layers, frozenset()) == (2, "app")
+    assert layer_violations(graph, layers, frozenset({"app"}), frozenset({"alone"}), tmp_path) == [
+        f"{Path('alone/c.py')}:2: alone.c imports app.low.a, but alone imports nothing of the rest of the project",
+        f"{Path('app/high.py')}:2: app.high imports app, a higher layer (app is above app.high)",
+        f"{Path('app/low/a.py')}:4: app.low.a imports app.high, a higher layer (app.high is above app.low)",
+        "app.stray: in no layer (add it to LAYERS)",
+    ]
 
 
 # -- file sizes -----------------------------------------------------------------------------------------------------

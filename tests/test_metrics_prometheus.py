@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_service_support import PATIENCE, REPO, Daemon, metrics_url, scrape, write_config
+from service_support import PATIENCE, REPO, Daemon, metrics_url, scrape, write_config
 
 from streammas.service.metrics import ServiceMetrics
 from streammas.service.telemetry import Tally, Telemetry

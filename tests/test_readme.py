@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_service_support import child_env
+from service_support import child_env
 
 from streammas.config import parse_config
 
@@ -79,6 +79,7 @@ def test_the_readme_has_python_blocks():
     assert len(PYTHON) >= 2
 
 
+@pytest.mark.slow  # each block in a fresh interpreter
 @pytest.mark.parametrize(("before", "code"), PYTHON, ids=[f"block{i + 1}" for i in range(len(PYTHON))])
 def test_python_block_runs_as_written(before: str, code: str, tmp_path: Path) -> None:
     inputs = free_names(code)
@@ -130,6 +131,7 @@ def shell_commands() -> set[tuple[str, ...]]:
     return found
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_commands_the_readme_runs_exist():
     commands = shell_commands()
     assert {("demo",), ("run",), ("send",), ("bench", "memory")} <= commands

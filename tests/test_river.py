@@ -131,5 +131,26 @@ def test_bad_inputs_are_explained():
 
 
 def test_pipeline_composes():
-    model = compose.Pipeline(preprocessing.StandardScaler(), MASAutoencoder())
-    assert isinstance(model.score_one({"a": 1.0}), float)
+    """In a pipeline the detector scores the scaler's output, and it learns the stream: the normal rows' scores
+    fall as it learns, and a row off their manifold scores above every one of them."""
+    model = compose.Pipeline(preprocessing.StandardScaler(), MASAutoencoder(seed=0))
+    normal = [x for x, y in _anomaly_stream(1600, seed=2) if not y]
+    train, probe = normal[:-100], normal[-100:]  # probe: rows of the same stream it never learned
+
+    def probe_scores() -> np.ndarray:
+        return np.array([model.score_one(x) for x in probe])
+
+    assert not probe_scores().any()  # nothing learned yet: every score is 0
+    for x in train[:20]:  # two updates of 10
+        model.learn_one(x)
+    early = probe_scores()
+    for x in train[20:]:
+        model.learn_one(x)
+    late = probe_scores()
+    assert model["MASAutoencoder"].learner_.samples_seen >= len(train) - 10  # the last partial batch may wait
+    assert late.mean() < 0.5 * early.mean(), (early.mean(), late.mean())
+    # f2 = f0 + f1, f3 = f0 - f1 and f4 = f0 / 2 on the manifold: this row breaks all three, within their range
+    outlier = {"f0": 2.0, "f1": 2.0, "f2": -4.0, "f3": 4.0, "f4": -1.0}
+    assert model.score_one(outlier) > late.max()
+    scaled = model["StandardScaler"].transform_one(probe[0])
+    assert model.score_one(probe[0]) == model["MASAutoencoder"].score_one(scaled)

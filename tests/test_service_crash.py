@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_service_support import Daemon, write_config, write_counting_model
+from service_support import Daemon, write_config, write_counting_model
 
 from streammas.service.checkpoint import CheckpointStore, read_checkpoint
 

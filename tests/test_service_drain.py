@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 
 import pytest
-from test_service_support import QUIET_STATE, Daemon, address, digits, write_config
+from service_support import QUIET_STATE, Daemon, address, digits, write_config
 
 from connectors.zmq import ZmqProducer
 from streammas.service.checkpoint import CheckpointStore

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from test_service_support import Daemon, address, digits, metrics_url, scrape, streammas, write_config
+from service_support import Daemon, address, digits, metrics_url, scrape, streammas, write_config
 
 from connectors.zmq import ZmqProducer
 from streammas.cli import main

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from test_service_support import PATIENCE, QUIET_STATE, Daemon, address, digits, write_config
+from service_support import PATIENCE, QUIET_STATE, Daemon, address, digits, write_config
 
 from connectors.zmq import ZmqProducer
 from streammas.service.checkpoint import CheckpointStore

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_service_support import digits
+from service_support import digits
 
 from streammas.cli import main
 from streammas.config import validate

@@ -11,7 +11,7 @@ import socket
 import time
 
 import pytest
-from test_service_support import PATIENCE, Daemon, write_config
+from service_support import PATIENCE, Daemon, write_config
 
 from streammas.service.notify import SystemdNotifier
 

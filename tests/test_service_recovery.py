@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_service_support import Daemon, digits, write_config
+from service_support import Daemon, digits, write_config
 
 from streammas.service.checkpoint import CheckpointStore, read_checkpoint
 

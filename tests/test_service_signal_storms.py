@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from test_service_support import PATIENCE, QUIET_STATE, Daemon, write_config
+from service_support import PATIENCE, QUIET_STATE, Daemon, write_config
 
 from streammas.service.checkpoint import CheckpointStore
 

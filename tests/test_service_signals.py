@@ -8,7 +8,7 @@ import signal
 
 import pytest
 import torch
-from test_service_support import QUIET_STATE, Daemon, address, digits, streammas, write_config
+from service_support import QUIET_STATE, Daemon, address, digits, streammas, write_config
 
 from connectors.zmq import ZmqProducer
 from streammas.service.checkpoint import CheckpointStore

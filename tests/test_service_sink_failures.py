@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_service_support import PATIENCE, QUIET_STATE, Daemon, write_config
+from service_support import PATIENCE, QUIET_STATE, Daemon, write_config
 
 pytestmark = pytest.mark.slow  # daemons as real subprocesses
 

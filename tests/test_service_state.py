@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from service_support import Daemon, address, digits, streammas, write_config, write_counting_model
 from test_connectors_follow import rewrite_in_place
-from test_service_support import Daemon, address, digits, streammas, write_config, write_counting_model
 
 from connectors.zmq import ZmqProducer
 from streammas.service.checkpoint import CheckpointStore

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_service_support import child_env
+from service_support import child_env
 
 from connectors.alerts_sink import AlertsSink, parse_uri
 from connectors.base import Batch

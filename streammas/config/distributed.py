@@ -1,8 +1,8 @@
 """The ``[distributed]`` section: how many workers learn the stream together, and how the group is run.
 
-It lives beside :mod:`streammas.config.sections` (which registers it) rather than in it, to keep that
-module within the project's size limit; its keys are made with :func:`streammas.learner.settings.setting`, the same
-help, choices and checks that every other key carries.
+A module of its own, as each concern's sections are (:mod:`streammas.config.sections` puts them together); its keys
+are made with :func:`streammas.learner.settings.setting`, the same help, choices and checks that every other key
+carries.
 
 Examples
 --------

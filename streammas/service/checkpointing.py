@@ -279,6 +279,6 @@ def resume_position(meta: Mapping[str, Any], source: SourceConfig) -> dict | Non
 
 
 def _version() -> str:
-    from streammas import __version__
+    from streammas.backend.version import __version__
 
     return __version__

@@ -54,7 +54,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from streammas import __version__
+from streammas.backend.version import __version__
 from streammas.service import logs
 
 try:

@@ -82,8 +82,8 @@ def _heldout(learner, shape: tuple, rank: int, world: int, batch: int, steps: in
 def _worker(rank: int, world: int, store: str, kind: str, shape: tuple, batch: int, steps: int, repeats: int,
             out: str, mode: str, every: int, quality_steps: int) -> None:
     torch.set_num_threads(1)
-    from streammas import OnlineMAS
     from streammas.collective import DistributedContext
+    from streammas.learner import OnlineMAS
     from streammas.models import build_model
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)

@@ -135,14 +135,15 @@ class PractitionerBaseline:
 
     # -- running statistics -------------------------------------------------------------------------------------
     def _as_input(self, x: Any) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+        raw = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+        x = raw.float()  # the practitioner's reservoir keeps float32, whatever the stream's dtype
         if self._shape is None:
             self._shape = tuple(x.shape[1:])
             n_features = int(np.prod(self._shape))
             self._mean = torch.zeros(n_features, dtype=torch.float64)
             self._m2 = torch.zeros(n_features, dtype=torch.float64)
             if self.reservoir_bytes is not None:
-                budget = self.reservoir_bytes(x) if callable(self.reservoir_bytes) else self.reservoir_bytes
+                budget = self.reservoir_bytes(raw) if callable(self.reservoir_bytes) else self.reservoir_bytes
                 per_sample = n_features * 4 + (8 if self.classifier else 0)
                 self.capacity = max(0, int(budget)) // per_sample
             self._x = torch.zeros((self.capacity, *self._shape))

@@ -181,9 +181,9 @@ def no_memory() -> dict[str, Any]:
 def replay_nbytes(model: Any, settings: Mapping[str, Any], x: Any, objective: str = "reconstruction",
                   factory: Callable | None = None) -> int:
     """Bytes of the replay memory a learner (``factory``, default :class:`~streammas.OnlineMAS`) with ``settings``
-    keeps for samples like ``x`` once full: measured (``state_nbytes()["replay"]``) on a copy of ``model`` that
-    learns ``x`` cycled to the memory's size (``replay`` samples), so that it follows whatever the memory keeps
-    and how.
+    keeps for samples like ``x`` (in their own dtype) once full: measured (``state_nbytes()["replay"]``) on a copy
+    of ``model`` that learns the first of them (the memory allocates all its slots at its first sample), so that
+    it follows whatever the memory keeps and how.
 
     >>> import torch
     >>> from streammas.models import MLPAutoencoder
@@ -193,13 +193,11 @@ def replay_nbytes(model: Any, settings: Mapping[str, Any], x: Any, objective: st
     """
     import torch
 
-    from streammas.learner import OnlineMAS, learner_defaults
+    from streammas.learner import OnlineMAS
 
     probe = (factory or OnlineMAS)(copy.deepcopy(model), objective=objective, **settings)
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
-    n = max(1, int(settings.get("replay", learner_defaults()["replay"])))
-    rows = x[torch.arange(n) % len(x)]
-    probe.learn_many(rows, torch.zeros(n, dtype=torch.int64) if objective == "classification" else None)
+    rows = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)[:1]
+    probe.learn_many(rows, torch.zeros(1, dtype=torch.int64) if objective == "classification" else None)
     probe.flush()
     return int(probe.state_nbytes()["replay"])
 

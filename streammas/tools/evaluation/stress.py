@@ -5,7 +5,8 @@ longer tell one memory from another. These nine streams are built where a fixed 
 regimes for its slots, rare regimes that it barely holds) or where a memory does harm (regimes that never return,
 a fault that must not become familiar). Every stream is reconstruction on the digits of scikit-learn (64 pixels,
 or the 1,024 of the wide digits of :mod:`~streammas.tools.evaluation.heldout`) under pixel permutations; each
-regime has its own held-out rows, and its stretch goes through its training rows before it repeats one. A
+regime has its own held-out rows, and its stretch goes through its training rows before it repeats one. The
+pixels arrive as the digits' own counts of inked cells (0 to 16, ``uint8``), as pixels come from a sensor. A
 stress stream has one size (:data:`SCALE` times the sizes below), the same at either length: ``make_stream``
 always builds it with one pass, whatever ``--passes`` or ``--quick`` say (the builders' ``passes`` repeats
 each stretch, for use by hand).
@@ -140,10 +141,17 @@ def rarest_quarter(segments: Sequence[tuple[int, int, int]], n_regimes: int) -> 
     return sorted(order[: max(1, math.ceil(n_regimes / 4))])
 
 
+def _pixels(x: np.ndarray) -> np.ndarray:
+    """The digits' own values: counts of inked cells, 0 to 16, as a sensor delivers pixels (``uint8``)."""
+    counts = np.rint(np.asarray(x, dtype=np.float64) * 16.0)
+    return counts.astype(np.uint8)
+
+
 def _spec(x, segments, tests, names, evaluate_at, **stress) -> dict:
     stress["rare"] = rarest_quarter(segments, len(tests))
-    return dict(kind="reconstruction", x=x.astype(np.float32), y=None, segments=segments, tests=tests,
-                regime_names=names, evaluate_at=evaluate_at, meta={"stress": stress})
+    return dict(kind="reconstruction", x=_pixels(x), y=None, segments=segments,
+                tests=[(_pixels(t), y) for t, y in tests], regime_names=names, evaluate_at=evaluate_at,
+                meta={"stress": stress})
 
 
 # -- the streams --------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Helpers for the service tests: the daemon as a real subprocess with its JSON log lines, data, a counting model.
 
-(No tests here; the ``test_`` name keeps the file with the service's tests.)
+(No tests here, so no ``test_`` prefix: pytest does not collect it, and the test modules import it by name from the
+tests folder, which pytest puts on ``sys.path``.)
 """
 
 from __future__ import annotations
