@@ -5,6 +5,9 @@ A learner is given one collective and calls it at fixed points of its step, the 
 - :meth:`Alone.begin`: the step's rows (:class:`StepRows`), or ``None`` when this learner takes no step;
 - :meth:`Alone.reduce_step` and :meth:`Alone.sum_step`: the step's gradients and sums over the workers that
   learn the step together (the exact mode); alone, and in the averaging mode, they are this learner's own;
+- :meth:`Alone.capture_importance`, :meth:`Alone.chain_fold`, :meth:`Alone.fold_importance`,
+  :meth:`Alone.measure_importance`: how the step's importance is combined: alone, folded at once into the
+  running mean; in the exact mode, summed over the workers first;
 - :meth:`Alone.record`, :meth:`Alone.settle`, :meth:`Alone.agree`, :meth:`Alone.agreed`: the period after which the
   device values are read on the host (and, in the averaging mode, the workers' states averaged); a
   :class:`Period` says what the period learned;
@@ -146,6 +149,25 @@ class Alone:
         """The gradients of ``params``, the 0-d ``sums`` and the ``importance`` sums, summed over the workers that
         learn this step together (the gradients in place); alone: as they are."""
         return list(sums), list(importance)
+
+    # -- the step's importance: measured by the learner's meter, combined here -----------------------------------
+    def capture_importance(self, meter: Any, rows: int, batch: int) -> list[torch.Tensor] | None:
+        """The importance of the first ``batch`` of the ``rows`` rows of the pass ``meter`` captured: alone, folded
+        into the running mean at once (``[]``: nothing left to combine); ``None`` if the pass could not serve."""
+        return [] if meter.fold_captured(rows, batch) else None
+
+    def chain_fold(self, meter: Any, index: Sequence[int], batch: int) -> tuple[tuple, list[torch.Tensor]]:
+        """Where a hand-derived step folds the importance of its ``batch`` rows (the running importance at
+        ``index``, with the running mean's weight), and what is left to combine after the step."""
+        running = meter.synapses.running
+        return ([running[i] for i in index], meter.weight(batch)), []
+
+    def fold_importance(self, meter: Any, importance: Sequence[torch.Tensor], total: int) -> None:
+        """Fold the step's combined ``importance`` over its ``total`` rows; alone, already folded."""
+
+    def measure_importance(self, meter: Any, x: torch.Tensor, total: int) -> None:
+        """Measure the importance of ``x`` in a pass of its own and fold it."""
+        meter.fold(x)
 
     def sum_step(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """``tensors`` summed over the workers that learn this step together; alone: as they are."""

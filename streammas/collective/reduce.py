@@ -33,6 +33,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -291,6 +292,21 @@ class ExactGroup(Alone):
 
     def sum_step(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return self.reducer.all_reduce(tensors)
+
+    # each worker measures its own rows, the group sums, every worker folds the same sums
+    def capture_importance(self, meter: Any, rows: int, batch: int) -> list[torch.Tensor] | None:
+        return meter.captured_sum(rows, batch)
+
+    def chain_fold(self, meter: Any, index: Sequence[int], batch: int) -> tuple[tuple, list[torch.Tensor]]:
+        sums = [torch.zeros_like(t) for t in meter.synapses.running]
+        # into zeros with the weight ``batch``: the mean over this worker's rows, as their sum
+        return ([sums[i] for i in index], lambda: float(batch)), sums
+
+    def fold_importance(self, meter: Any, importance: Sequence[torch.Tensor], total: int) -> None:
+        meter.fold_sum(list(importance), total)
+
+    def measure_importance(self, meter: Any, x: torch.Tensor, total: int) -> None:
+        meter.fold_sum(self.sum_step(meter.measure_sum(x)), total)
 
     def any(self, flag: bool) -> bool:
         return self.reducer.any(flag)

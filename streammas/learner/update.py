@@ -154,7 +154,7 @@ class AutogradUpdate:
         divisor = rows.total + (self.replay.draws(rows.total) if replaying else 0) + (x_all.shape[0] - learned)
         scores, score_mean, measured = self._steps(rows.total, z, x_all, y_all, divisor, measure)
         if measure and not measured:  # a separate eval-mode pass over the step's rows
-            self.meter.fold_sum(self.collective.sum_step(self.meter.measure_sum(z)), rows.total)
+            self.collective.measure_importance(self.meter, z, rows.total)
         return scores, score_mean
 
     def _steps(self, total: int, z: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor | None, divisor: int,
@@ -173,8 +173,8 @@ class AutogradUpdate:
                 with self.meter.capture() if capture else contextlib.nullcontext():
                     output = self.model(x_all)
                 losses = self.objective(output, x_all, y_all)
-                if capture:
-                    importance = self.meter.captured_sum(x_all.shape[0], local)
+                if capture:  # measured on this pass, before the update
+                    importance = self.collective.capture_importance(self.meter, x_all.shape[0], local)
                 loss_sum = losses.sum()
                 (loss_sum / divisor).backward()
                 losses, loss_sum = losses.detach(), loss_sum.detach()
@@ -186,7 +186,7 @@ class AutogradUpdate:
             sums, importance = self.collective.reduce_step(self.meter.synapses.params, [score_sum, loss_sum],
                                                            importance)
             if capture:
-                self.meter.fold_sum(importance, total)
+                self.collective.fold_importance(self.meter, importance, total)
             self._step(torch.isfinite(sums[1]))
             if score_mean is None:
                 score_mean = sums[0] / total
@@ -276,17 +276,15 @@ class FusedUpdate(AutogradUpdate):
         scores = score_mean = None
         for step in range(self.steps_per_batch):
             measuring = share and step == self.steps_per_batch - 1
-            importance = self._zero_sums() if measuring else []
+            fold, importance = self.collective.chain_fold(self.meter, self._chain_index, local) if measuring else (
+                None, [])
             losses, loss_sum = self._empty()
             finite = None
             if not local:  # no gradient of the last step may stay behind (the group adds zeros for none)
                 self.optimizer.zero_grad(set_to_none=True)
-            else:  # the importance of the step's rows into zeros with weight 1 (their mean), then as a sum
-                fold = ([importance[i] for i in self._chain_index], lambda: 1.0) if measuring else None
+            else:
                 result = self.chain.step(x_all, local, fold, rows_total=divisor)
                 losses, loss_sum, finite = result.losses, result.total, result.finite
-                if measuring:
-                    torch._foreach_mul_(importance, float(local))
             if scores is None:
                 scores = losses[:local]
             score_sum = loss_sum if x_all is z else scores.sum()
@@ -300,7 +298,7 @@ class FusedUpdate(AutogradUpdate):
                 if self.proximal.active:
                     self.proximal.after_step(finite.to(self.dtype))
             if measuring:
-                self.meter.fold_sum(importance, total)
+                self.collective.fold_importance(self.meter, importance, total)
             if score_mean is None:
                 score_mean = sums[0] / total
         self.buffer.update(x_all, y_all, losses)
