@@ -168,8 +168,9 @@ class AutogradUpdate:
             capture = share and step == self.steps_per_batch - 1
             importance: list[torch.Tensor] | None = self._zero_sums() if capture else []
             self.optimizer.zero_grad(set_to_none=True)
-            losses, loss_sum = self._empty()
-            if local:  # a worker of a group with no rows computes nothing and adds zeros
+            if not local:  # a worker of a group with no rows computes nothing and adds zeros
+                losses, loss_sum = self._empty()
+            else:
                 with self.meter.capture() if capture else contextlib.nullcontext():
                     output = self.model(x_all)
                 losses = self.objective(output, x_all, y_all)
@@ -278,10 +279,10 @@ class FusedUpdate(AutogradUpdate):
             measuring = share and step == self.steps_per_batch - 1
             fold, importance = self.collective.chain_fold(self.meter, self._chain_index, local) if measuring else (
                 None, [])
-            losses, loss_sum = self._empty()
             finite = None
             if not local:  # no gradient of the last step may stay behind (the group adds zeros for none)
                 self.optimizer.zero_grad(set_to_none=True)
+                losses, loss_sum = self._empty()
             else:
                 result = self.chain.step(x_all, local, fold, rows_total=divisor)
                 losses, loss_sum, finite = result.losses, result.total, result.finite
