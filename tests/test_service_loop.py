@@ -17,8 +17,8 @@ from streammas.tools.inspect import render, summarize
 def _config(tmp_path, **sections):
     raw = {
         "source": {"uri": f"npy:{tmp_path / 'x.npy'}", "batch_size": 32},
-        # a regulariser, so that the importance is measured and shown by inspect
-        "learner": {"consolidate_at": "plateau", "reg_lambda": 0.01,
+        # the defaults: no regulariser, the importance measured all the same and shown by inspect
+        "learner": {"consolidate_at": "plateau",
                     "plateau": {"window": 10, "patience": 10, "progress_steps": 20}},
         "state": {"dir": str(tmp_path / "state"), "every_samples": 2000},
         "log": {"status_every_seconds": 0.0},

@@ -145,7 +145,7 @@ class OnlineMAS:
                                    retention=s.replay_retention, ratio=s.replay_ratio)
         self.meter = ImportanceMeter(model, self.synapses, every=s.importance_every, method=s.importance_method,
                                      output=s.importance_output,
-                                     enabled=s.reg_lambda > 0 and s.importance_source == "stream")
+                                     enabled=s.importance_source == "stream")
         self.proximal = ProximalSchedule(self.synapses, self.optimizer, reg_lambda=s.reg_lambda, every=s.prox_every,
                                          device_gated=skips_on_device(self.optimizer),
                                          metric_floor=s.prox_metric_floor)

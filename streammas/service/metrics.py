@@ -22,7 +22,9 @@ lifetime of the state directory (they continue after a restart from a checkpoint
 ``streammas_plateaus_total`` ...                plateaus, peaks, consolidations, recoveries
                                                 (runaway weights restored to theta*)
 ``streammas_prequential_loss``                  moving average of the prequential (per-sample) loss
-``streammas_importance``                        Omega by ``param`` and ``stat`` (mean, max), and overall
+``streammas_importance``                        Omega by ``param`` and ``stat`` (mean, max), and overall; absent
+                                                until a regime is consolidated (then it is a measurement)
+``streammas_importance_samples``                samples measured since the last consolidation (0: not measured)
 ``streammas_step_seconds``                      histogram of the time of one learning step
 ``streammas_seconds_since_checkpoint``          NaN until the first checkpoint of this state directory
 ``streammas_checkpoints_total``                 checkpoints written by this process
@@ -154,6 +156,7 @@ class Snapshot:
     skipped_updates: int = 0
     recoveries: int = 0
     importance: dict[str, tuple[float, float]] = field(default_factory=dict)  # param -> (mean, max)
+    importance_samples: int = 0  # measured into the running importance since the last consolidation
     clipped_samples: int = 0
     sink_failed: int = 0
     backlog: int | None = None
@@ -199,7 +202,11 @@ class _Collector:
         yield GaugeMetricFamily("streammas_prequential_loss",
                                 "Moving average of the per-sample prequential loss (before each update).",
                                 value=math.nan if snap.loss is None else snap.loss)
-        importance = GaugeMetricFamily("streammas_importance", "Consolidated importance (Omega) by parameter.",
+        yield GaugeMetricFamily("streammas_importance_samples",
+                                "Samples whose importance was measured since the last consolidation (0: not "
+                                "measured).", value=snap.importance_samples)
+        importance = GaugeMetricFamily("streammas_importance", "Consolidated importance (Omega) by parameter; "
+                                       "absent until a regime is consolidated.",
                                        labels=["param", "stat"])
         for param, (mean, peak) in sorted(snap.importance.items()):
             importance.add_metric([param, "mean"], mean)

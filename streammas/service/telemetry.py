@@ -142,7 +142,7 @@ class Tally:
 def importance_summary(learner: OnlineMAS) -> dict[str, tuple[float, float]]:
     """``parameter -> (mean, max)`` of the learner's consolidated importance (one device read)."""
     omega = learner.importance
-    if not omega:
+    if not omega or not learner.consolidations:  # zeros until a regime is consolidated: not a measurement
         return {}
     names = list(omega)
     stats = torch.stack([torch.stack([omega[n].float().mean(), omega[n].float().max()]) for n in names]).tolist()
@@ -222,6 +222,7 @@ class Telemetry:
                             consolidations=learner.consolidations,
                             skipped_updates=counters.get("skipped_updates", 0),
                             recoveries=counters.get("recoveries", 0), importance=importance,
+                            importance_samples=learner.synapses.running_count,
                             clipped_samples=counters.get("clipped_samples", 0), sink_failed=tally.sink_failed,
                             backlog=source_backlog(source))
         self.metrics.publish(snapshot)

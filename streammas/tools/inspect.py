@@ -16,8 +16,10 @@ service runs); corrupt checkpoints are listed and skipped.
 >>> with tempfile.TemporaryDirectory() as d:
 ...     _ = CheckpointStore(d).save(learner.state_dict(), {"model": {"kind": "mlp-autoencoder"}})
 ...     summary = summarize(d)
->>> summary["samples_seen"], summary["consolidations"], sorted(summary["importance"])[:2]
-(16, 0, ['decoder.0.bias', 'decoder.0.weight'])
+>>> summary["samples_seen"], summary["consolidations"], summary["importance"]   # measured, not consolidated yet
+(16, 0, {})
+>>> summary["importance_status"]
+'measured on 16 samples, not consolidated yet (no plateau so far)'
 """
 
 from __future__ import annotations
@@ -86,6 +88,28 @@ def _omega(learner: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {}
 
 
+def consolidations_of(learner: Mapping[str, Any], meta: Mapping[str, Any], counters: Mapping[str, int]) -> int:
+    """The consolidations a checkpoint records (its metadata, else the synapses' or the learner's counters)."""
+    found = meta.get("consolidations", (learner.get("synapses") or {}).get("consolidations"))
+    return int(counters.get("consolidations", 0) if found is None else found)
+
+
+def importance_status(learner: Mapping[str, Any], consolidations: int) -> str:
+    """What the state's importance is: consolidated, measured but not consolidated yet, or not measured at all.
+
+    >>> importance_status({"synapses": {"running_count": 0}}, 0)
+    'not measured: no sample measured yet (importance_source = "buffer" measures at a plateau)'
+    >>> importance_status({"synapses": {"running_count": 320}}, 0)
+    'measured on 320 samples, not consolidated yet (no plateau so far)'
+    """
+    running = int((learner.get("synapses") or {}).get("running_count", 0))
+    if consolidations:
+        return f"consolidated over {consolidations} regimes; measured on {running} samples since"
+    if running:
+        return f"measured on {running} samples, not consolidated yet (no plateau so far)"
+    return 'not measured: no sample measured yet (importance_source = "buffer" measures at a plateau)'
+
+
 def _loss_window(learner: Mapping[str, Any]) -> dict[str, Any]:
     """The plateau detector's latest batch losses and its step count (empty for a detector of another kind)."""
     detector = learner.get("detector")
@@ -101,12 +125,11 @@ def summarize_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
     meta = ckpt.meta
     counters = {str(k): int(v) for k, v in (learner.get("counters") or {}).items()}
     events = [dict(e) for e in learner.get("events") or [] if isinstance(e, Mapping)]
-    omega = _omega(learner)
+    # Omega is a measurement only once a regime has been consolidated: before that it is zeros, not "unimportant"
+    omega = _omega(learner) if int(consolidations_of(learner, meta, counters)) else {}
     model_state = learner.get("model") or {}
     parameters = sum(v.numel() for v in model_state.values() if isinstance(v, torch.Tensor))
-    consolidations = meta.get("consolidations", (learner.get("synapses") or {}).get("consolidations"))
-    if consolidations is None:
-        consolidations = counters.get("consolidations", 0)
+    consolidations = consolidations_of(learner, meta, counters)
     return {
         "samples_seen": int(learner.get("samples_seen", meta.get("samples_seen", 0))),
         "consolidations": int(consolidations),
@@ -115,6 +138,7 @@ def summarize_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
         "plateau_history": [e for e in events if e.get("kind") in HISTORY_KINDS],
         "loss_window": _loss_window(learner),
         "importance": {name: tensor_stats(t) for name, t in omega.items()},
+        "importance_status": importance_status(learner, int(consolidations)),
         "model": {**(meta.get("model") or {}), "tensor_elements": parameters},
         "source": meta.get("source"),
         "service": meta.get("service"),
@@ -195,6 +219,8 @@ def render(summary: Mapping[str, Any], history: int = 20) -> str:
     importance = summary.get("importance") or {}
     lines.append("")
     lines.append("importance (consolidated Omega) per layer")
+    if summary.get("importance_status"):
+        lines.append(f"  {summary['importance_status']}")
     if importance:
         width = max(len(n) for n in importance)
         lines.append(f"  {'parameter':<{width}}  {'shape':<12} {'mean':>10} {'std':>10} {'max':>10} {'nonzero':>8}")
@@ -203,8 +229,6 @@ def render(summary: Mapping[str, Any], history: int = 20) -> str:
                 continue
             lines.append(f"  {name:<{width}}  {str(s['shape']):<12} {_fmt(s['mean']):>10} {_fmt(s['std']):>10} "
                          f"{_fmt(s['max']):>10} {s['nonzero']:>8.1%}")
-    else:
-        lines.append("  (none)")
     return "\n".join(lines) + "\n"
 
 

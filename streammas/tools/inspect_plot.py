@@ -90,10 +90,10 @@ def _draw_window(ax: Any, window: Mapping[str, Any]) -> None:
     ax.set_title(f"latest {len(values)} batch losses (the detector's window)")
 
 
-def _draw_importance(ax: Any, importance: Mapping[str, Mapping[str, Any]]) -> None:
+def _draw_importance(ax: Any, importance: Mapping[str, Mapping[str, Any]], status: str) -> None:
     rows = [(name, s["mean"], s["max"]) for name, s in importance.items() if s.get("numel")]
     if not rows:
-        ax.text(0.5, 0.5, "no consolidated importance yet", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, status, ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
     names, means, highs = zip(*rows)
@@ -124,7 +124,7 @@ def plot_summary(summary: Mapping[str, Any], path: str | os.PathLike, *, name: s
     _draw_events(axes[0], summary.get("plateau_history") or [], int(summary.get("samples_seen") or 0))
     if has_window:
         _draw_window(axes[1], window)
-    _draw_importance(axes[-1], importance)
+    _draw_importance(axes[-1], importance, summary.get("importance_status") or "no consolidated importance yet")
     consolidations = _count(summary.get("consolidations", 0), "consolidation")
     title = f"{name + ': ' if name else ''}{summary.get('samples_seen', 0):,} samples seen, {consolidations}"
     fig.suptitle(f"{title}\n{NOTE}", fontsize="medium")
