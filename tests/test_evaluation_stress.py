@@ -176,8 +176,11 @@ def test_equal_bytes_baseline_holds_streammas_replay_bytes(features):
         learner.learn_many(x)
         sizes[label] = learner.capacity, learner.memory_nbytes()
     model = build_model("mlp-autoencoder", (features,))
-    assert sizes["default"] == (500, replay_nbytes(model, {}, x)) == (500, 500 * features * 4)
-    assert sizes["2000"] == (2000, replay_nbytes(model, {"replay": 2000}, x))  # follows streammas's memory
+    budget = 4 << 20  # the default memory: 4 MiB of float32 samples
+    assert sizes["default"] == (budget // (features * 4), replay_nbytes(model, {}, x)) == (
+        budget // (features * 4), budget)
+    capped = min(2000, budget // (features * 4))  # 2,000 samples, or fewer where 4 MiB binds first
+    assert sizes["2000"] == (capped, replay_nbytes(model, {"replay": 2000}, x))  # follows streammas's memory
     assert sizes["fixed"][0] == 500  # the practitioner's baseline keeps its 500 samples
 
 

@@ -54,8 +54,8 @@ STATE_FORMAT = 1
 def learner_defaults() -> dict[str, Any]:
     """The default settings of :class:`OnlineMAS`, by keyword.
 
-    >>> learner_defaults()["optimizer"], learner_defaults()["replay"]
-    ('adam', 500)
+    >>> learner_defaults()["optimizer"], learner_defaults()["replay_max_bytes"], learner_defaults()["replay_ratio"]
+    ('adam', 4194304, 2)
     """
     signature = inspect.signature(OnlineMAS)
     return {name: p.default for name, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}

@@ -189,7 +189,7 @@ def replay_nbytes(model: Any, settings: Mapping[str, Any], x: Any, objective: st
     >>> from streammas.models import MLPAutoencoder
     >>> model = MLPAutoencoder(in_features=8, hidden=(16,), latent=4)
     >>> replay_nbytes(model, {}, torch.rand(10, 8)), replay_nbytes(model, {"replay": 20}, torch.rand(10, 8))
-    (16000, 640)
+    (4194304, 640)
     """
     import torch
 
