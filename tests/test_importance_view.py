@@ -45,6 +45,10 @@ def test_inspect_tells_not_measured_from_not_consolidated_from_measured(tmp_path
     summary = _saved(running, tmp_path / "running")
     assert summary["importance"] == {}
     assert summary["importance_status"] == "measured on 10 samples, not consolidated yet (no plateau so far)"
+    # and what the memory is: the default, 4 MiB of float32 samples of 8 features, 2 replayed per new one
+    assert summary["memory"] == "a reservoir of 10 samples of the 10 seen (room for 131,072; 4.0 MiB of float32)"
+    assert running.replay.describe() == summary["memory"] + ", 2 replayed per new sample"
+    assert "replay memory  a reservoir of 10 samples" in render(summary)
 
     running.consolidate()
     summary = _saved(running, tmp_path / "consolidated")

@@ -160,6 +160,19 @@ class ReplayMemory:
         y_all = None if y is None or self.y is None else torch.cat([y, self.y.index_select(0, pick)])
         return x_all, y_all
 
+    def describe(self) -> str:
+        """What the memory holds, in a line (the demo and ``streammas inspect`` print it).
+
+        >>> memory = ReplayMemory(1000, max_bytes=64 * 100, ratio=2)
+        >>> memory.add(torch.zeros(30, 64), None, dtype=torch.uint8)
+        >>> memory.describe()
+        'a reservoir of 30 samples of the 30 seen (room for 100; 6.2 KiB of uint8), 2 replayed per new sample'
+        """
+        if self.x is None:
+            return "none (replay = 0)" if self.capacity == 0 else "empty so far"
+        return describe_memory({"x": self.x, "y": self.y, "seen": self.seen, "retention": self.retention_name,
+                                "ratio": self.ratio})
+
     def nbytes(self) -> int:
         held = 0 if self.x is None else self.x.numel() * self.x.element_size()
         return held + (0 if self.y is None else self.y.numel() * self.y.element_size())
@@ -179,6 +192,30 @@ class ReplayMemory:
         else:
             self.retention = make_retention(self.retention_name, self.generator)
             self.retention.adopt(len(self))
+
+
+def describe_memory(state: Mapping[str, Any]) -> str:
+    """:meth:`ReplayMemory.describe` from a memory's ``state_dict`` (a checkpoint's ``learner["replay"]``)."""
+    x = state.get("x")
+    if x is None:
+        return "empty (or none: replay = 0)"
+    seen, slots = int(state.get("seen", 0)), int(x.shape[0])
+    held = min(seen, slots)
+    y = state.get("y")
+    size = x.numel() * x.element_size() + (0 if y is None else y.numel() * y.element_size())
+    kind = {"reservoir": "a reservoir", "balanced": "a balanced memory"}.get(state.get("retention", "reservoir"),
+                                                                             "a memory")
+    ratio = state.get("ratio")
+    per = "" if ratio is None else f", {ratio} replayed per new sample"
+    return (f"{kind} of {held:,} samples of the {seen:,} seen (room for {slots:,}; {_size(size)} of "
+            f"{str(x.dtype).removeprefix('torch.')}){per}")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def _plain(value: Any) -> Any:

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from streammas.learner.replay import describe_memory
 from streammas.service.checkpoint import Checkpoint, CheckpointStore
 
 HISTORY_KINDS = ("plateau", "peak", "consolidation")
@@ -139,6 +140,7 @@ def summarize_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
         "loss_window": _loss_window(learner),
         "importance": {name: tensor_stats(t) for name, t in omega.items()},
         "importance_status": importance_status(learner, int(consolidations)),
+        "memory": describe_memory(learner.get("replay") or {}),
         "model": {**(meta.get("model") or {}), "tensor_elements": parameters},
         "source": meta.get("source"),
         "service": meta.get("service"),
@@ -218,6 +220,8 @@ def render(summary: Mapping[str, Any], history: int = 20) -> str:
                          f"{'' if value is None else _fmt(value)}")
     importance = summary.get("importance") or {}
     lines.append("")
+    if summary.get("memory"):
+        lines.append(f"replay memory  {summary['memory']}")
     lines.append("importance (consolidated Omega) per layer")
     if summary.get("importance_status"):
         lines.append(f"  {summary['importance_status']}")

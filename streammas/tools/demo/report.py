@@ -43,6 +43,8 @@ class DemoResult:
         the same batches.
     state_dir : str
         The state directory kept (``""``: a temporary one, deleted).
+    memory : str, default ""
+        What the learner's replay memory held at the end (:meth:`~streammas.learner.replay.ReplayMemory.describe`).
 
     Examples
     --------
@@ -74,6 +76,7 @@ class DemoResult:
     service_error: list[float]
     plain_error: list[float]
     state_dir: str
+    memory: str = ""
 
     @property
     def mean_service(self) -> float:
@@ -134,6 +137,8 @@ def render_report(result: DemoResult) -> str:
              f"learned through ZeroMQ in {result.seconds:.1f} s ({result.samples / max(result.seconds, 1e-9):,.0f}"
              " samples/s)",
              f"learner      {_learner_text(result.settings)}",
+             f"memory       {result.memory or 'none'}; the regulariser "
+             f"{'on' if result.settings.get('reg_lambda') else 'off'}, the importance measured for inspection",
              f"detector     {result.counters.get('plateaus', 0)} plateaus, {result.counters.get('peaks', 0)} peaks, "
              f"{result.consolidations} consolidations"]
     for e in result.events:

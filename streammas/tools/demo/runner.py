@@ -166,6 +166,7 @@ def run_demo(*, quick: bool = False, data: str = "auto", seed: int = 0, batch_si
         events=[e for e in learner.events if e.get("kind") in ("plateau", "peak", "consolidation")],
         regimes=list(stream.regime_names), segments=[tuple(seg) for seg in stream.segments],
         settings=config.learner.learner_kwargs(),
+        memory=learner.replay.describe(),
         service_error=_test_errors(learner, stream),
         plain_error=_plain_errors(stream, batch_size, seed, config.learner.learner_kwargs()),
         state_dir=state_dir if temp is None else "",
