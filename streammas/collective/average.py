@@ -31,21 +31,20 @@ every step in the exact mode) and a small float64 one (each step's rows and loss
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from streammas.backend.hostsync import host_read
-from streammas.collective.alone import Alone, Learner, Period
+from streammas.collective.alone import Learner, Period
 from streammas.collective.context import DistributedContext
-from streammas.collective.reduce import GroupReducer
+from streammas.collective.reduce import GroupCollective
 
 __all__ = ["AveragingGroup"]
 
 
-class AveragingGroup(Alone):
+class AveragingGroup(GroupCollective):
     """The collective of a learner in a group that averages every ``ctx.average_every`` steps (see the module's
     docstring): its steps are its own (the step's reductions are :class:`~streammas.collective.alone.Alone`'s), and
     its period ends with the averaging.
@@ -67,6 +66,7 @@ class AveragingGroup(Alone):
     >>> import torch.distributed as dist
     >>> store = tempfile.NamedTemporaryFile(delete=False).name
     >>> dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    >>> from torch import nn
     >>> from streammas import OnlineMAS
     >>> learner = OnlineMAS(nn.Linear(3, 3), optimizer="sgd")      # alone: its parts serve the example
     >>> group = AveragingGroup(DistributedContext(0, 1, mode="average", average_every=2))
@@ -81,10 +81,8 @@ class AveragingGroup(Alone):
     """
 
     def __init__(self, ctx: DistributedContext) -> None:
-        super().__init__()
-        self.ctx = ctx
+        super().__init__(ctx)
         self.every = ctx.average_every
-        self.reducer = GroupReducer(ctx)
         self._rows: list[int] = []
         self._loss_sums: list[torch.Tensor | None] = []
         # The agreed state at the last averaging, from which each worker's contribution is measured.
@@ -93,26 +91,12 @@ class AveragingGroup(Alone):
         self._running_count = 0
         self._scaler: Mapping[str, Any] | None = None
 
-    @property
-    def world_size(self) -> int:
-        return self.ctx.world_size
-
-    @property
-    def rank(self) -> int:
-        return self.ctx.rank
-
     def check_settings(self, *, hard_buffer: int, importance_source: str) -> None:
         if importance_source == "buffer":  # each worker's buffer is its own
             raise ValueError('importance_source = "buffer" is not supported in the averaging mode')
 
-    def start(self, model: nn.Module) -> None:
-        self.reducer.broadcast_module(model)
-
     def replay_seed(self, seed: int) -> int:
         return seed + self.ctx.rank  # each worker's memory is a sample of its own rows
-
-    def all_reduce(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return self.reducer.all_reduce(tensors)
 
     # -- the period ---------------------------------------------------------------------------------------------
     def record(self, rows: int, score_mean: torch.Tensor | None, *, steps: int = 0, sync_every: int = 1) -> bool:

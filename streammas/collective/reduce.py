@@ -42,7 +42,7 @@ from torch import nn
 from streammas.collective.alone import Alone, StepRows
 from streammas.collective.context import DistributedContext
 
-__all__ = ["ExactGroup", "GroupBatch", "GroupReducer", "interleave"]
+__all__ = ["ExactGroup", "GroupBatch", "GroupCollective", "GroupReducer", "interleave"]
 
 #: Label and source dtypes by code, as exchanged in H (0: none).
 LABEL_DTYPES = (None, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool, torch.float16,
@@ -224,7 +224,37 @@ class GroupReducer:
             dist.broadcast(t, src=0)
 
 
-class ExactGroup(Alone):
+class GroupCollective(Alone):
+    """What the collectives of a group share: the group, its reducer, the workers started alike (rank 0's model)
+    and sums over the whole group.
+
+    Parameters
+    ----------
+    ctx : DistributedContext
+        The group.
+    """
+
+    def __init__(self, ctx: DistributedContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.reducer = GroupReducer(ctx)
+
+    @property
+    def world_size(self) -> int:
+        return self.ctx.world_size
+
+    @property
+    def rank(self) -> int:
+        return self.ctx.rank
+
+    def start(self, model: nn.Module) -> None:
+        self.reducer.broadcast_module(model)
+
+    def all_reduce(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return self.reducer.all_reduce(tensors)
+
+
+class ExactGroup(GroupCollective):
     """The collective of a learner in a group of the exact mode: every step is the group's, over the union of the
     workers' rows (see the module's docstring); the period, as alone, is ``sync_every`` steps, whose losses are
     the group's already.
@@ -252,26 +282,10 @@ class ExactGroup(Alone):
 
     sums_gradients = True
 
-    def __init__(self, ctx: DistributedContext) -> None:
-        super().__init__()
-        self.ctx = ctx
-        self.reducer = GroupReducer(ctx)
-
-    @property
-    def world_size(self) -> int:
-        return self.ctx.world_size
-
-    @property
-    def rank(self) -> int:
-        return self.ctx.rank
-
     def check_settings(self, *, hard_buffer: int, importance_source: str) -> None:
         if hard_buffer:  # the highest-loss rows of each worker are not the union's
             raise ValueError("hard_buffer > 0 is not supported in a group of workers in the exact mode; set "
                              "hard_buffer = 0")
-
-    def start(self, model: nn.Module) -> None:
-        self.reducer.broadcast_module(model)
 
     def replay_seed(self, seed: int) -> int:
         return self.reducer.same_seed(seed)  # every worker keeps the same reservoir of the union
@@ -310,9 +324,6 @@ class ExactGroup(Alone):
 
     def any(self, flag: bool) -> bool:
         return self.reducer.any(flag)
-
-    def all_reduce(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return self.reducer.all_reduce(tensors)
 
 
 def _row_bytes(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
