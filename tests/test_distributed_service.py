@@ -66,7 +66,11 @@ def _assert_same_learner(a, b, atol: float = 1e-5) -> None:
     sa, sb = a.learner["synapses"], b.learner["synapses"]
     for key in ("omega", "anchor"):
         for name in sa[key]:
-            assert torch.allclose(sa[key][name].float(), sb[key][name].float(), atol=atol, rtol=1e-3), (key, name)
+            x, y = sa[key][name], sb[key][name]
+            # held in bfloat16 (compact state): sums taken in another order may round one step of 2^-8 apart
+            rtol = 2.0 ** -7 if x.dtype == torch.bfloat16 else 1e-3
+            assert torch.allclose(x.float(), y.float(), atol=atol, rtol=rtol), (key, name)
+    assert any(bool(t.abs().sum() > 0) for t in sa["omega"].values())  # the importance was measured
     assert a.learner["samples_seen"] == b.learner["samples_seen"]
     assert a.learner["steps"] == b.learner["steps"]
     steps = [[e["samples_seen"] for e in s.learner["events"] if e["kind"] == "consolidation"] for s in (a, b)]
