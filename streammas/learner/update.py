@@ -166,10 +166,12 @@ class AutogradUpdate:
         scores = score_mean = losses = None
         for step in range(self.steps_per_batch):
             capture = share and step == self.steps_per_batch - 1
-            importance: list[torch.Tensor] | None = self._zero_sums() if capture else []
+            importance: list[torch.Tensor] | None = []
             self.optimizer.zero_grad(set_to_none=True)
             if not local:  # a worker of a group with no rows computes nothing and adds zeros
                 losses, loss_sum = self._empty()
+                if capture:
+                    importance = self._zero_sums()
             else:
                 with self.meter.capture() if capture else contextlib.nullcontext():
                     output = self.model(x_all)
