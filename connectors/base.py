@@ -16,7 +16,7 @@ part it is (the built-in file sources: ``"shard": [rank, world_size]``).
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,14 +109,15 @@ class Source(abc.ABC):
         """True once a finite source is exhausted; never true for an endless one."""
         return False
 
-    def drain(self, timeout: float) -> list[Batch]:
+    def drain(self, timeout: float) -> Iterable[Batch]:
         """The samples the source already holds, as batches, for a consumer that is about to stop.
 
         Called once a stop was requested and before the last checkpoint, so that input already taken
-        from the producers is learned rather than lost. Returns within about ``timeout`` seconds; what
-        the source still holds then is not returned, and a source that can count it says so in its
-        counters (``dropped_at_shutdown``). The default holds nothing back: ``[]``. ``read`` may still be
-        called afterwards.
+        from the producers is learned rather than lost. Gives its batches within about ``timeout`` seconds
+        (best lazily, a batch at a time, so that memory stays bounded and the consumer's learning counts
+        against the same time); what the source still holds then is not given, and a source that can
+        count it says so in its counters (``dropped_at_shutdown``). The default holds nothing back: ``[]``.
+        ``read`` may still be called afterwards.
         """
         return []
 

@@ -12,7 +12,7 @@ import abc
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -226,7 +226,8 @@ class BatchingSource(Source):
     ) -> None:
         self.name = name
         self._batcher = MicroBatcher(int(batch_size), float(max_latency_ms) / 1000.0)
-        self._counters = Counters(logger or _log, name, keys=("samples", "batches", *counter_keys))
+        self._logger = logger or _log
+        self._counters = Counters(self._logger, name, keys=("samples", "batches", *counter_keys))
         self._exhausted = False
         self._closed = False
         self._position: dict | None = None
@@ -243,10 +244,16 @@ class BatchingSource(Source):
     def _release(self) -> None:
         """Free sockets and files."""
 
-    def _drain_input(self, until: float) -> None:
-        """Move into the batcher, before the monotonic time ``until``, the input that a stop would lose,
-        and count what is left (see :meth:`drain`). The default moves nothing: a file is not lost at a
-        stop, it is read again from the last checkpoint's position."""
+    def _drain_input(self, until: float) -> bool:
+        """Move into the batcher, before the monotonic time ``until``, the input that a stop would lose, until
+        the batcher is ``ready``; return whether the input is quiet (nothing more is waiting). The default moves
+        nothing: a file is not lost at a stop, it is read again from the last checkpoint's position."""
+        return True
+
+    def _count_queued(self) -> int:
+        """Count (without decoding, at once) the input still queued at the end of a drain that will never be
+        learned, in the source's counters; return its samples. The default has no such input."""
+        return 0
 
     # -- helpers for subclasses ----------------------------------------------------------------------
     def _push(
@@ -287,19 +294,34 @@ class BatchingSource(Source):
             tried = True
             now = clock()
 
-    def drain(self, timeout: float) -> list[Batch]:
-        """Every sample waiting in the batcher (after ``_drain_input`` added what it could within
-        ``timeout`` seconds), as batches of at most ``batch_size``; ``[]`` once closed.
+    def drain(self, timeout: float) -> Iterator[Batch]:
+        """The samples the source holds at a stop, as batches of at most ``batch_size``, made as they are
+        taken (so that at most a batch is held at a time) for ``timeout`` seconds from the call; then what is
+        still held is counted as ``dropped_at_shutdown`` (samples of a source that cannot read them again).
 
         The batches count as read (``samples``, ``batches``, ``position``), as those of :meth:`read` do.
+        A consumer that learns each batch before taking the next is done within ``timeout`` plus one batch.
         """
         if self._closed:
-            return []
-        self._drain_input(time.monotonic() + max(0.0, timeout))
-        batches = []
-        while self._batcher.pending:
-            batches.append(self._cut())
-        return batches
+            return
+        until = time.monotonic() + max(0.0, timeout)
+        batcher = self._batcher
+        quiet = False
+        while time.monotonic() < until:
+            if not batcher.ready:
+                quiet = self._drain_input(until)
+            if batcher.ready or quiet and batcher.pending:
+                yield self._cut()
+            elif quiet:
+                return
+        left = self._count_queued()
+        if self._reader_position() is None and batcher.pending:  # a resumable source reads these again
+            left += batcher.pending
+            self._counters.add("dropped_at_shutdown", batcher.pending)
+            batcher.clear()
+        if left:
+            self._logger.warning("%s: %d samples still held at shutdown were not learned (the drain's %.3g s "
+                                 "were up)", self.name, left, timeout)
 
     def _cut(self) -> Batch:
         x, y, position = self._batcher.take()

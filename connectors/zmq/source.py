@@ -111,7 +111,7 @@ class ZmqSource(BatchingSource):
     >>> batch.x.tolist(), batch.y.tolist(), src.counters["messages"]
     ([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]], [0, 1, 2], 1)
 
-    At a stop, :meth:`drain` returns what the socket and the batcher already hold:
+    At a stop, :meth:`drain` yields what the socket and the batcher already hold, a batch at a time:
 
     >>> with ZmqSource("inproc://doc-drain", batch_size=4, max_latency_ms=60_000) as src:
     ...     with ZmqProducer(src.address, context=src.context) as producer:
@@ -231,18 +231,26 @@ class ZmqSource(BatchingSource):
     def _release(self) -> None:
         self._sock.close(0)
 
-    def _drain_input(self, until: float) -> None:
-        """Decode what the socket holds until it has been quiet for :data:`DRAIN_QUIET_S` (messages still
-        in flight) or ``until``; then count, without decoding and without waiting, what it still holds."""
-        socket, receive, clock = self._socket, self._receive, time.monotonic
+    def _drain_input(self, until: float) -> bool:
+        """Decode what the socket holds until a batch is ready, or until it has been quiet for
+        :data:`DRAIN_QUIET_S` (messages still in flight: then ``True``), or until ``until``."""
+        socket, receive, clock, batcher = self._socket, self._receive, time.monotonic, self._batcher
         while (left := until - clock()) > 0:
             try:
                 receive(zmq.NOBLOCK)
             except zmq.Again:
                 if not socket.poll(math.ceil(min(left, DRAIN_QUIET_S) * 1000.0)):
-                    break
+                    return True
+                continue
+            if batcher.ready:
+                return False
+        return False
+
+    def _count_queued(self) -> int:
+        """Count, without decoding and without waiting, the messages the socket still holds (at most ``hwm``:
+        the receive queue's bound; what is still in flight is the producers' to resend)."""
+        socket = self._socket
         messages = samples = 0
-        # The receive queue holds at most hwm messages; counting them takes microseconds each.
         for _ in range(self._hwm or _UNBOUNDED_QUEUE_COUNT):
             try:
                 frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -250,12 +258,10 @@ class ZmqSource(BatchingSource):
                 break
             messages += 1
             samples += self._declared_count(frames)
-        if messages:
-            counts = self._counters.counts
-            counts["dropped_messages_at_shutdown"] += messages
-            counts["dropped_at_shutdown"] += samples
-            _log.warning("%s: %d messages (%d samples) still queued at shutdown were not learned",
-                         self.name, messages, samples)
+        counts = self._counters.counts
+        counts["dropped_messages_at_shutdown"] += messages
+        counts["dropped_at_shutdown"] += samples
+        return samples
 
     def _declared_count(self, frames: list[zmq.Frame]) -> int:
         """The samples of a binary message whose payload agrees with its header, else 1 (the message)."""

@@ -44,8 +44,9 @@ class SourceConfig:
         JSON Lines): samples of any other shape are rejected from the first message on (``None``: the first
         samples taken decide, so that a stray first message can fix a wrong shape).
     drain_seconds : float, default 5.0
-        On SIGTERM, read what the source already holds (a ZeroMQ socket's queue) for at most this long and
-        learn it before the final checkpoint; what is left is counted (``dropped_at_shutdown``; with 0, all of it).
+        On SIGTERM, learn what the source already holds (a ZeroMQ socket's queue), a batch at a time, for at
+        most this long (reading and learning together) before the final checkpoint; what is left is counted
+        (``dropped_at_shutdown``; with 0, all of it).
     options : dict, default {}
         Extra keyword arguments for the connector (``follow``, ``label`` ...).
 
@@ -79,7 +80,7 @@ drain_seconds=5.0, options={'label': 'y'})
                                                 "(unset: the first samples decide; ZeroMQ and JSON Lines)",
                                      check=_sample_shape)
     drain_seconds: float = spec(5.0, help="on SIGTERM, learn what the source already holds, for at most this "
-                                          "long (0: only count it)", check=non_negative)
+                                          "long, reading and learning (0: only count it)", check=non_negative)
     options: dict = spec(help="extra keyword arguments for the connector (follow, label)", factory=dict)
 
     def connector_options(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ the wrapper decides the turns. It knows the group through :class:`Peers`
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -258,13 +259,16 @@ class GroupLoop:
         labels = np.zeros(0, np.int64) if loop.ports.config.learner.objective == "classification" else None
         return Batch(np.zeros((0, *shape), np.float32), labels, position=loop.position)
 
-    def _in_step(self, batches: list[Batch]) -> None:
-        """Learn the drained batches in step: as many turns as the longest drain of any worker."""
+    def _in_step(self, batches: Iterator[Batch]) -> int:
+        """Learn the drained batches in step, a turn per batch, until no worker has one left (each worker's
+        drain ends on its own clock, so the group's ends within the drain's time and one turn)."""
         group = self.group
-        longest = max(n[0] for n in group.ctx.gather_ints([len(batches)]))
-        for i in range(longest):
-            mine = batches[i] if i < len(batches) else None
-            turn = group.agree(rows=len(mine) if mine is not None else 0, stop=True, checkpoint=False,
-                               finished=False, due=False)
-            if turn.rows:
-                self.step(mine)
+        learned = 0
+        while True:
+            mine = next(batches, None)
+            rows = len(mine) if mine is not None else 0
+            turn = group.agree(rows=rows, stop=True, checkpoint=False, finished=False, due=False)
+            if not turn.rows:
+                return learned
+            self.step(mine)
+            learned += rows

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -301,27 +301,33 @@ class Loop:
         return self.learner
 
     # -- the accounting, the same for a service alone and a group's worker ------------------------------------
-    def drain(self, learn: Callable[[list[Batch]], None] | None = None) -> None:
+    def drain(self, learn: Callable[[Iterator[Batch]], int] | None = None) -> None:
         """Learn what the source already holds (a ZeroMQ socket's queue), for at most ``[source] drain_seconds``
-        of reading, so that a SIGTERM loses nothing that had arrived; what is left is counted and logged.
+        of reading and learning together, so that a SIGTERM loses nothing that had arrived and still ends in
+        bounded time and memory (the source gives a batch at a time); what is left is counted and logged.
 
-        ``learn`` learns the drained batches (a group's workers: in step); by default one by one.
+        ``learn`` learns the drained batches (a group's workers: in step) and returns how many samples it
+        learned; by default one by one.
         """
         source = self.ports.source
         drain = getattr(source, "drain", None)  # plug-in sources may predate Source.drain
-        batches = [b for b in drain(self.ports.config.source.drain_seconds) if len(b)] if drain is not None else []
+        given = drain(self.ports.config.source.drain_seconds) if drain is not None else ()
+        batches = (b for b in given if len(b))
+        before = int((getattr(source, "counters", {}) or {}).get("dropped_at_shutdown", 0))
         if learn is not None:
-            learn(batches)
+            samples = learn(batches)
         else:
+            samples = 0
             for batch in batches:
                 self.learn(batch)
-        left = int((getattr(source, "counters", {}) or {}).get("dropped_at_shutdown", 0))
+                samples += len(batch)
+        left = int((getattr(source, "counters", {}) or {}).get("dropped_at_shutdown", 0)) - before
         if left:
             carried = self.ports.tally.carried_rejected
             carried["dropped_at_shutdown"] = carried.get("dropped_at_shutdown", 0) + left
-        if batches or left:
+        if samples or left:
             logs.log_event(log, "drained", logging.WARNING if left else logging.INFO,
-                           samples=sum(len(b) for b in batches), batches=len(batches), dropped=left)
+                           samples=samples, dropped=left)
 
     def learn(self, batch: Batch, *, in_step: bool = False) -> None:
         """Learn one batch (the first one makes the learner), count it, and write its scores to the sink.
