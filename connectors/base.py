@@ -121,6 +121,12 @@ class Source(abc.ABC):
         """
         return []
 
+    def forget_sample_shape(self) -> None:
+        """Let the next samples fix the stream's sample shape again, where the first samples fixed it (not a
+        configured one): the consumer could not use that shape (a model too large for it), and the stream
+        must go on. The default keeps no shape: nothing to do."""
+        return None
+
     @property
     def counters(self) -> Mapping[str, int]:
         """At least ``samples``, ``batches`` and ``rejected:<reason>`` per reason seen."""

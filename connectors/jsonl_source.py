@@ -45,6 +45,9 @@ class JsonlSource(LineSource):
         self._shape = SampleShape(sample_shape)
         super().__init__(path, ".jsonl", **kwargs)
 
+    def forget_sample_shape(self) -> None:
+        self._shape.forget()
+
     def _parse(self, cursor: LineCursor, lines: list[bytes], first: int) -> None:
         ends = cursor.line_offsets(lines)
         path = cursor.path

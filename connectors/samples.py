@@ -141,6 +141,12 @@ class SampleShape:
         if 0 in shape:
             raise Reject("shape", f"samples of shape {shape} hold no value", count)
 
+    def forget(self) -> None:
+        """Let the next samples taken fix the shape again (a consumer could not use the one they fixed); a
+        configured shape stays."""
+        if not self.configured:
+            self.shape = None
+
     def fix(self, shape: tuple[int, ...]) -> None:
         """Fix the stream's shape to ``shape`` if it is not known yet (samples of it were taken)."""
         if self.shape is None:

@@ -134,6 +134,15 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
+def peak_rss_mib(pid: int) -> float:
+    """A process's peak resident memory so far (``VmHWM`` in ``/proc``), in MiB; 0 once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in text.splitlines() if line.startswith("VmHWM:")), 0.0)
+
+
 def digits(n: int | None = None) -> np.ndarray:
     from sklearn.datasets import load_digits
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from service_support import PATIENCE, QUIET_STATE, Daemon, address, digits, write_config
+from service_support import PATIENCE, QUIET_STATE, Daemon, address, digits, peak_rss_mib, write_config
 
 from connectors.zmq import ZmqProducer
 from streammas.service.checkpoint import CheckpointStore
@@ -70,15 +70,6 @@ def test_without_a_drain_what_was_queued_is_counted_not_lost_silently(tmp_path):
     assert saved.meta["service"]["rejected"]["dropped_at_shutdown"] == drained["dropped"]
 
 
-def _peak_rss_mib(pid: int) -> float:
-    """The process's peak resident memory so far (``VmHWM``), in MiB; 0 once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    return next((int(line.split()[1]) / 1024 for line in text.splitlines() if line.startswith("VmHWM:")), 0.0)
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc")
 def test_sigterm_under_a_blasting_producer_ends_in_bounded_time_and_memory(tmp_path):
     """The drain learns for at most drain_seconds, holding a batch at a time: a producer that never stops
@@ -104,12 +95,12 @@ def test_sigterm_under_a_blasting_producer_ends_in_bounded_time_and_memory(tmp_p
         daemon.wait_for("model")
         while sent[0] < 200:  # the socket's queue (hwm 100 messages) is full, and the producer's too
             time.sleep(0.05)
-        before = _peak_rss_mib(daemon.proc.pid)
+        before = peak_rss_mib(daemon.proc.pid)
         daemon.send(signal.SIGTERM)
         signalled = time.monotonic()
         peak = before
         while daemon.proc.poll() is None and time.monotonic() - signalled < PATIENCE:
-            peak = max(peak, _peak_rss_mib(daemon.proc.pid))
+            peak = max(peak, peak_rss_mib(daemon.proc.pid))
             time.sleep(0.05)
         took = time.monotonic() - signalled
         code = daemon.wait()

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from service_support import PATIENCE, QUIET_STATE, Daemon, address, digits, write_config
+from service_support import PATIENCE, QUIET_STATE, Daemon, address, digits, peak_rss_mib, write_config
 
 from connectors.zmq import ZmqProducer
 from streammas.service.checkpoint import CheckpointStore
@@ -45,11 +45,6 @@ def learned(daemon: Daemon, target: int) -> dict:
             return record
         time.sleep(0.05)
     raise AssertionError(f"never learned {target} samples:\n{daemon.log()}")
-
-
-def peak_rss_mib(daemon: Daemon) -> float:
-    with open(f"/proc/{daemon.proc.pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def test_hostile_and_unlearnable_first_messages_neither_stop_nor_poison_the_daemon(tmp_path):
@@ -99,7 +94,7 @@ def test_a_configured_shape_decides_and_an_oversized_frame_never_reaches_memory(
             producer.send_json(np.ones((2, 200_000), np.float32))
             producer.send(x[:64])
         learned(daemon, 64)
-        before = peak_rss_mib(daemon)
+        before = peak_rss_mib(daemon.proc.pid)
         # One frame of 256 MiB, four times max_message_bytes (64 MiB by default): libzmq drops it, with the
         # connection, before allocating it.
         with ZmqProducer(addr, linger_ms=-1) as hostile:
@@ -107,7 +102,7 @@ def test_a_configured_shape_decides_and_an_oversized_frame_never_reaches_memory(
         with ZmqProducer(addr) as producer:  # a connection of its own, untouched by the one dropped
             producer.send(x[64:])
         learned(daemon, len(x))
-        grown = peak_rss_mib(daemon) - before
+        grown = peak_rss_mib(daemon.proc.pid) - before
         assert daemon.stop(signal.SIGTERM) == 0, daemon.log()
     finally:
         daemon.kill()
@@ -143,3 +138,57 @@ def test_after_a_restart_the_checkpoints_shape_decides(tmp_path):
     saved = CheckpointStore(tmp_path / "state", create=False).load_latest()
     assert saved.meta["samples_seen"] == 2 * len(x)
     assert saved.meta["service"]["rejected"].get("shape") == 2
+
+
+def test_a_first_message_too_large_to_model_is_refused_and_the_stream_goes_on(tmp_path):
+    """One valid 16 MB message of shape [1, 4_000_000] once made the daemon build a model it could not
+    allocate and exit 1. The model is counted on PyTorch's meta device first: over [model] max_parameters it
+    is refused, the batch counted (reason ``model``), and the next samples decide the shape."""
+    config = write_config(tmp_path / "streammas.toml", CONFIG.format(extra=""))
+    x = digits(320)
+    daemon = Daemon(config, tmp_path)
+    try:
+        with ZmqProducer(address(daemon)) as producer:
+            producer.send(np.zeros((1, 4_000_000), np.float32))
+            refused = daemon.wait_for("model_refused")
+            assert refused["shape"] == [4_000_000] and "max_parameters" in refused["msg"], refused
+            for k in range(0, len(x), 32):
+                producer.send(x[k:k + 32])
+            record = learned(daemon, len(x))
+        code = daemon.stop()
+    finally:
+        daemon.kill()
+    assert code == 0, daemon.log()
+    assert record["samples_seen"] == len(x)
+    model = daemon.events("model")
+    assert len(model) == 1 and model[0]["sample_shape"] == [64], daemon.log()
+    stopped = daemon.events("stopped")[-1]
+    assert stopped["samples_seen"] == len(x) and stopped["rejected"] == 1, stopped
+    saved = CheckpointStore(tmp_path / "state", create=False).load_latest()
+    assert saved.meta["service"]["rejected"] == {"model": 1}
+
+
+def test_a_model_factory_that_fails_for_the_first_shape_does_not_end_the_daemon(tmp_path):
+    (tmp_path / "picky_model.py").write_text(
+        "from torch import nn\n"
+        "def make(shape):\n"
+        "    if shape != (64,):\n"
+        "        raise ValueError(f'this model takes 64 features, not {shape}')\n"
+        "    return nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 64))\n")
+    config = write_config(tmp_path / "streammas.toml",
+                          CONFIG.format(extra='[model]\nfactory = "picky_model:make"'))
+    x = digits(64)
+    daemon = Daemon(config, tmp_path)
+    try:
+        with ZmqProducer(address(daemon)) as producer:
+            producer.send(np.zeros((3, 10), np.float32))
+            refused = daemon.wait_for("model_refused")
+            assert "takes 64 features" in refused["msg"], refused
+            for k in range(0, len(x), 32):
+                producer.send(x[k:k + 32])
+            learned(daemon, len(x))
+        code = daemon.stop()
+    finally:
+        daemon.kill()
+    assert code == 0, daemon.log()
+    assert daemon.events("stopped")[-1]["rejected"] == 3

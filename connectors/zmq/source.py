@@ -196,6 +196,9 @@ class ZmqSource(BatchingSource):
         """The stream's sample shape: configured, fixed by the first samples taken, or ``None`` before."""
         return self._shape.shape
 
+    def forget_sample_shape(self) -> None:
+        self._shape.forget()
+
     # -- BatchingSource ------------------------------------------------------------------------------
     def _fill(self, until: float | None) -> None:
         batcher = self._batcher

@@ -104,6 +104,10 @@ class ModelConfig:
         ``"package.module:function"``, called as ``function(sample_shape, **options)`` to build the model.
     options : dict, default {}
         Keyword arguments for the built-in model or the factory.
+    max_parameters : int, default 20_000_000
+        The largest model the service builds (0: no bound). Where the stream's first samples decide the shape,
+        a model over it is refused, the batch counted (reason ``model``) and the stream goes on, so that one
+        message cannot make the daemon allocate what it cannot hold; counted without allocating anything.
 
     Examples
     --------
@@ -112,7 +116,7 @@ class ModelConfig:
     ('mlp-autoencoder', 'mypkg.models:build')
     >>> cfg = parse_config('[source]\\nuri = "csv:a.csv"\\n[model]\\nkind = "conv-autoencoder"\\n')
     >>> cfg.model
-    ModelConfig(kind='conv-autoencoder', factory=None, options={})
+    ModelConfig(kind='conv-autoencoder', factory=None, options={}, max_parameters=20000000)
     >>> parse_config('[source]\\nuri = "csv:a.csv"\\n[model]\\nfactory = "build"\\n')
     Traceback (most recent call last):
         ...
@@ -123,6 +127,9 @@ class ModelConfig:
     factory: str | None = spec(None, help="\"package.module:function\" called as function(sample_shape, **options)",
                                check=_factory_spec)
     options: dict = spec(help="keyword arguments for the built-in model or the factory", factory=dict)
+    max_parameters: int = spec(20_000_000, help="the largest model built (0: no bound); where the stream decides "
+                                                "the shape, a larger one is refused and its batch counted",
+                               check=non_negative)
 
     @property
     def name(self) -> str:

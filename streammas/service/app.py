@@ -24,7 +24,7 @@ from streammas.learner import OnlineMAS
 from streammas.service import logs
 from streammas.service.checkpoint import Checkpoint, CheckpointStore
 from streammas.service.checkpointing import Checkpointer, run_meta
-from streammas.service.errors import ServiceError, why
+from streammas.service.errors import ModelRefused, ServiceError, why
 from streammas.service.factory import FactoryError, ModelSpec
 from streammas.service.group import Alone, Group
 from streammas.service.loop import Control, Loop, Outcome, Ports
@@ -278,12 +278,22 @@ class Service:
         logs.log_event(log, "listening" if self.source_address else "reading", **fields)
 
     def create_learner(self, sample_shape: Any) -> OnlineMAS:
-        """Build the model for ``sample_shape`` and the learner around it (raises :class:`ServiceError`)."""
+        """Build the model for ``sample_shape`` and the learner around it. Raises :class:`ModelRefused` where the
+        stream decided the shape (the batch is turned away, the daemon goes on), else :class:`ServiceError`."""
+        shape = tuple(int(d) for d in sample_shape)
+        refuse = ModelRefused if self._stream_decides_shape() else ServiceError
+        bound = self.config.model.max_parameters
+        counted = self.spec.count_parameters(shape) if bound else None
+        if counted is not None and counted > bound:
+            raise refuse(f"[model] a {self.spec.name} for samples of shape {shape} would have {counted:,} "
+                         f"parameters, over max_parameters = {bound:,}")
         torch.manual_seed(self.config.learner.seed)
         try:
-            model = self.spec.build(sample_shape)
+            model = self.spec.build(shape)
         except FactoryError as e:
-            raise ServiceError(f"[model] {e}") from None
+            raise refuse(f"[model] {e}") from None
+        except (RuntimeError, MemoryError) as e:  # an allocation the bound did not foresee (0: no bound)
+            raise refuse(f"[model] cannot build a {self.spec.name} for samples of shape {shape}: {why(e)}") from None
         try:
             self.learner = OnlineMAS(model, device=self.device, callback=self._on_event,
                                      **self.group.learner_options(), **self.config.learner.learner_kwargs())
@@ -293,6 +303,10 @@ class Service:
         logs.log_event(log, "model", model=self.spec.name, sample_shape=list(self.spec.sample_shape or []),
                        parameters=params, device=self.device)
         return self.learner
+
+    def _stream_decides_shape(self) -> bool:
+        """Whether the stream's first samples decide the sample shape (no configured one, none resumed)."""
+        return self.config.source.sample_shape is None and self.spec.sample_shape is None
 
     def _close_part(self, name: str) -> None:
         """Close the source or the sink once."""

@@ -24,6 +24,17 @@ class ServiceError(Exception):
     """
 
 
+class ModelRefused(ServiceError):
+    """No model can be made for the samples the stream sent first (too large for ``[model] max_parameters``, or
+    its factory failed for their shape): their batch is turned away and counted (reason ``model``), and the next
+    samples may decide another shape. Raised only where the stream decides the shape; a configured shape that
+    cannot be built is a :class:`ServiceError`.
+
+    >>> isinstance(ModelRefused("[model] too large"), ServiceError)
+    True
+    """
+
+
 def why(error: BaseException) -> str:
     """A one-line reason for an exception (an OSError's message with its file name).
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -188,6 +189,19 @@ class ModelSpec:
                 raise FactoryError(f"cannot build a {self.name} for samples of shape {tuple(shape)}: {e}") from e
         self.sample_shape = shape
         return model
+
+    def count_parameters(self, sample_shape: Sequence[int]) -> int | None:
+        """The parameters the model for ``sample_shape`` would have, counted on PyTorch's ``meta`` device, where
+        building allocates nothing; ``None`` when the model cannot be built there (the real build will tell)."""
+        remembered = self.sample_shape
+        try:
+            with torch.device("meta"):
+                model = self.build(sample_shape)
+        except Exception:
+            return None
+        finally:
+            self.sample_shape = remembered
+        return sum(p.numel() for p in model.parameters())
 
     def as_meta(self) -> dict[str, Any]:
         """The part stored in a checkpoint."""

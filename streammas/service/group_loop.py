@@ -245,16 +245,21 @@ class GroupLoop:
         loop = self.loop
         if loop.learner is None:
             shape = self.group.sample_shape(batch)
-            # the group's shape, for a worker that has no row of its own yet
-            loop.learner_for(shape).adopt_sample_shape(shape)
+            # the group's shape, for a worker that has no row of its own yet; every worker builds the same
+            # model, so a refused one is refused by all, each counting its own rows
+            mine = batch if batch is not None else self._empty_batch(shape)
+            learner = loop.make_learner(mine, shape)
+            if learner is None:
+                return
+            learner.adopt_sample_shape(shape)
         if batch is None or len(batch) == 0:
             batch = self._empty_batch()
         loop.learn(batch, in_step=True)
 
-    def _empty_batch(self) -> Batch:
+    def _empty_batch(self, shape: tuple[int, ...] | None = None) -> Batch:
         """A batch of no rows, for a worker without data in a step where others have some."""
         loop = self.loop
-        shape = loop.learner.sample_shape
+        shape = shape if shape is not None else loop.learner.sample_shape
         assert shape is not None
         labels = np.zeros(0, np.int64) if loop.ports.config.learner.objective == "classification" else None
         return Batch(np.zeros((0, *shape), np.float32), labels, position=loop.position)

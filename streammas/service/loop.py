@@ -27,7 +27,7 @@ from connectors.base import Batch, Sink, Source
 from streammas.config import Config
 from streammas.learner import OnlineMAS
 from streammas.service import logs
-from streammas.service.errors import ServiceError, why
+from streammas.service.errors import ModelRefused, ServiceError, why
 from streammas.service.progress import Progress, want_bar
 from streammas.service.telemetry import Tally, Telemetry
 
@@ -204,6 +204,7 @@ class Loop:
         self.consecutive_errors = 0
         self._events: list[dict[str, Any]] = []
         self._sink_dropped = 0  # the sink's own count of records given up, as of the last batch
+        self._refused: dict[tuple[int, ...], str] = {}  # sample shapes no model could be made for, and why
 
     def queue_event(self, record: dict[str, Any]) -> None:
         """Attach a learner event to the next batch's sink records."""
@@ -300,6 +301,28 @@ class Loop:
             self.learner = self.ports.make_learner(sample_shape)
         return self.learner
 
+    def make_learner(self, batch: Batch, shape: tuple[int, ...] | None = None) -> OnlineMAS | None:
+        """The learner made for ``shape`` (by default the batch's), or ``None`` when no model can be made for
+        samples the stream decided (:class:`ModelRefused`): the batch is counted (reason ``model``), the
+        source may take another shape, and the stream goes on."""
+        shape = tuple(int(d) for d in (batch.x.shape[1:] if shape is None else shape))
+        refused = self._refused.get(shape)
+        if refused is None:
+            try:
+                return self.learner_for(shape)
+            except ModelRefused as e:
+                refused = self._refused[shape] = str(e)
+        carried = self.ports.tally.carried_rejected
+        carried["model"] = carried.get("model", 0) + len(batch)
+        suppressed = self.ports.telemetry.quiet("model_refused")
+        if suppressed is not None:
+            logs.log_event(log, "model_refused", logging.ERROR, samples=len(batch), shape=list(shape),
+                           msg=refused, suppressed=suppressed)
+        forget = getattr(self.ports.source, "forget_sample_shape", None)  # plug-in sources may lack it
+        if forget is not None:
+            forget()
+        return None
+
     # -- the accounting, the same for a service alone and a group's worker ------------------------------------
     def drain(self, learn: Callable[[Iterator[Batch]], int] | None = None) -> None:
         """Learn what the source already holds (a ZeroMQ socket's queue), for at most ``[source] drain_seconds``
@@ -338,7 +361,9 @@ class Loop:
         the group from its newest checkpoint.
         """
         ports = self.ports
-        learner = self.learner_for(batch.x.shape[1:])
+        learner = self.learner if self.learner is not None else self.make_learner(batch)
+        if learner is None:
+            return
         labels = batch.y if ports.config.learner.objective == "classification" else None
         started = time.perf_counter()
         try:
