@@ -11,7 +11,17 @@ import time
 
 import numpy as np
 import pytest
-from service_support import PATIENCE, QUIET_STATE, Daemon, address, digits, peak_rss_mib, write_config
+from service_support import (
+    PATIENCE,
+    QUIET_STATE,
+    Daemon,
+    address,
+    digits,
+    metrics_url,
+    peak_rss_mib,
+    scrape,
+    write_config,
+)
 
 from connectors.zmq import ZmqProducer
 from streammas.service.checkpoint import CheckpointStore
@@ -192,3 +202,37 @@ def test_a_model_factory_that_fails_for_the_first_shape_does_not_end_the_daemon(
         daemon.kill()
     assert code == 0, daemon.log()
     assert daemon.events("stopped")[-1]["rejected"] == 3
+
+
+def _rejected_on_metrics(url: str, wanted: int) -> float:
+    """Scrape until ``streammas_rejected_samples_total`` reaches ``wanted`` (or PATIENCE passes); its sum."""
+    deadline = time.monotonic() + PATIENCE
+    total = 0.0
+    while time.monotonic() < deadline:
+        total = sum(v for k, v in scrape(url).items() if k.startswith("streammas_rejected_samples_total"))
+        if total >= wanted:
+            break
+        time.sleep(0.2)
+    return total
+
+
+def test_rejects_show_on_metrics_while_only_garbage_arrives(tmp_path):
+    """Operators alert on a stream of nothing but bad input: the rejects must show on /metrics without waiting
+    for a valid message, before the learner exists and after."""
+    config = write_config(tmp_path / "streammas.toml",
+                          CONFIG.format(extra="") + "[metrics]\nport = 0\nevery_batches = 1\n")
+    daemon = Daemon(config, tmp_path)
+    try:
+        url = metrics_url(daemon)
+        with ZmqProducer(address(daemon)) as producer:
+            for _ in range(500):
+                producer.send_frames([b"not a header", b"x"])
+            assert _rejected_on_metrics(url, 500) == 500
+            producer.send(digits(32))
+            daemon.wait_for("model")
+            for _ in range(300):
+                producer.send_json("not samples")
+            assert _rejected_on_metrics(url, 800) == 800
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.kill()

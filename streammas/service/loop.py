@@ -284,8 +284,8 @@ class Loop:
 
     @property
     def stale(self) -> bool:
-        """Whether batches were processed since the telemetry was last refreshed."""
-        return self.ports.telemetry.refreshed_batches != self.ports.tally.batches
+        """Whether batches were processed, or input turned away, since the telemetry was last refreshed."""
+        return self.ports.telemetry.stale(self.ports.tally, self.ports.source)
 
     def maybe_checkpoint(self) -> None:
         """Write a checkpoint if the policy says one is due."""

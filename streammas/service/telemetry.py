@@ -201,12 +201,25 @@ class Telemetry:
         self.status: dict[str, Any] = {}
         #: The service's batch count as of the last :meth:`refresh` (the loop refreshes when idle and stale).
         self.refreshed_batches = 0
+        #: The samples turned away before the learner (source, service) as of the last :meth:`refresh`.
+        self.refreshed_rejected = 0
+
+    def stale(self, tally: Tally, source: Source | None) -> bool:
+        """Whether batches were processed, or input turned away, since the last :meth:`refresh`: a stream of
+        nothing but rejects must show on /metrics while no batch is learned."""
+        return (self.refreshed_batches != tally.batches
+                or self.refreshed_rejected != sum(tally.rejected(source, None).values()))
 
     def refresh(self, learner: OnlineMAS | None, tally: Tally, source: Source | None) -> None:
         """Read the learner's values (at most one device read) and publish them to the metrics and the status
-        line."""
+        line; before there is a learner, the counts alone."""
         self.refreshed_batches = tally.batches
+        self.refreshed_rejected = sum(tally.rejected(source, None).values())
         if learner is None:
+            rejected = tally.rejected(source, None)
+            self.metrics.publish(Snapshot(batches=tally.batches, rejected=rejected, sink_failed=tally.sink_failed,
+                                          backlog=source_backlog(source)))
+            self.status = {"samples_seen": 0, "loss": None, "rejected": sum(rejected.values())}
             return
         if self.metrics.device is None:
             self.metrics.device = str(learner.device)
