@@ -5,6 +5,7 @@ once; a model factory's directory holding a module named like a package the serv
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import signal
@@ -306,3 +307,36 @@ status_every_seconds = 0
         daemon.kill()
     ckpt = CheckpointStore(tmp_path / "state", create=False).load_latest()
     assert ckpt.meta["model"]["factory"] == "shadow_models:make" and ckpt.meta["samples_seen"] == 64
+
+
+class _RunsCode:
+    """An object whose unpickling would run a command: what a hostile checkpoint holds."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_described_in_our_words_never_with_unsafe_advice(tmp_path):
+    """torch's own message, cut at 200 characters, once advised re-running torch.load with weights_only=False
+    (cut just before its warning that this runs arbitrary code), and called a zero-filled file "legacy .tar"."""
+    config = setup(tmp_path, range(300), n_rows=300, follow=False)
+    assert _run(config, tmp_path).returncode == 0
+    store = CheckpointStore(tmp_path / "state", create=False)
+    zeros, hostile = store.paths()[-2:]
+    zeros.write_bytes(bytes(4096))
+    marker = tmp_path / "code-ran"
+    buffer = io.BytesIO()
+    torch.save({"format": "streammas-checkpoint", "payload": _RunsCode(marker)}, buffer)
+    hostile.write_bytes(buffer.getvalue())
+
+    refused = _run(config, tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert not marker.exists()
+    assert "its first bytes are all zeros" in refused.stderr
+    assert "holds objects other than plain data and tensors" in refused.stderr
+    for unsafe in ("weights_only` set to `False`", "weights_only=False)", "legacy", "Re-running"):
+        assert unsafe not in refused.stderr, refused.stderr

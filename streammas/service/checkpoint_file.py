@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import pickle
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,7 +62,8 @@ class CorruptCheckpoint(Exception):
     ...     read_checkpoint(path)
     Traceback (most recent call last):
         ...
-    streammas.service.checkpoint.CorruptCheckpoint: cannot load it (...)
+    streammas.service.checkpoint.CorruptCheckpoint: not a checkpoint: not the zip archive torch.save writes (its first
+    bytes are text)
     """
 
 
@@ -149,6 +151,37 @@ def write_checkpoint(path: Path, seq: int, meta: Mapping[str, Any], learner_stat
     return Checkpoint(path, seq, obj["created"], obj["meta"], obj["learner"], len(data))
 
 
+#: The first bytes of a zip archive: what ``torch.save`` writes.
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def unloadable(path: Path, error: Exception) -> str:
+    """Why ``torch.load`` could not load ``path``, in the project's words: torch's own message is not repeated,
+    since it may suggest loading with ``weights_only=False``, which would run any code the file holds.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     zeros = Path(d, "ckpt.pt"); _ = zeros.write_bytes(bytes(64))
+    ...     print(unloadable(zeros, RuntimeError("Invalid magic number; corrupt file?")))
+    not a checkpoint: not the zip archive torch.save writes (its first bytes are all zeros)
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        return f"cannot read it: {e.strerror or e}"
+    if not head.startswith(_ZIP_MAGIC):
+        text = all(32 <= c < 127 or c in b"\t\r\n" for c in head)
+        what = "all zeros" if not any(head) else "text" if text else "something else"
+        return f"not a checkpoint: not the zip archive torch.save writes (its first bytes are {what})"
+    if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error):
+        return ("it holds objects other than plain data and tensors, so it was not loaded (checkpoints are "
+                "loaded with weights_only=True, which runs no code from the file); it was not written by streammas")
+    if isinstance(error, EOFError) or "central directory" in str(error):
+        return f"the archive is cut short (a write that did not finish?; {type(error).__name__})"
+    return f"the archive is damaged ({type(error).__name__})"
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Load and verify one checkpoint file (``weights_only=True``); raises :class:`CorruptCheckpoint`."""
     path = Path(path)
@@ -162,8 +195,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     except OSError as e:
         raise CorruptCheckpoint(f"cannot read it: {e.strerror or e}") from None
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, UnicodeDecodeError, EOFError ...
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CorruptCheckpoint(f"cannot load it ({type(e).__name__}{': ' + first if first else ''})") from None
+        raise CorruptCheckpoint(unloadable(path, e)) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CorruptCheckpoint("not a streammas checkpoint")
     if obj.get("version") != VERSION:
