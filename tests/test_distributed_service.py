@@ -239,3 +239,44 @@ def test_a_zeromq_producer_spread_over_the_workers_endpoints(tmp_path):
     final = _final(tmp_path, "two")
     assert sum(w["tally"]["received"] for w in final.meta["workers"]) == len(x)
     assert all(w["tally"]["received"] > 0 for w in final.meta["workers"])  # both endpoints took a share
+
+
+CLASSIFIER = """
+from torch import nn
+
+
+def make(sample_shape, classes=3):
+    return nn.Sequential(nn.Linear(sample_shape[0], 16), nn.Tanh(), nn.Linear(16, classes))
+"""
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_one_bad_label_is_counted_by_the_group_not_a_crash_loop(tmp_path, mode):
+    """A 3-class classifier on a CSV whose row 2000 has label 7: rank 0 once raised IndexError mid-step and the
+    launcher restarted the group from the same checkpoint until it gave up. The label is bad input, turned away
+    before the step (the learner knows its model's classes), as one worker alone turns it away."""
+    (tmp_path / "classifier.py").write_text(CLASSIFIER)
+    rng = np.random.default_rng(0)
+    x = rng.random((3000, 4))
+    y = (x[:, 0] * 3).astype(int)
+    y[2000] = 7
+    (tmp_path / "rows.csv").write_text("a,b,c,d,y\n" + "".join(
+        ",".join(f"{v:.4f}" for v in row) + f",{label}\n" for row, label in zip(x, y)))
+    extra = (MODES[mode] + '[model]\nfactory = "classifier:make"\n[learner]\nobjective = "classification"\n')
+    config = write_config(tmp_path / "group.toml", f"""
+[source]
+uri = "csv:rows.csv"
+batch_size = 16
+options = {{ label = "y" }}
+[state]
+dir = "group"
+every_samples = 0
+every_seconds = 0
+[log]
+status_every_seconds = 0
+{extra}""")
+    group = _run(config, tmp_path, "--workers", "2")
+    assert [w["restart"] for w in group.events("worker")] == [0, 0], group.log()  # the group never restarted
+    final = _final(tmp_path, "group")
+    assert final.meta["samples_seen"] == 2999
+    assert final.meta["service"]["rejected"] == {"learner": 1}, final.meta["service"]

@@ -39,6 +39,9 @@ class InputGuard:
         Whether a batch without labels is refused (the objective needs them).
     on_reject : callable or None, default None
         Called with the number of samples dropped, each time some are.
+    count_classes : callable or None, default None
+        ``count_classes(sample_shape)``: how many classes a classifier's output has (see :func:`model_classes`),
+        asked once, with the first labelled batch; integer labels outside them are then bad input.
 
     Attributes
     ----------
@@ -58,16 +61,20 @@ class InputGuard:
     """
 
     def __init__(self, device: torch.device, dtype: torch.dtype, *, on_bad_input: str = "raise",
-                 needs_labels: bool = False, on_reject: Callable[[int], None] | None = None) -> None:
+                 needs_labels: bool = False, on_reject: Callable[[int], None] | None = None,
+                 count_classes: Callable[[tuple[int, ...]], int | None] | None = None) -> None:
         self.device = device
         self.dtype = dtype
         self.on_bad_input = on_bad_input
         self.needs_labels = needs_labels
         self.on_reject = on_reject
+        self.count_classes = count_classes
         self.sample_shape: tuple[int, ...] | None = None
         self.input_dtype: torch.dtype | None = None  # the dtype the last batch arrived in, before the model's
         self.feature_names: list[str] | None = None
         self.rejected = 0
+        #: The classes a classifier's labels index (``0 .. classes - 1``), once known: labels outside are bad input.
+        self.classes: int | None = None
 
     # -- conversion ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -124,10 +131,19 @@ class InputGuard:
         elif self.needs_labels and labels_required:
             raise ValueError("this objective needs labels: pass y")
         shape = tuple(xt.shape[1:])
+        if yt is not None and self.classes is None and self.count_classes is not None and self.needs_labels:
+            self.classes = self.count_classes(shape)
         if self.sample_shape is not None and shape != self.sample_shape:
             return self._reject(xt, yt, torch.zeros(batch, dtype=torch.bool),
                                 f"samples have shape {shape}, the stream's samples have shape {self.sample_shape}")
         finite = self._finite_rows(xt.reshape(batch, -1))
+        labelled = self._labels_in_range(yt)
+        if labelled is not None:  # a label no output of the model stands for would fail the step, not only its row
+            finite = labelled if finite is None else finite & labelled.to(finite.device)
+            if self.sample_shape is None and bool(finite.any()):
+                self.sample_shape = shape
+            if not bool(finite.all()):
+                return self._reject(xt, yt, finite, f"labels outside 0..{self.classes - 1}, or samples not finite")
         if finite is None and (yt is None or not yt.is_floating_point()):  # the common case: nothing to look at
             if self.sample_shape is None:
                 self.sample_shape = shape
@@ -142,6 +158,16 @@ class InputGuard:
         if not bool(ok.all()):
             return self._reject(xt, yt, ok, "samples contain NaN or Inf")
         return self.to_device(xt), self._labels(yt), None
+
+    def _labels_in_range(self, yt: torch.Tensor | None) -> torch.Tensor | None:
+        """Which integer labels index one of :attr:`classes` (``None``: all do, or nothing to check). Labels
+        come from the host in the daemon, where this is one comparison; on a device it costs one read."""
+        if self.classes is None or yt is None or yt.is_floating_point() or not len(yt):
+            return None
+        low, high = (int(v) for v in host_read(torch.stack([yt.min(), yt.max()]).to(torch.int64)))
+        if low >= 0 and high < self.classes:
+            return None
+        return (yt >= 0) & (yt < self.classes)
 
     @staticmethod
     def _finite_rows(rows: torch.Tensor) -> torch.Tensor | None:
@@ -186,9 +212,28 @@ class InputGuard:
 
     def state_dict(self) -> dict[str, Any]:
         return {"sample_shape": None if self.sample_shape is None else list(self.sample_shape),
-                "feature_names": self.feature_names, "rejected": self.rejected}
+                "feature_names": self.feature_names, "rejected": self.rejected, "classes": self.classes}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.sample_shape = None if state["sample_shape"] is None else tuple(state["sample_shape"])
         self.feature_names = None if state["feature_names"] is None else list(state["feature_names"])
         self.rejected = int(state.get("rejected", 0))
+        self.classes = None if state.get("classes") is None else int(state["classes"])
+
+
+def model_classes(model: torch.nn.Module, sample_shape: tuple[int, ...]) -> int | None:
+    """The classes ``model``'s output stands for (its dimension 1, as cross-entropy reads it), from one forward of
+    a zero sample in eval mode with no gradient; ``None`` when the output has no such dimension.
+
+    >>> model_classes(torch.nn.Linear(4, 3), (4,))
+    3
+    """
+    first = next(model.parameters())
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((1, *sample_shape), dtype=first.dtype, device=first.device))
+    finally:
+        model.train(training)
+    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() >= 2 else None

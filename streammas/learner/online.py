@@ -32,7 +32,7 @@ from streammas.collective import DistributedContext, collective_for
 from streammas.collective.alone import Period
 from streammas.learner.buffer import HardBuffer
 from streammas.learner.events import Event, EventLog
-from streammas.learner.inputs import InputGuard
+from streammas.learner.inputs import InputGuard, model_classes
 from streammas.learner.meter import ImportanceMeter
 from streammas.learner.objectives import reconstruction, resolve_objective
 from streammas.learner.optimizers import make_optimizer
@@ -130,7 +130,8 @@ class OnlineMAS:
         self.steps = 0
         self.events = EventLog(s.max_events, clock=lambda: (self.steps, self.samples_seen), callback=callback)
         self.guard = InputGuard(self.device, self.dtype, on_bad_input=s.on_bad_input, needs_labels=needs_labels,
-                                on_reject=lambda n: self.events.emit("rejected", float(n)))
+                                on_reject=lambda n: self.events.emit("rejected", float(n)),
+                                count_classes=lambda shape: model_classes(self.model, shape))
 
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.optimizer = make_optimizer(s.optimizer, [p for _, p in named], s.lr)

@@ -240,7 +240,7 @@ class Service:
         except Exception as e:
             raise ServiceError(f"cannot restore {ckpt.path} into the configured learner: "
                                f"{type(e).__name__}: {e}") from e
-        self.tally, self.opened_at = self.group.resume(meta)
+        self.tally, self.opened_at = self.group.resume(meta, learner)
         self.checkpoints.resumed(ckpt, learner.samples_seen)
         self.metrics.last_checkpoint = ckpt.created
         self.resumed_from = ckpt

@@ -251,12 +251,13 @@ def restore_tally(meta: Mapping[str, Any]) -> Tally:
     """The service's counts a checkpoint carries over.
 
     >>> restore_tally({"service": {"batches": 3, "received": 96, "sink_failed": 5,
-    ...                            "rejected": {"json": 2, "learner_error": 32}}})
+    ...                            "rejected": {"json": 2, "learner_error": 32, "learner": 4}}})
     Tally(batches=3, received=96, errors=32, sink_failed=5, carried_rejected={'json': 2})
     """
     service = meta.get("service") or {}
     rejected = {str(k): int(v) for k, v in (service.get("rejected") or {}).items()}
     errors = rejected.pop("learner_error", 0)
+    rejected.pop("learner", None)  # the restored learner's own count
     return Tally(batches=int(service.get("batches", 0)), received=int(service.get("received", 0)), errors=errors,
                  sink_failed=int(service.get("sink_failed", 0)), carried_rejected=rejected)
 

@@ -99,7 +99,7 @@ class Alone:
     def open_state(self, open_state: Callable[[], Checkpoint | None]) -> Checkpoint | None:
         return open_state()
 
-    def resume(self, meta: dict[str, Any]) -> tuple[Tally, dict | None]:
+    def resume(self, meta: dict[str, Any], learner: OnlineMAS | None = None) -> tuple[Tally, dict | None]:
         """The counts and the source's position a checkpoint carries over (raises :class:`ServiceError` for a
         checkpoint of a group, unless ``[distributed] reshard``)."""
         tally = restore_tally(meta)
@@ -201,9 +201,12 @@ class Group:
         path, seq, created, meta, learner, nbytes = payload
         return Checkpoint(path=Path(path), seq=seq, created=created, meta=meta, learner=learner, nbytes=nbytes)
 
-    def resume(self, meta: dict[str, Any]) -> tuple[Tally, dict | None]:
-        """This worker's counts and position in a checkpoint of the group, and the group's count of rows."""
+    def resume(self, meta: dict[str, Any], learner: OnlineMAS | None = None) -> tuple[Tally, dict | None]:
+        """This worker's counts and position in a checkpoint of the group, and the group's count of rows. The
+        learner's count of rejected samples is rank 0's (its state is): each worker carries its own instead."""
         tally = self.restore_tally(meta) or Tally()
+        if learner is not None:
+            learner.guard.rejected = 0
         position = self.resume_position(meta)
         self.group_received = int((meta.get("service") or {}).get("received", 0))
         return tally, position
@@ -323,16 +326,15 @@ class Group:
         """The group's part of a checkpoint's metadata: the counts summed (``service``, as one worker's would
         read), each worker's own (``workers``), and the group's size (``distributed``)."""
         rejected: dict[str, int] = {}
-        for w in workers:
+        for w in workers:  # each worker's own, the learner's rejects too (see resume)
             for reason, count in w["rejected"].items():
-                if reason != "learner":
-                    rejected[reason] = rejected.get(reason, 0) + int(count)
+                rejected[reason] = rejected.get(reason, 0) + int(count)
         tallies = [w["tally"] for w in workers]
         return {
             "service": {"batches": max(t["batches"] for t in tallies), "received": sum(t["received"] for t in tallies),
                         "sink_failed": sum(t["sink_failed"] for t in tallies), "rejected": rejected},
             "workers": [{"tally": {k: v for k, v in w["tally"].items() if k != "carried_rejected"},
-                         "rejected": {k: v for k, v in w["rejected"].items() if k != "learner"}} for w in workers],
+                         "rejected": w["rejected"]} for w in workers],
             "distributed": {"world_size": self.ctx.world_size, "mode": self.config.distributed.mode},
         }
 

@@ -135,7 +135,9 @@ class Tally:
         if self.errors:
             out["learner_error"] = self.errors
         if learner is not None and learner.counters.get("rejected_samples"):
-            out["learner"] = int(learner.counters["rejected_samples"])
+            # A checkpoint of one service restores this count into the learner (restore_tally leaves it out of the
+            # carried ones); a group's worker carries its own, since the learner's state is rank 0's.
+            out["learner"] = out.get("learner", 0) + int(learner.counters["rejected_samples"])
         return out
 
 
