@@ -48,21 +48,27 @@ def _plain_lines(scores: list[float], y: np.ndarray | None, seq: int) -> list[st
     ]
 
 
-def resume_seq(path: str) -> int:
-    """The ``seq`` after the last record of a JSON Lines file (or its ``.1``), 0 when there is none.
+def last_record(path: str) -> dict | None:
+    """The last record of a JSON Lines file (or of its ``.1``), ``None`` when there is none or it is not JSON.
 
     >>> import tempfile, pathlib
     >>> with tempfile.TemporaryDirectory() as d:
     ...     _ = pathlib.Path(d, "s.jsonl").write_text('{"seq":6,"score":1.0}\\n{"seq":7,"score":0.5}\\n')
-    ...     resume_seq(f"{d}/s.jsonl"), resume_seq(f"{d}/none.jsonl")
-    (8, 0)
+    ...     last_record(f"{d}/s.jsonl"), last_record(f"{d}/none.jsonl")
+    ({'seq': 7, 'score': 0.5}, None)
     """
     line = tail_line(path)
     try:
-        seq = json.loads(line)["seq"] if line else None
-    except (ValueError, TypeError, KeyError):
-        return 0
-    return seq + 1 if type(seq) is int and seq >= 0 else 0
+        record = json.loads(line) if line else None
+    except (ValueError, TypeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _after(record: dict | None, key: str) -> int | None:
+    """The number after ``record[key]``, where that is a natural number."""
+    value = None if record is None else record.get(key)
+    return value + 1 if type(value) is int and value >= 0 else None
 
 
 class JsonlSink(Sink):
@@ -121,8 +127,13 @@ class JsonlSink(Sink):
             if max_bytes is not None or rotate_seconds is not None:
                 raise ValueError("standard output cannot be rotated; give the sink a file")
             self._seq = 0
+            self.next_sample: int | None = None
         else:
-            self._seq = resume_seq(path) if append else 0
+            last = last_record(path) if append else None
+            self._seq = _after(last, "seq") or 0
+            #: The ``sample`` after the last record appended to (``None``: the file holds none), so that a service
+            #: starting a new state directory numbers its samples on from there.
+            self.next_sample = _after(last, "sample")
             self._file = RotatingFile(path, max_bytes=max_bytes, rotate_seconds=rotate_seconds, keep=keep,
                                       fsync=fsync, truncate=not append, max_pending=max_pending)
 

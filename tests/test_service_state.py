@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
 import signal
@@ -340,3 +341,23 @@ def test_a_damaged_checkpoint_is_described_in_our_words_never_with_unsafe_advice
     assert "holds objects other than plain data and tensors" in refused.stderr
     for unsafe in ("weights_only` set to `False`", "weights_only=False)", "legacy", "Re-running"):
         assert unsafe not in refused.stderr, refused.stderr
+
+
+@pytest.mark.slow
+def test_after_start_fresh_the_sinks_sample_numbers_go_on_instead_of_repeating(tmp_path):
+    """``sample`` is the dedup key of a sink's records; a new state directory (``--start-fresh``) appending to
+    the same sink file once numbered its samples from 0 again while ``seq`` went on."""
+    config = setup(tmp_path, range(300), n_rows=300, follow=False)
+    with open(config, "a") as f:
+        f.write(f'[sink]\nuri = "jsonl:{tmp_path / "scores.jsonl"}"\n')
+    assert _run(config, tmp_path).returncode == 0
+    for path in CheckpointStore(tmp_path / "state", create=False).paths():
+        path.write_bytes(bytes(64))  # damaged: a restart must be told to start fresh
+    fresh = _run(config, tmp_path, "--start-fresh")
+    assert fresh.returncode == 0, fresh.stderr
+    records = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    assert len(records) == 600
+    assert [r["seq"] for r in records] == list(range(600))
+    assert [r["sample"] for r in records] == list(range(600))
+    saved = CheckpointStore(tmp_path / "state", create=False).load_latest()
+    assert saved.meta["service"]["first_sample"] == 300

@@ -215,6 +215,10 @@ class Service:
                 raise ServiceError(f"[metrics] {e.strerror}") from None
             logs.log_event(log, "metrics", url=f"http://{host}:{port}/metrics")
         self._open_sink()
+        next_sample = getattr(self.sink, "next_sample", None)
+        if ckpt is None and isinstance(next_sample, int) and next_sample > 0:
+            # a new state directory appending to an older one's sink file: number the samples on from there
+            self.tally.first_sample = next_sample
         self._open_source()
         ports = Ports(config=cfg, source=self.source, sink=self.sink, tally=self.tally, telemetry=self.telemetry,
                       policy=self.checkpoints, checkpoint=self.checkpoint, make_learner=self.create_learner,

@@ -240,7 +240,8 @@ def run_meta(*, spec: ModelSpec, config: Config, position: dict | None, tally: T
         "model": spec.as_meta(),
         "source": {"uri": config.source.uri, "position": position},
         "service": {"batches": tally.batches, "received": tally.received, "sink_failed": tally.sink_failed,
-                    "rejected": {k: v for k, v in rejected.items() if k != "learner"}},
+                    "rejected": {k: v for k, v in rejected.items() if k != "learner"},
+                    "first_sample": tally.first_sample},
         "reason": reason,
         "device": device,
         "config": json.dumps(config.as_dict(), default=str, sort_keys=True),
@@ -252,14 +253,15 @@ def restore_tally(meta: Mapping[str, Any]) -> Tally:
 
     >>> restore_tally({"service": {"batches": 3, "received": 96, "sink_failed": 5,
     ...                            "rejected": {"json": 2, "learner_error": 32, "learner": 4}}})
-    Tally(batches=3, received=96, errors=32, sink_failed=5, carried_rejected={'json': 2})
+    Tally(batches=3, received=96, errors=32, sink_failed=5, carried_rejected={'json': 2}, first_sample=0)
     """
     service = meta.get("service") or {}
     rejected = {str(k): int(v) for k, v in (service.get("rejected") or {}).items()}
     errors = rejected.pop("learner_error", 0)
     rejected.pop("learner", None)  # the restored learner's own count
     return Tally(batches=int(service.get("batches", 0)), received=int(service.get("received", 0)), errors=errors,
-                 sink_failed=int(service.get("sink_failed", 0)), carried_rejected=rejected)
+                 sink_failed=int(service.get("sink_failed", 0)), carried_rejected=rejected,
+                 first_sample=int(service.get("first_sample", 0)))
 
 
 def resume_position(meta: Mapping[str, Any], source: SourceConfig) -> dict | None:

@@ -348,4 +348,5 @@ class Group:
         errors = rejected.pop("learner_error", 0)
         t = mine.get("tally", {})
         return Tally(batches=int(t.get("batches", 0)), received=int(t.get("received", 0)), errors=errors,
-                     sink_failed=int(t.get("sink_failed", 0)), carried_rejected=rejected)
+                     sink_failed=int(t.get("sink_failed", 0)), carried_rejected=rejected,
+                     first_sample=int(t.get("first_sample", 0)))

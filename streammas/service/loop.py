@@ -379,7 +379,7 @@ class Loop:
             return
         ports.observe_step(time.perf_counter() - started)
         tally = ports.tally
-        first = tally.received
+        first = tally.first_sample + tally.received
         tally.received += len(batch)
         tally.batches += 1
         self.position = batch.position

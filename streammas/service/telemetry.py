@@ -110,6 +110,9 @@ class Tally:
         Records the sink failed to write (``streammas_sink_failed_records_total``).
     carried_rejected : dict, default {}
         Samples turned away by earlier runs, by reason (this run's source adds its own).
+    first_sample : int, default 0
+        The number the sink's ``sample`` gives the state directory's first sample: where a sink file kept from
+        an earlier state directory (``--start-fresh``) left off, so that its ``sample`` keys never repeat.
 
     Examples
     --------
@@ -123,6 +126,7 @@ class Tally:
     errors: int = 0
     sink_failed: int = 0
     carried_rejected: dict[str, int] = field(default_factory=dict)
+    first_sample: int = 0
 
     def rejected(self, source: Source | None, learner: OnlineMAS | None) -> dict[str, int]:
         """Samples turned away, by reason: the carried counts, the source's ``rejected:<reason>`` counters,
