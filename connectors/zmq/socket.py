@@ -7,6 +7,7 @@ binding anywhere but the loopback interface without CurveZMQ logs a warning), ``
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Any
 
@@ -17,9 +18,6 @@ from connectors.curve import CurveOptions, configure
 __all__ = ["ZmqSocket", "endpoint", "is_loopback", "topic_frame"]
 
 _log = logging.getLogger(__name__)
-
-_LOOPBACK = ("127.", "localhost", "[::1]", "::1")
-
 
 def endpoint(address: str) -> str:
     """A ZeroMQ endpoint from an address; bare ``host:port`` means TCP, a missing host 127.0.0.1.
@@ -34,15 +32,24 @@ def endpoint(address: str) -> str:
 
 
 def is_loopback(address: str) -> bool:
-    """Whether an endpoint stays on this machine (the loopback interface, ``ipc://``, ``inproc://``).
+    """Whether an endpoint stays on this machine (the loopback interface, ``ipc://``, ``inproc://``): the host
+    is a loopback IP address or exactly ``localhost``, never a name that merely starts like one.
 
     >>> is_loopback("tcp://127.0.0.1:5555"), is_loopback("ipc:///tmp/s"), is_loopback("tcp://0.0.0.0:5555")
+    (True, True, False)
+    >>> is_loopback("tcp://[::1]:5555"), is_loopback("tcp://localhost:1"), is_loopback("tcp://localhost.example.com:1")
     (True, True, False)
     """
     if not address.startswith("tcp://"):
         return True  # ipc and inproc never leave the machine
     host = address[len("tcp://") :].rpartition(":")[0]
-    return host.startswith(_LOOPBACK)
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, or an interface: it may reach beyond this machine
+        return False
 
 
 def topic_frame(topic: str | bytes | None) -> bytes | None:
