@@ -26,6 +26,9 @@ from connectors.samples import SampleShape, as_labels, drop_nonfinite
 
 _log = logging.getLogger(__name__)
 
+#: The most bytes a .npz array may take decompressed, by default (a .npy file is memory-mapped instead).
+DEFAULT_MAX_ARRAY_BYTES = 256 << 20
+
 
 class ArraySource(BatchingSource):
     """Base of the numpy-file sources: subclasses say how to open one file (``_load``).
@@ -164,11 +167,13 @@ class ArraySource(BatchingSource):
                 raise Reject("file", f"{path}: x must be a numeric array with a sample axis, got {x.dtype}{x.shape}")
             if y is not None and (y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "biuf"):
                 raise Reject("file", f"{path}: y must be {len(x)} numeric labels, got {y.dtype}{y.shape}")
-            self._shape.check(x.shape[1:])
+            # no value per sample, or no sample axis beyond the first: nothing a model can learn
+            self._shape.admit(x.shape[1:], count=max(1, len(x)))
+            self._shape.fix(x.shape[1:])
         except Reject as e:
             if strict:
-                raise ValueError(e.detail) from None
-            self._reject(Reject(e.reason, f"{path}: {e.detail}" if path not in e.detail else e.detail))
+                raise ValueError(f"{path}: {e.detail}") from None
+            self._reject(Reject(e.reason, f"{path}: {e.detail}" if path not in e.detail else e.detail, e.count))
             return False
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
             if strict:
@@ -274,6 +279,10 @@ class NpzSource(ArraySource):
         The array of samples (a file with a single array: that one, whatever its name).
     y_key : str or None, default "y"
         The array of labels, used when the file has it (``None``: no labels).
+    max_array_bytes : int, default 256 MiB
+        The most bytes an array may take once decompressed (checked from its declared sizes before anything is
+        decompressed): a larger one is refused and counted (reason ``file``), so that a small file cannot
+        take the machine's memory. A ``.npy`` file is memory-mapped, with no such bound.
     **kwargs
         :class:`ArraySource`'s keyword arguments: ``batch_size``, ``max_latency_ms``, ``position``, ``name``,
         ``shard``.
@@ -290,9 +299,29 @@ class NpzSource(ArraySource):
     ((3, 2), [0, 1, 0])
     """
 
-    def __init__(self, path: str, *, x_key: str = "x", y_key: str | None = "y", **kwargs) -> None:
+    def __init__(self, path: str, *, x_key: str = "x", y_key: str | None = "y",
+                 max_array_bytes: int = DEFAULT_MAX_ARRAY_BYTES, **kwargs) -> None:
+        if max_array_bytes < 1:
+            raise ValueError("max_array_bytes must be >= 1")
         self._x_key, self._y_key = x_key, y_key
+        self._max = int(max_array_bytes)
         super().__init__(path, ".npz", **kwargs)
+
+    def _member(self, archive: zipfile.ZipFile, name: str) -> None:
+        """Refuse (``Reject("file")``) an array that would take more than ``max_array_bytes`` once decompressed,
+        by its declared sizes (the zip entry's and the array header's), before anything is decompressed."""
+        info = archive.getinfo(name + ".npy")
+        with archive.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        largest = max(declared, info.file_size)
+        if largest > self._max:
+            raise Reject("file", f"array {name!r} would take {largest:,} bytes decompressed, over max_array_bytes "
+                                 f"= {self._max:,} (a .npy file is memory-mapped instead, with no such bound)")
 
     def _load(self, path: str) -> tuple[np.ndarray, np.ndarray | None]:
         with np.load(path, allow_pickle=False) as z:
@@ -303,6 +332,9 @@ class NpzSource(ArraySource):
                 x_name = names[0]
             else:
                 raise Reject("file", f"no array {self._x_key!r} among {names}")
+            y_name = self._y_key if self._y_key and self._y_key in names and self._y_key != x_name else None
+            for name in (x_name, y_name) if y_name else (x_name,):
+                self._member(z.zip, name)
             x = z[x_name]
-            y = z[self._y_key] if self._y_key and self._y_key in names and self._y_key != x_name else None
+            y = z[y_name] if y_name else None
         return x, y
