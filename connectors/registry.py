@@ -54,6 +54,7 @@ BUILTIN: dict[str, str] = {
     "npz": "connectors.files:NPZ",
     "alerts": "connectors.alerts_sink:ALERTS",
     "redis+stream": "connectors.redis.connector:REDIS_STREAM",
+    "mqtt": "connectors.mqtt.connector:MQTT",
 }
 
 #: file extension -> scheme, for URIs given as bare paths.
