@@ -46,11 +46,11 @@ class MqttProducer:
 
     Examples
     --------
-    In prose (tests/test_connectors_mqtt.py runs it against a real broker)::
+    tests/test_connectors_mqtt.py runs it against a real broker; without one, the client holds the message:
 
-        with MqttProducer("sensors/line-1", port=1883) as producer:
-            producer.send(np.zeros((64, 8), np.float32))   # one message of 64 samples
-            producer.flush(timeout=10)                     # every message taken by the broker
+    >>> with MqttProducer("sensors/line-1", port=1) as producer:
+    ...     producer.send(np.zeros((64, 8), np.float32)), producer.flush(timeout=0.05), producer.sent
+    (True, False, 1)
     """
 
     def __init__(self, topic: str, *, host: str = "127.0.0.1", port: int = 1883, qos: int = 1, retain: bool = False,

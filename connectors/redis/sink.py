@@ -41,10 +41,13 @@ class RedisStreamProducer:
 
     Examples
     --------
-    In prose (tests/test_connectors_redis.py runs it against a real broker)::
+    tests/test_connectors_redis.py runs it against a real broker; without one, a send says so:
 
-        with RedisStreamProducer("sensors", port=6379) as producer:
-            producer.send(np.zeros((64, 8), np.float32))   # one entry of 64 samples
+    >>> with RedisStreamProducer("sensors", port=1) as producer:
+    ...     producer.send(np.zeros((64, 8), np.float32))
+    Traceback (most recent call last):
+        ...
+    redis.exceptions.ConnectionError: Error 111 connecting to 127.0.0.1:1. Connection refused.
     """
 
     def __init__(self, stream: str, *, host: str = "127.0.0.1", port: int = 6379, maxlen: int | None = None,

@@ -99,13 +99,13 @@ class RedisStreamSource(BatchingSource):
 
     Examples
     --------
-    In prose (tests/test_connectors_redis.py runs it against a real broker)::
+    With a broker (tests/test_connectors_redis.py runs it against a real one)::
 
         with RedisStreamSource("sensors", port=6379, batch_size=64) as src:
             batch = src.read(timeout=1.0)      # learn it, checkpoint the position, then:
             src.commit(batch.position)         # the entries up to it are acknowledged
 
-    Without a broker nothing fails: the read is counted and retried later.
+    Without one nothing fails: the read is counted and retried later.
 
     >>> src = RedisStreamSource("s", port=1, block_ms=10)
     >>> src.read(timeout=0.05) is None, src.counters["broker_errors"] >= 1
