@@ -11,6 +11,11 @@ workers' sources together yield each sample once. A connector says it can split 
 ``rank`` and ``world_size`` in its ``open_source`` (see :class:`connectors.registry.Connector`); one that
 does not is run by a single worker. A split source's positions resume its own part only, and say which
 part it is (the built-in file sources: ``"shard": [rank, world_size]``).
+
+A source fed by a broker that keeps what it delivered until told (a Redis Streams consumer group) must
+not acknowledge input before a checkpoint that covers it is on disk: the service calls
+:meth:`Source.commit` with the position a checkpoint just written records (in a group, every worker with
+its own, once rank 0's write succeeded). The default does nothing.
 """
 
 from __future__ import annotations
@@ -88,6 +93,7 @@ class Source(abc.ABC):
     False
     >>> source.drain(timeout=1.0)  # the default: nothing held back at a stop
     []
+    >>> source.commit({"row": 3})  # the default: nothing to acknowledge
     """
 
     #: Whether the source will end (and ``finished`` become true): a file not followed. ``False``, the
@@ -125,6 +131,17 @@ class Source(abc.ABC):
         """Let the next samples fix the stream's sample shape again, where the first samples fixed it (not a
         configured one): the consumer could not use that shape (a model too large for it), and the stream
         must go on. The default keeps no shape: nothing to do."""
+        return None
+
+    def commit(self, position: dict | None) -> None:
+        """A checkpoint that records ``position`` (one this source gave out) is now on disk.
+
+        Everything up to ``position`` is learned for good: a source whose broker redelivers what was not
+        acknowledged (Redis Streams) acknowledges it now, and only now, so that a crash at any moment
+        neither loses input nor learns it twice. Called between batches, by the thread that reads; must
+        not raise for a broker that is away (keep what is left to acknowledge for the next call). The
+        default does nothing: a file is read again from the position, a socket cannot be told.
+        """
         return None
 
     @property

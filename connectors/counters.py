@@ -29,6 +29,8 @@ REASONS: Mapping[str, str] = {
     "columns": "a CSV row with the wrong number of fields",
     "parse": "a CSV field that is not a number",
     "encoding": "a line that is not valid UTF-8",
+    "trimmed": "a stream entry deleted or trimmed (MAXLEN) after it was delivered, before it was learned",
+    "fields": "a stream entry without the fields of the wire format (header and payload, or json)",
     "decode": "input the decoder failed on in a way it does not foresee (worth reporting as a bug)",
 }
 
@@ -77,6 +79,8 @@ class RateLimitedLog:
         Seconds per record once the burst is spent.
     clock : callable, default time.monotonic
         The clock the bucket refills by.
+    noun : str, default "rejects"
+        What the records are, in the note on those not logged.
 
     Attributes
     ----------
@@ -102,6 +106,7 @@ class RateLimitedLog:
         burst: int = 10,
         interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        noun: str = "rejects",
     ) -> None:
         if burst < 1 or interval <= 0:
             raise ValueError("burst must be >= 1 and interval > 0")
@@ -112,6 +117,7 @@ class RateLimitedLog:
         self._tokens = float(burst)
         self._last = clock()
         self.suppressed = 0
+        self._noun = noun
 
     def emit(self, message: str) -> bool:
         """Write ``message`` if the bucket allows it; returns whether it was written."""
@@ -123,7 +129,7 @@ class RateLimitedLog:
             return False
         self._tokens -= 1.0
         if self.suppressed:
-            message = f"{message} ({self.suppressed} more rejects not logged before this one)"
+            message = f"{message} ({self.suppressed} more {self._noun} not logged before this one)"
             self.suppressed = 0
         self._write(message)
         return True

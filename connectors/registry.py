@@ -53,6 +53,8 @@ BUILTIN: dict[str, str] = {
     "npy": "connectors.files:NPY",
     "npz": "connectors.files:NPZ",
     "alerts": "connectors.alerts_sink:ALERTS",
+    "redis+stream": "connectors.redis.connector:REDIS_STREAM",
+    "mqtt": "connectors.mqtt.connector:MQTT",
 }
 
 #: file extension -> scheme, for URIs given as bare paths.
@@ -137,6 +139,20 @@ def split_uri(uri: str) -> tuple[str, str]:
         f"cannot tell what {uri!r} is: give a scheme (e.g. csv:{uri}, zmq+pull://127.0.0.1:5555) "
         f"or a file with one of the extensions {', '.join(EXTENSIONS)}"
     )
+
+
+def takes_sample_shape(uri: str) -> bool:
+    """Whether the built-in source for ``uri`` takes ``sample_shape`` (ZeroMQ, JSON Lines, Redis Streams and
+    MQTT: the sources whose samples each say their own shape).
+
+    >>> [takes_sample_shape(uri) for uri in ("zmq+pull://127.0.0.1:5555", "jsonl:x.jsonl", "x.csv")]
+    [True, True, False]
+    """
+    try:
+        scheme = split_uri(uri)[0]
+    except ValueError:
+        return False
+    return scheme.startswith("zmq") or scheme in ("jsonl", "redis+stream", "mqtt")
 
 
 def register(scheme: str, connector: object) -> None:

@@ -1,7 +1,12 @@
-"""``streammas send``: stream a file into a ZeroMQ source (the producer side), with a progress bar.
+"""``streammas send``: stream a file into a ZeroMQ source or a broker (the producer side), with a progress bar.
 
     streammas send data.csv --to tcp://127.0.0.1:5555 [--batch-size N] [--rate R]
     streammas send data.csv --to :5555,:5556      # the two workers of a data-parallel service
+    streammas send data.csv --to redis+stream://127.0.0.1:6379/rows   # or --to mqtt://127.0.0.1:1883/plant/line-1
+
+With a broker (:mod:`connectors.send_broker`) each batch is one stream entry or one MQTT message (QoS 1 by
+default), and the exit status is 1 when the broker could not be reached or did not take every message within
+``--linger``.
 
 The file is anything a file source reads (CSV, JSON Lines, ``.npy``, ``.npz``, a directory or a glob,
 or a URI such as ``csv:data.txt``); bad rows are skipped and counted as the sources do (the first ten
@@ -31,6 +36,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from connectors.send_broker import deliver, is_broker, open_producer, send_batches
+
 DEFAULT_BATCH = 256
 DEFAULT_TO = "tcp://127.0.0.1:5555"
 #: Skipped-input warnings shown one by one; the rest are summed up in one line at the end.
@@ -46,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", action="append", default=None, metavar="ADDRESS[,ADDRESS...]",
                         help="the receiver's address: tcp://HOST:PORT, HOST:PORT or :PORT (host 127.0.0.1), "
                              f"ipc://PATH (default: {DEFAULT_TO}); several (comma-separated, or --to repeated) "
-                             "take the messages in turn, e.g. the workers of a data-parallel service")
+                             "take the messages in turn, e.g. the workers of a data-parallel service; or a broker: "
+                             "redis+stream://HOST:PORT/STREAM, mqtt://HOST:PORT/TOPIC")
     parser.add_argument(
         "--connect-timeout", type=float, default=10.0,
         help="seconds to wait for a receiver to connect (to every address) before giving up with status 1, "
@@ -249,6 +257,8 @@ def _open_and_send(args: argparse.Namespace, report: _SkipReport) -> int:
         return _fail(str(e))
     report.watch(source, scheme == "csv")
     to = addresses(args)
+    if len(to) == 1 and is_broker(to[0]):
+        return _send_to_broker(args, source, to[0])
     try:
         producer = ZmqProducer(
             to if len(to) > 1 else to[0],
@@ -263,6 +273,33 @@ def _open_and_send(args: argparse.Namespace, report: _SkipReport) -> int:
         source.close()
         return _fail(f"cannot open {', '.join(to)}: {e}")
     return _send(args, source, producer, report)
+
+
+def _send_to_broker(args: argparse.Namespace, source: Any, uri: str) -> int:
+    try:
+        producer = open_producer(uri)
+    except Exception as e:  # a bad URI, a missing client library
+        source.close()
+        return _fail(f"cannot open {uri}: {e}")
+    bar = _progress(getattr(source, "size_hint", None), not args.no_progress)
+    sent, start, problem = 0, time.monotonic(), ""
+    try:
+        sent = send_batches(source, producer, pacer=Pacer(args.rate), bar=bar, labels=not args.no_labels)
+        problem = deliver(producer, args.linger) or ""
+    except KeyboardInterrupt:
+        problem = "interrupted"
+    except Exception as e:  # the broker cannot be reached
+        problem = f"{uri}: {type(e).__name__}: {e}"
+    finally:
+        bar.close()
+        source.close()
+        producer.close()
+    elapsed = max(time.monotonic() - start, 1e-9)
+    print(f"sent {sent:,} samples in {producer.sent:,} messages to {uri} in {elapsed:.1f} s "
+          f"({sent / elapsed:,.0f} samples/s)", file=sys.stderr)
+    if problem:
+        print(f"streammas send: error: {problem}", file=sys.stderr)
+    return 130 if problem == "interrupted" else 1 if problem or not sent else 0
 
 
 def _no_receiver(args: argparse.Namespace, producer: Any, waited: float) -> str:

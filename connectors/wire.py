@@ -12,6 +12,11 @@ A message is either
 
 The frame count tells the two apart. On a topic-filtered PUB/SUB stream an extra first frame, the
 topic, precedes either form.
+
+A transport that carries one buffer per message (an MQTT payload) has the **packed** binary form: the
+header on one line, a newline (``\\n``), then the payload bytes and, when the header's ``shape`` leaves room
+for them, the labels bytes right after (:func:`encode_packed`). A buffer is packed when its first line is a
+JSON object with ``"v"`` and without ``"x"``; anything else is the JSON form.
 """
 
 from __future__ import annotations
@@ -184,6 +189,17 @@ def encode(x: np.ndarray, y: np.ndarray | None = None, **fields: object) -> list
     if y is not None:
         frames.append(y.data.cast("B") if y.size else b"")
     return frames
+
+
+def encode_packed(x: np.ndarray, y: np.ndarray | None = None, **fields: object) -> bytes:
+    """The packed binary form in one buffer: the header, a newline, the payload, then the labels if any.
+
+    >>> raw = encode_packed(np.zeros((2, 3), dtype=np.float32), np.array([1, 0]))
+    >>> raw.split(b"\\n", 1)[0], len(raw.split(b"\\n", 1)[1])
+    (b'{"v":1,"dtype":"float32","shape":[2,3],"labels_dtype":"int64"}', 40)
+    """
+    frames = encode(x, y, **fields)
+    return b"".join([frames[0], b"\n", *frames[1:]])
 
 
 def encode_json(x: np.ndarray | list, y: np.ndarray | list | None = None) -> bytes:

@@ -27,6 +27,7 @@ def test_ingest_benchmark_json(capsys: pytest.CaptureFixture) -> None:
         "40",
         "--npy-rows",
         "200",
+        "--no-brokers",
         "--json",
     ]
     assert ingest.main(argv) == 0
@@ -52,7 +53,21 @@ def test_ingest_benchmark_table(capsys: pytest.CaptureFixture) -> None:
         "--per-message",
         "4",
         "--no-files",
+        "--no-brokers",
     ]
     assert ingest.main(argv) == 0
     out = capsys.readouterr().out
     assert "ZmqSource / bare loop" in out and "samples/s" in out
+
+
+def test_ingest_benchmark_brokers(capsys: pytest.CaptureFixture, redis_server, mosquitto) -> None:
+    """The brokers' section, on the redis-server and mosquitto the machine has (the fixtures skip without them)."""
+    argv = ["--repeats", "1", "--messages", "5", "--warmup", "1", "--features", "8", "--per-message", "4",
+            "--no-files", "--broker-messages", "30", "--broker-per-message", "4", "--broker-batch", "8", "--json"]
+    assert ingest.main(argv) == 0
+    brokers = json.loads(capsys.readouterr().out)["brokers"]
+    assert set(brokers) == {"redis", "mqtt"}
+    for result in brokers.values():
+        rates = result["samples_per_s"]
+        assert rates["bare"] > 0 and rates["source"] > 0
+        assert result["ratio"] == pytest.approx(rates["source"] / rates["bare"])

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from connectors.base import Sink, Source
-from connectors.registry import open_sink, open_source, split_uri
+from connectors.registry import open_sink, open_source, takes_sample_shape
 from streammas.config import Config
 from streammas.learner import OnlineMAS
 from streammas.service import logs
@@ -57,20 +57,6 @@ def resolve_device(setting: str) -> str:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ServiceError(f"[learner] device {setting!r}: no CUDA device is available")
     return setting
-
-
-def takes_sample_shape(uri: str) -> bool:
-    """Whether the built-in source for ``uri`` takes ``sample_shape`` (ZeroMQ and JSON Lines: the sources whose
-    samples each say their own shape).
-
-    >>> [takes_sample_shape(uri) for uri in ("zmq+pull://127.0.0.1:5555", "jsonl:x.jsonl", "x.csv")]
-    [True, True, False]
-    """
-    try:
-        scheme = split_uri(uri)[0]
-    except ValueError:
-        return False
-    return scheme.startswith("zmq") or scheme == "jsonl"
 
 
 class Service:
@@ -369,9 +355,23 @@ class Service:
     def checkpoint(self, reason: str = "requested") -> Checkpoint | None:
         """Write a checkpoint now (between batches); returns it, or ``None`` if there is nothing to save or the
         write failed (logged; the service goes on and tries again at the next occasion). In a group every
-        worker calls it, and rank 0 writes the group's state."""
-        return self.group.checkpoint(reason, self.learner, lambda: {  # this worker's part of a group's checkpoint
-            "position": self.position, "tally": asdict(self.tally), "rejected": self.rejected()})
+        worker calls it, and rank 0 writes the group's state. Once it is on disk, the source is told that the
+        position it records is durable (:meth:`connectors.base.Source.commit`)."""
+        position = self.position
+        written = self.group.checkpoint(reason, self.learner, lambda: {  # this worker's part of a group's checkpoint
+            "position": position, "tally": asdict(self.tally), "rejected": self.rejected()})
+        if self.group.durable(written):
+            self._commit(position)
+        return written
+
+    def _commit(self, position: dict | None) -> None:
+        commit = getattr(self.source, "commit", None)  # plug-in sources may predate Source.commit
+        if commit is None or position is None:
+            return
+        try:
+            commit(position)
+        except Exception as e:  # the next checkpoint commits again, covering this one's position too
+            logs.log_event(log, "commit_failed", logging.WARNING, error=why(e))
 
     def write_checkpoint(self, reason: str,
                          amend: Callable[[dict[str, Any]], None] | None = None) -> Checkpoint | None:

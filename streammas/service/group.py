@@ -127,6 +127,10 @@ class Alone:
         """Write the checkpoint now; returns it, or ``None`` if nothing was written."""
         return self.write(reason, None)
 
+    def durable(self, written: Checkpoint | None) -> bool:
+        """Whether the checkpoint just asked for (``written``, what :meth:`checkpoint` returned) is on disk."""
+        return written is not None
+
     def final_checkpoint(self, due: bool, asked: bool, checkpoint: Callable[[str], Checkpoint | None]) -> bool:
         """Write the shutdown checkpoint if one is ``due`` (something changed since the last) or was ``asked``
         for; returns ``False`` when that write failed."""
@@ -168,6 +172,7 @@ class Group:
         self.last_ok = True
         #: Set when this worker left a turn half-way (an error): no collective can meet any more.
         self.broken = False
+        self._durable = False  # whether the last checkpoint asked for was written
         #: Rows the group received in the state directory's life (the sum of every turn's counts; the same on
         #: every worker), for rank 0's checkpoint policy.
         self.group_received = 0
@@ -292,6 +297,7 @@ class Group:
         """Write the group's checkpoint (rank 0), with every worker's position and counts (``record()``: this
         worker's ``position``, ``tally`` and ``rejected``); all workers call it. Returns the checkpoint on rank
         0, ``None`` elsewhere or when the write failed."""
+        self._durable = False
         if learner is None:
             return None
         learner.flush()  # the learner's pending reads may involve collectives: all workers at once
@@ -303,10 +309,14 @@ class Group:
                 meta.update(self.group_meta(workers))
 
             written = self.write(reason, amend)
-        self.last_ok = bool(self.ctx.broadcast_object(written is not None))
+        self.last_ok = self._durable = bool(self.ctx.broadcast_object(written is not None))
         if not self.last_ok and not self.is_main:
             logs.log_event(log, "checkpoint_failed", logging.ERROR, reason=reason, msg="rank 0 could not write")
         return written
+
+    def durable(self, written: Checkpoint | None) -> bool:
+        """Whether the group's checkpoint just asked for is on disk (known on every worker, not only rank 0)."""
+        return self._durable
 
     def final_checkpoint(self, due: bool, asked: bool, checkpoint: Callable[[str], Checkpoint | None]) -> bool:
         """Write the group's shutdown checkpoint when :meth:`shutdown_due` (a collective, skipped by a worker

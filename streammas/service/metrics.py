@@ -30,6 +30,9 @@ lifetime of the state directory (they continue after a restart from a checkpoint
 ``streammas_checkpoints_total``                 checkpoints written by this process
 ``streammas_seconds_since_consolidation``       NaN until this process saw a consolidation
 ``streammas_source_backlog_samples``            samples waiting in the source, where it can tell
+``streammas_source_events_total``               the source's own counts in this process, by ``event``
+                                                (a broker source: ``entries``, ``acked``, ``broker_errors``,
+                                                ...; a ZeroMQ source: ``messages``); rank 0's in a group
 ``process_*``                                   memory, CPU time, open files of the process (Linux)
 ==============================================  ===================================================
 
@@ -129,12 +132,14 @@ class Snapshot:
         Records the sink failed to write.
     backlog : int or None, default None
         Samples waiting in the source (``None``: the source cannot tell; the metric is left out).
+    source_events : dict of str to int, default {}
+        The source's own counters besides samples, batches and rejects (this process's).
 
     Examples
     --------
     >>> m = ServiceMetrics()
     >>> m.publish(Snapshot(samples=640, batches=20, plateaus=2, importance={"encoder.0.weight": (0.5, 2.0)},
-    ...                    skipped_updates=3, backlog=7))
+    ...                    skipped_updates=3, backlog=7, source_events={"broker_errors": 2}))
     >>> text = m.render()
     >>> 'streammas_plateaus_total 2.0' in text, 'streammas_prequential_loss NaN' in text
     (True, True)
@@ -143,6 +148,8 @@ class Snapshot:
     >>> 'streammas_skipped_updates_total{cause="nonfinite_loss"} 3.0' in text
     True
     >>> 'streammas_source_backlog_samples 7.0' in text
+    True
+    >>> 'streammas_source_events_total{event="broker_errors"} 2.0' in text
     True
     """
 
@@ -160,6 +167,7 @@ class Snapshot:
     clipped_samples: int = 0
     sink_failed: int = 0
     backlog: int | None = None
+    source_events: dict[str, int] = field(default_factory=dict)
 
 
 def _age(when: float | None) -> float:
@@ -222,6 +230,11 @@ class _Collector:
         yield GaugeMetricFamily("streammas_seconds_since_consolidation",
                                 "Seconds since the last consolidation this process saw.",
                                 value=_age(owner.last_consolidation))
+        events = CounterMetricFamily("streammas_source_events", "The source's own counts in this process.",
+                                     labels=["event"])
+        for event, count in sorted(snap.source_events.items()):
+            events.add_metric([event], count)
+        yield events
         if snap.backlog is not None:
             yield GaugeMetricFamily("streammas_source_backlog_samples", "Samples waiting in the source.",
                                     value=snap.backlog)

@@ -167,6 +167,18 @@ def source_backlog(source: Source | None) -> int | None:
     return int(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def source_events(source: Source | None) -> dict[str, int]:
+    """The source's own counters besides ``samples``, ``batches`` and its rejects (those are counted apart).
+
+    >>> class Src: counters = {"samples": 9, "batches": 1, "rejected:json": 2, "broker_errors": 3}
+    >>> source_events(Src())
+    {'broker_errors': 3}
+    """
+    counters = getattr(source, "counters", None) or {}
+    return {str(k): int(v) for k, v in counters.items()
+            if k not in ("samples", "batches") and not str(k).startswith("rejected")}
+
+
 class Telemetry:
     """Publishes the learner's values: the metrics :class:`~streammas.service.metrics.Snapshot` and the status line.
 
@@ -243,7 +255,7 @@ class Telemetry:
                             recoveries=counters.get("recoveries", 0), importance=importance,
                             importance_samples=learner.synapses.running_count,
                             clipped_samples=counters.get("clipped_samples", 0), sink_failed=tally.sink_failed,
-                            backlog=source_backlog(source))
+                            backlog=source_backlog(source), source_events=source_events(source))
         self.metrics.publish(snapshot)
         self.status = {"samples_seen": learner.samples_seen, "loss": loss, "plateaus": snapshot.plateaus,
                        "consolidations": snapshot.consolidations, "rejected": sum(rejected.values())}

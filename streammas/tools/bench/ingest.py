@@ -9,6 +9,8 @@
   which ``check_finite=False`` skips (shown too).
 * Files: rows per second (of CPU time) of the CSV and ``.npy`` sources reading a freshly written file
   (in the page cache), for the same 784 features and for 16.
+* Brokers: the Redis Streams and MQTT sources against bare client loops over the same queued messages, on
+  the ``redis-server`` and ``mosquitto`` the machine has (:mod:`streammas.tools.bench.ingest_brokers`).
 
 Medians over ``--repeats``; ``--json`` prints the machine-readable result instead of the table.
 """
@@ -27,6 +29,9 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+
+from streammas.tools.bench.ingest_brokers import bench_brokers
+from streammas.tools.bench.ingest_brokers import table as broker_table
 
 #: Runs in the producer process: connect a PUSH socket and send the same wire-v1 message N times.
 _PRODUCER = r"""
@@ -60,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv-rows", type=int, default=4000, help="rows of the CSV file (784 features)")
     parser.add_argument("--npy-rows", type=int, default=50_000, help="rows of the .npy file (784 features)")
     parser.add_argument("--no-files", action="store_true", help="skip the file sources")
+    parser.add_argument("--broker-messages", type=int, default=400, help="messages queued per broker run")
+    parser.add_argument("--broker-per-message", type=int, default=32, help="samples per broker message")
+    parser.add_argument("--broker-batch", type=int, default=64, help="entries per XREADGROUP (both Redis readers)")
+    parser.add_argument("--no-brokers", action="store_true", help="skip the brokers (redis-server, mosquitto)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--check", action="store_true",
                         help=f"exit 1 if ZmqSource < {TARGET * 100:.0f}%% of the bare loop")
@@ -249,6 +258,8 @@ def _table(result: dict) -> str:
             kind = "CSV" if key.startswith("csv") else ".npy (memory-mapped)"
             label = f"{kind}, {r['features']} features, {r['rows']:,} rows"
             lines.append(f"  {label:<48}{r['rows_per_s']:>11,.0f}")
+    if result.get("brokers"):
+        lines += broker_table(result["brokers"], cfg)
     return "\n".join(lines)
 
 
@@ -270,12 +281,16 @@ def run(args: argparse.Namespace) -> int:
             "per_message": args.per_message,
             "features": args.features,
             "batch_size": args.batch_size,
+            "broker_messages": args.broker_messages,
+            "broker_per_message": args.broker_per_message,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         },
         "zmq": bench_zmq(args),
     }
     if not args.no_files:
         result["files"] = bench_files(args)
+    if not args.no_brokers:
+        result["brokers"] = bench_brokers(args)
     print(json.dumps(result, indent=2) if args.json else _table(result))
     if args.check and result["zmq"]["ratio"] < TARGET:
         return 1
