@@ -215,6 +215,11 @@ class BatchingSource(Source):
     (5, True)
     """
 
+    #: Whether input given out but never learned comes again after a restart without a position (a broker that
+    #: redelivers what was not acknowledged, as MQTT at QoS 1 does); a resumable source reads it again anyway.
+    #: A drain's leftovers of such a source are not counted as lost.
+    redelivers = False
+
     def __init__(
         self,
         name: str,
@@ -315,7 +320,7 @@ class BatchingSource(Source):
             elif quiet:
                 return
         left = self._count_queued()
-        if self._reader_position() is None and batcher.pending:  # a resumable source reads these again
+        if self._reader_position() is None and not self.redelivers and batcher.pending:
             left += batcher.pending
             self._counters.add("dropped_at_shutdown", batcher.pending)
             batcher.clear()

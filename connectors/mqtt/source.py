@@ -78,6 +78,11 @@ class MqttSource(BatchingSource):
     (True, 0)
     """
 
+    @property
+    def redelivers(self) -> bool:  # type: ignore[override]
+        """At QoS 1, what was not acknowledged comes again with the session; at QoS 0 it is gone."""
+        return self.qos > 0
+
     def __init__(self, topic: str, *, host: str = "127.0.0.1", port: int = 1883, qos: int = 1,
                  client_id: str = "streammas", clean_session: bool = False, batch_size: int = 32,
                  max_latency_ms: float = 50.0, sample_shape: list[int] | tuple[int, ...] | None = None,
@@ -136,13 +141,19 @@ class MqttSource(BatchingSource):
             except queue.Empty:
                 return
 
-    def _drain_input(self, until: float) -> None:
+    def _drain_input(self, until: float) -> bool:
         # What is still in the inbox is not acknowledged: the broker sends it again to the next session.
         while time.monotonic() < until:
             try:
                 self._take(*self._inbox.get_nowait())
             except queue.Empty:
-                return
+                return True
+            if self._batcher.ready:
+                return False
+        return False
+
+    def forget_sample_shape(self) -> None:
+        self._decoder.shape.forget()
 
     def _take(self, payload: bytes, mid: int, qos: int, dup: bool) -> None:
         counts = self._counters.counts

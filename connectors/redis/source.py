@@ -154,6 +154,9 @@ class RedisStreamSource(BatchingSource):
         return last, int(position.get("skip", 0)), last
 
     # -- BatchingSource ------------------------------------------------------------------------------------------
+    def forget_sample_shape(self) -> None:
+        self._decoder.shape.forget()
+
     def _reader_position(self) -> dict | None:
         return {**self._base, "id": self._last}
 
