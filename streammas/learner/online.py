@@ -140,7 +140,7 @@ class OnlineMAS:
         self.synapses = Synapses(named, consolidation=s.consolidation, ema_alpha=s.ema_alpha,
                                  normalization=s.omega_normalization, omega_dtype=held_dtype)
         self.buffer = HardBuffer(s.hard_buffer, s.hard_buffer_decay)
-        self.scaler = InputScaler(s.scale_inputs, clip=s.input_clip, device=self.device)
+        self.scaler = InputScaler(s.scale_inputs, clip=s.input_clip, floor=s.scale_floor, device=self.device)
         self.replay = ReplayMemory(s.replay, max_bytes=s.replay_max_bytes, transform=self.scaler.transform,
                                    seed=self.collective.replay_seed(torch.initial_seed() % (1 << 63)),
                                    retention=s.replay_retention, ratio=s.replay_ratio)

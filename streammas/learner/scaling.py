@@ -39,6 +39,10 @@ class InputScaler:
         With ``mode="frozen"``: the samples after which the statistics stop changing.
     eps : float, default 1e-8
         Added to each feature's variance before its square root (a feature constant so far).
+    floor : float, default 0.0
+        No feature is divided by less than ``floor`` times the stream's typical scale (the median standard
+        deviation of the features that vary): a feature nearly constant so far (a border pixel, an idle sensor)
+        would otherwise jump to the clip the moment it moves, which plain SGD does not survive.
 
     Attributes
     ----------
@@ -64,13 +68,16 @@ class InputScaler:
     """
 
     def __init__(self, mode: str = "running", *, clip: float = 100.0, warmup: int = 1000,
-                 eps: float = 1e-8, device: torch.device | str | None = None) -> None:
+                 eps: float = 1e-8, floor: float = 0.0, device: torch.device | str | None = None) -> None:
         if mode not in SCALE_MODES:
             raise ValueError(f"scale_inputs must be one of {SCALE_MODES}, got {mode!r}")
         self.mode = mode
         self.clip = float(clip)
         self.warmup = int(warmup)
         self.eps = float(eps)
+        if floor < 0:
+            raise ValueError(f"the scale floor must be >= 0, got {floor}")
+        self.floor = float(floor)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.count = torch.zeros((), dtype=torch.float64, device=self.device)
         self.mean: torch.Tensor | None = None
@@ -116,7 +123,10 @@ class InputScaler:
         return (flat * std + mean).reshape(z.shape)
 
     def _mean_std(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mean.to(dtype), (self.var + self.eps).sqrt().to(dtype)
+        std = (self.var + self.eps).sqrt()
+        if self.floor > 0:
+            std = std.clamp_min(self.floor * typical_scale(self.var))
+        return self.mean.to(dtype), std.to(dtype)
 
     def _absurd_bound(self, center: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
         """How far from its center a value may lie before the sample is absurd: ``clip`` times the stream's
@@ -215,3 +225,16 @@ class InputScaler:
         self._seen = int(state["seen"])
         self.mean = None if state["mean"] is None else state["mean"].to(self.device, torch.float64)
         self.var = None if state["var"] is None else state["var"].to(self.device, torch.float64)
+
+
+def typical_scale(var: torch.Tensor) -> torch.Tensor:
+    """The median standard deviation of the features that vary (a device scalar, no host read; 0 if none do).
+
+    >>> typical_scale(torch.tensor([0.0, 0.0, 1.0, 4.0, 9.0], dtype=torch.float64)).item()
+    2.0
+    """
+    std = var.clamp_min(0.0).sqrt()
+    ordered = std.sort().values
+    constant = (std <= 0).sum()
+    middle = (constant + (std.numel() - constant) // 2).clamp_max(std.numel() - 1)
+    return ordered.gather(0, middle.reshape(1)).reshape(())

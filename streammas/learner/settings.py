@@ -204,6 +204,10 @@ class LearnerSettings:
     input_clip : float, default 100.0
         Standardised inputs are clipped to ``[-input_clip, input_clip]``; absurd samples (further from the mean
         than this times the stream's largest scale) are counted and left out of the statistics.
+    scale_floor : float, default 0.0
+        No feature is divided by less than this times the stream's typical scale (the median standard deviation
+        of the features that vary), so that a feature nearly constant so far does not jump to the clip when it
+        moves.
     replay : int, default 1000000
         At most this many samples in the replay memory on the device (:class:`~streammas.learner.replay.ReplayMemory`);
         its bound in bytes, ``replay_max_bytes``, is what usually binds. 0 disables replay.
@@ -280,6 +284,8 @@ class LearnerSettings:
                                 "running (cumulative), frozen (after a warm-up) or none", choices=SCALE_MODES)
     input_clip: float = setting(100.0, help="standardised inputs are clipped to +-this; a sample beyond it is "
                                 "counted and left out of the statistics", check=positive)
+    scale_floor: float = setting(0.0, help="no feature is divided by less than this times the stream's typical "
+                                 "scale (a feature constant so far must not jump to the clip)", check=at_least(0))
     replay: int = setting(1_000_000, help="at most this many samples in the replay memory (its size in bytes "
                           "usually binds first); 0 disables replay", check=at_least(0))
     replay_max_bytes: int = setting(4 << 20, help="the replay memory's size in bytes (wide samples keep fewer, "
