@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from connectors.base import Sink, Source
-from connectors.registry import open_sink, open_source, takes_sample_shape
+from connectors.registry import accepts_option, check_uri_options, open_sink, open_source
 from streammas.config import Config
 from streammas.learner import OnlineMAS
 from streammas.service import logs
@@ -175,8 +175,14 @@ class Service:
 
     # -- start-up ---------------------------------------------------------------------------------------------
     def check(self) -> None:
-        """What can be checked without opening anything: the device and the model factory (raises
-        :class:`ServiceError`; the learner's settings were checked with the configuration)."""
+        """What can be checked without opening anything: the connectors' options, the device and the model factory
+        (raises :class:`ServiceError`; the learner's settings were checked with the configuration)."""
+        for kind, part in (("source", self.config.source), ("sink", self.config.sink)):
+            try:
+                if part.uri is not None:
+                    check_uri_options(part.uri, kind, part.connector_options() if kind == "source" else part.options)
+            except (ValueError, ImportError) as e:
+                raise ServiceError(f"[{kind}] {part.uri}: {e}") from None
         self.device = resolve_device(self.config.learner.device)
         try:
             self.spec.check()
@@ -253,7 +259,7 @@ class Service:
         cfg = self.config.source
         options = cfg.connector_options()
         shape = self.learner.sample_shape if self.learner is not None else None
-        if "sample_shape" not in options and shape is not None and takes_sample_shape(cfg.uri):
+        if "sample_shape" not in options and shape is not None and accepts_option(cfg.uri, "source", "sample_shape"):
             # resumed: the learner can take one shape only, so a stray first message must not decide another
             options["sample_shape"] = list(shape)
         options.update(self.group.source_options())
