@@ -222,6 +222,10 @@ class Service:
 
     def _resume(self, ckpt: Checkpoint) -> None:
         meta = ckpt.meta
+        if not ckpt.learner:  # nothing learned yet, only samples turned away: their counts carry over
+            self.tally, self.opened_at = self.group.resume(meta)
+            self.checkpoints.resumed(ckpt, 0)
+            return
         model_meta = meta.get("model") or {}
         mismatch = self.spec.same_model(model_meta)
         if mismatch is not None:
@@ -389,7 +393,7 @@ class Service:
                 amend(meta)
             return meta
 
-        written = self.checkpoints.write(self.learner, reason, describe)
+        written = self.checkpoints.write(self.learner, reason, describe, empty=bool(self.rejected()))
         if written is not None:  # the metrics and the status line agree with the checkpoint line just logged
             self.refresh()
         return written
@@ -398,10 +402,11 @@ class Service:
         self.notifier.stopping()
         if self.loop.progress is not None:
             self.loop.progress.close()
-        if self.learner is not None:
-            # in a group, rank 0's view decides
-            due = self.checkpoints.learned_since(self.learner.samples_seen) or (
-                self.checkpoints.received_since(self.group.received(self.tally)))
+        alone = isinstance(self.group, Alone)  # in a group, rank 0's view decides, and each worker rejects its own
+        if self.learner is not None or (alone and self.rejected()):
+            due = (self.checkpoints.learned_since(self.learner.samples_seen if self.learner is not None else 0)
+                   or self.checkpoints.received_since(self.group.received(self.tally))
+                   or (alone and self.checkpoints.rejected_since(self.rejected())))
             ok = self.group.final_checkpoint(due, self.control.checkpoint_now.is_set(), self.checkpoint)
             if not ok and self.exit_code == 0:
                 self.exit_code = 1

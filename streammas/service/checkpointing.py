@@ -154,6 +154,12 @@ class Checkpointer:
         return (last is None or int((last.meta.get("service") or {}).get("received", 0)) != received
                 or not last.path.exists())
 
+    def rejected_since(self, rejected: Mapping[str, int]) -> bool:
+        """Whether samples were turned away since the last checkpoint (``rejected``: the counts by reason)."""
+        recorded = (self.last.meta.get("service") or {}).get("rejected") if self.last is not None else None
+        mine = {k: v for k, v in rejected.items() if v and k != "learner"}  # the learner's own is in its state
+        return mine != {k: v for k, v in (recorded or {}).items() if v}
+
     def learned_since(self, samples_seen: int) -> bool:
         """Whether the learner learned anything since the last checkpoint."""
         return samples_seen != self._learned_at
@@ -184,14 +190,16 @@ class Checkpointer:
 
     # -- writing -----------------------------------------------------------------------------------------------
     def write(self, learner: OnlineMAS | None, reason: str,
-              describe: Callable[[], Mapping[str, Any]]) -> Checkpoint | None:
+              describe: Callable[[], Mapping[str, Any]], *, empty: bool = False) -> Checkpoint | None:
         """Write a checkpoint of ``learner`` now, its metadata completed by ``describe()`` (see :func:`run_meta`).
 
         The state directory is created (and locked) again first if it vanished. Returns the checkpoint, or
         ``None`` if there is nothing to save or the write failed (logged; :meth:`due` waits a pause, doubled
         at each failure in a row, before the next try), or another process took the directory (:attr:`lost`).
+        ``empty``: without a learner, write the metadata alone (samples turned away before any was learned, so
+        that the next run and ``streammas inspect`` count them).
         """
-        if learner is None or self.store is None:
+        if (learner is None and not empty) or self.store is None:
             logs.log_event(log, "checkpoint_skipped", reason=reason, msg="nothing learned yet")
             return None
         if self.lost is not None:
@@ -202,8 +210,9 @@ class Checkpointer:
             if self.store.ensure():
                 logs.log_event(log, "state_dir_recreated", logging.WARNING, path=str(self.store.directory),
                                msg="the state directory or its lock vanished; created again and locked")
-            state = learner.state_dict()
-            meta = {"samples_seen": int(learner.samples_seen), "consolidations": int(learner.consolidations),
+            state = learner.state_dict() if learner is not None else {}
+            meta = {"samples_seen": int(learner.samples_seen) if learner is not None else 0,
+                    "consolidations": int(learner.consolidations) if learner is not None else 0,
                     **describe(), "streammas_version": _version()}
             ckpt = self.store.save(state, meta)
         except StateDirLocked as e:
@@ -220,7 +229,7 @@ class Checkpointer:
         self._failures = 0
         self._retry_at = 0.0
         self.last = ckpt
-        self._learned_at = learner.samples_seen
+        self._learned_at = meta["samples_seen"]
         self._clock = time.monotonic()
         self.metrics.checkpoint_written(ckpt.created)
         logs.log_event(log, "checkpoint", path=str(ckpt.path), reason=reason, samples_seen=meta["samples_seen"],

@@ -193,7 +193,8 @@ def render(summary: Mapping[str, Any], history: int = 20) -> str:
         f"consolidations  {summary['consolidations']}",
         "counters        " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counters.items()),
         f"model           {model.get('factory') or model.get('kind')}, sample shape {model.get('sample_shape')}, "
-        f"{model.get('tensor_elements', 0):,} values in its state",
+        f"{model.get('tensor_elements', 0):,} values in its state" if model.get("sample_shape") is not None else
+        f"model           {model.get('factory') or model.get('kind')}, not built yet: no valid sample so far",
     ]
     source = summary.get("source") or {}
     if source.get("positions") is not None:  # a group of workers: each one's position in its shard
