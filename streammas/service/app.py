@@ -266,6 +266,8 @@ class Service:
         if "sample_shape" not in options and shape is not None and accepts_option(cfg.uri, "source", "sample_shape"):
             # resumed: the learner can take one shape only, so a stray first message must not decide another
             options["sample_shape"] = list(shape)
+            if accepts_option(cfg.uri, "source", "shape_origin"):
+                options["shape_origin"] = "checkpoint"
         options.update(self.group.source_options())
         try:
             self.source = open_source(cfg.uri, batch_size=cfg.batch_size, max_latency_ms=cfg.max_latency_ms,

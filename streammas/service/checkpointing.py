@@ -139,9 +139,11 @@ class Checkpointer:
 
     # -- policy ------------------------------------------------------------------------------------------------
     def resumed(self, ckpt: Checkpoint, samples_seen: int) -> None:
-        """The learner was restored from ``ckpt``: count from there."""
+        """The learner was restored from ``ckpt``: count from there (its checkpoints too; a checkpoint written
+        before they were recorded counts as its sequence number)."""
         self.last = ckpt
         self._learned_at = samples_seen
+        self.metrics.checkpoints = int(ckpt.meta.get("checkpoints", ckpt.seq))
 
     def restart_clock(self) -> None:
         """Count ``every_seconds`` from now (the loop starts)."""
@@ -213,7 +215,7 @@ class Checkpointer:
             state = learner.state_dict() if learner is not None else {}
             meta = {"samples_seen": int(learner.samples_seen) if learner is not None else 0,
                     "consolidations": int(learner.consolidations) if learner is not None else 0,
-                    **describe(), "streammas_version": _version()}
+                    **describe(), "checkpoints": self.metrics.checkpoints + 1, "streammas_version": _version()}
             ckpt = self.store.save(state, meta)
         except StateDirLocked as e:
             self.lost = f"{e}: it was taken while this service ran; stopping without writing beside it"
