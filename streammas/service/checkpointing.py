@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -108,6 +109,9 @@ class Checkpointer:
         except StateDirLocked as e:
             raise ServiceError(f"[state] {e}") from None
         except OSError as e:
+            if os.path.exists(state.dir) and not os.path.isdir(state.dir):
+                raise ServiceError(f"[state] dir {state.dir} is a file, not a directory: give [state] dir "
+                                   "(--state-dir) a directory, which is created if missing") from None
             raise ServiceError(f"[state] cannot use the state directory {state.dir}: {e.strerror or e}") from None
         for path in self.store.remove_temporary():
             logs.log_event(log, "removed_partial_checkpoint", logging.WARNING, path=str(path))

@@ -249,7 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--history", type=int, default=20, metavar="N", help="plateau events shown (text)")
     parser.add_argument("--plot", metavar="FILE", help="also draw the event history and the importance per layer "
-                        "to FILE (.png, .svg, .pdf; needs matplotlib: pip install 'streammas[plot]')")
+                        "to FILE (.png, .svg, .pdf; needs matplotlib: pip install 'streammas[plot]'; default: no "
+                        "plot)")
 
 
 def run_command(args: argparse.Namespace) -> int:
