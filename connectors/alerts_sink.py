@@ -25,6 +25,7 @@ import numpy as np
 
 from connectors.base import Batch, Sink
 from connectors.jsonl_sink import JsonlSink
+from connectors.options import keyword_defaults
 from connectors.paths import file_path
 from connectors.records import check_scores
 
@@ -210,6 +211,10 @@ class AlertsConnector:
     ...         print(sink.q, sink.warmup, sink.threshold)
     0.9 0 None
     """
+
+    def sink_options(self) -> dict[str, Any]:
+        """The options ``open_sink`` accepts: the quantile's, then the JSON Lines file's, with their defaults."""
+        return {**keyword_defaults(AlertsSink, skip=("downstream",)), **keyword_defaults(JsonlSink)}
 
     def open_sink(self, uri: str, **options: Any) -> AlertsSink:
         path, query = parse_uri(uri)

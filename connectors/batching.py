@@ -347,6 +347,11 @@ class BatchingSource(Source):
         return self._counters.snapshot()
 
     @property
+    def reject_examples(self) -> dict[str, str]:
+        """The first reject's detail for each reason (what the log said first), to sum up why input was skipped."""
+        return dict(self._counters.examples)
+
+    @property
     def position(self) -> dict | None:
         if not self._closed and not self._batcher.pending:
             return self._reader_position()

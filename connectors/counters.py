@@ -161,14 +161,17 @@ class Counters:
     ----------
     counts : dict
         The counts themselves; hot paths may increment ``counts[key]`` of a preset key directly.
+    examples : dict
+        The first reject's detail for each reason, to say at the end why input was turned away (one per reason,
+        so it stays small whatever a producer sends).
 
     Examples
     --------
     >>> c = Counters(logging.getLogger("doctest"), "csv:data.csv")
     >>> c.add("samples", 32)
     >>> c.reject(Reject("parse", "line 7: 'abc' is not a number"))
-    >>> c.snapshot()
-    {'samples': 32, 'batches': 0, 'rejected:parse': 1}
+    >>> c.snapshot(), c.examples
+    ({'samples': 32, 'batches': 0, 'rejected:parse': 1}, {'parse': "line 7: 'abc' is not a number"})
     >>> c.reject(Reject("shape", "a message of 100 samples of shape (5,)", count=100), piece="messages")
     >>> c.rejected, c["rejected:shape"], c["rejected_messages:shape"]
     (101, 100, 1)
@@ -187,6 +190,7 @@ class Counters:
         self.counts: dict[str, int] = dict.fromkeys(keys, 0)
         self._counts = self.counts
         self.name = name
+        self.examples: dict[str, str] = {}
         self._log = RateLimitedLog(lambda m: logger.warning("%s", m), burst=burst, interval=interval)
 
     def add(self, key: str, n: int = 1) -> None:
@@ -198,6 +202,7 @@ class Counters:
         counts = self._counts
         key = "rejected:" + error.reason
         counts[key] = counts.get(key, 0) + error.count
+        self.examples.setdefault(error.reason, error.detail)
         if piece is not None:
             key = f"rejected_{piece}:{error.reason}"
             counts[key] = counts.get(key, 0) + 1

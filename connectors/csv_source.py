@@ -73,8 +73,8 @@ class CsvSource(LineSource):
     ...     _ = path.write_text("a,b,label\\n1,2,0\\n3,oops,1\\n5,6,1\\n")
     ...     with CsvSource(str(path), batch_size=8) as src:
     ...         batch = src.read()
-    >>> batch.x.tolist(), batch.y.tolist(), src.counters["rejected:parse"]
-    ([[1.0, 2.0], [5.0, 6.0]], [0, 1], 1)
+    >>> batch.x.tolist(), batch.y.tolist(), src.counters["rejected:parse"], src.failed_columns
+    ([[1.0, 2.0], [5.0, 6.0]], [0, 1], 1, {'b': 1})
 
     A file with no header: every row is a sample, the columns are "0", "1", ...
 
@@ -111,6 +111,7 @@ class CsvSource(LineSource):
         self._label_dtype = label_dtype
         self._header = header
         self._told_headerless: set[str] = set()
+        self._failed_columns: dict[str, int] = {}
         self._layout: _Layout | Reject | None = None
         self._shape = SampleShape()
         super().__init__(path, ".csv", **kwargs)
@@ -121,6 +122,16 @@ class CsvSource(LineSource):
                 self.close()
                 raise ValueError(f"{self._cursor.path}: {layout.detail}")
             self._shape = SampleShape()
+
+    @property
+    def failed_columns(self) -> dict[str, int]:
+        """The feature columns that held something other than a number, with the rows where they did."""
+        return dict(self._failed_columns)
+
+    @property
+    def feature_columns(self) -> list[str] | None:
+        """The feature columns of the file being read (``None``: not known yet, or the file does not fit)."""
+        return list(self._layout.names) if isinstance(self._layout, _Layout) else None
 
     def _new_file(self, cursor: LineCursor) -> None:
         self._layout = None
@@ -267,14 +278,16 @@ class CsvSource(LineSource):
             if len(fields) != layout.ncols:
                 self._reject(Reject("columns", lines_detail(path, [number], f"{len(fields)} fields")))
                 continue
-            values = []
+            values, failed = [], []
             for name, col in zip(layout.names, layout.usecols[:nfeat]):
                 try:
                     values.append(float(fields[col]))
                 except ValueError:
-                    detail = f"column {name!r}: {fields[col][:40]!r} is not a number"
-                    self._reject(Reject("parse", lines_detail(path, [number], detail)))
-                    break
+                    failed.append(f"column {name!r}: {fields[col][:40]!r}")
+                    self._failed_columns[name] = self._failed_columns.get(name, 0) + 1
+            if failed:
+                detail = "; ".join(failed) + (" is not a number" if len(failed) == 1 else " are not numbers")
+                self._reject(Reject("parse", lines_detail(path, [number], detail)))
             else:
                 if layout.labelled:
                     label = self._label_value(fields[layout.usecols[-1]])

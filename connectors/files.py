@@ -32,6 +32,7 @@ from connectors.base import Sink, Source
 from connectors.csv_source import CsvSource
 from connectors.jsonl_sink import JsonlSink
 from connectors.jsonl_source import JsonlSource
+from connectors.options import keyword_defaults
 from connectors.paths import file_path
 
 
@@ -62,6 +63,8 @@ class FileConnector:
     ...     with connector.open_source(f"csv:{d}/a.csv", batch_size=4, max_latency_ms=0, position=None) as src:
     ...         print(src.read().x.tolist())
     [[1.0, 2.0]]
+    >>> sorted(connector.source_options())[:4], connector.sink_options() is None
+    (['columns', 'delimiter', 'follow', 'header'], True)
     >>> connector.open_sink("csv:out.csv")
     Traceback (most recent call last):
         ...
@@ -92,6 +95,14 @@ class FileConnector:
         return self._source_cls(
             self._path(uri), batch_size=batch_size, max_latency_ms=max_latency_ms, position=position, **options
         )
+
+    def source_options(self) -> dict[str, Any]:
+        """The options ``open_source`` accepts: the source class's keyword arguments, with their defaults."""
+        return keyword_defaults(self._source_cls, skip=("batch_size", "max_latency_ms", "position", "shard", "name"))
+
+    def sink_options(self) -> dict[str, Any] | None:
+        """The options ``open_sink`` accepts (``None``: these files are not written)."""
+        return None if self._sink_cls is None else keyword_defaults(self._sink_cls)
 
     def open_sink(self, uri: str, **options: Any) -> Sink:
         if self._sink_cls is None:

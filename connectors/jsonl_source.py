@@ -24,6 +24,8 @@ class JsonlSource(LineSource):
     sample_shape : list of int or None, default None
         Fixes the samples' shape (``None``: the first accepted line does; see
         :func:`connectors.samples.json_samples`).
+    shape_origin : {"configured", "checkpoint"}, default "configured"
+        Where ``sample_shape`` came from, as the message about a line of another shape says.
     **kwargs
         :class:`~connectors.text.LineSource`'s keyword arguments: ``batch_size``, ``max_latency_ms``,
         ``position``, ``follow``, ``poll_interval``, ``max_line_bytes``, ``name``, ``shard`` (line ``i``
@@ -41,8 +43,9 @@ class JsonlSource(LineSource):
     ([[1.0, 2.0], [3.0, 4.0]], [0, 1], 1)
     """
 
-    def __init__(self, path: str, *, sample_shape: list[int] | None = None, **kwargs) -> None:
-        self._shape = SampleShape(sample_shape)
+    def __init__(self, path: str, *, sample_shape: list[int] | None = None, shape_origin: str = "configured",
+                 **kwargs) -> None:
+        self._shape = SampleShape(sample_shape, shape_origin)
         super().__init__(path, ".jsonl", **kwargs)
 
     def forget_sample_shape(self) -> None:

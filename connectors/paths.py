@@ -94,8 +94,17 @@ def file_path(rest: str) -> str:
 
     >>> file_path("///tmp/data.csv"), file_path("data.csv")
     ('/tmp/data.csv', 'data.csv')
+    >>> file_path("//data.csv")
+    Traceback (most recent call last):
+        ...
+    ValueError: '//data.csv' names a host, not a file: write the path right after the scheme ...
     """
     if rest.startswith("//"):
+        if not rest.startswith("///"):  # csv://data.csv: '//' starts a host, which a file has not
+            raise ValueError(f"'//{rest[2:]}' names a host, not a file: write the path right after the scheme "
+                             f"({rest[2:] or 'data.csv'} relative, ///{rest[2:].lstrip('/') or 'data.csv'} absolute), "
+                             "as in csv:data.csv or csv:///srv/data.csv; '//' is for network schemes such as "
+                             "zmq+pull://HOST:PORT")
         rest = rest[2:]
     if not rest:
         raise ValueError("a file URI needs a path, e.g. csv:data.csv")

@@ -37,6 +37,7 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from connectors.base import Sink, Source
+from connectors.options import accepted_options, check_options, serves, shown
 from connectors.paths import normalise_shard
 
 _log = logging.getLogger(__name__)
@@ -141,20 +142,6 @@ def split_uri(uri: str) -> tuple[str, str]:
     )
 
 
-def takes_sample_shape(uri: str) -> bool:
-    """Whether the built-in source for ``uri`` takes ``sample_shape`` (ZeroMQ, JSON Lines, Redis Streams and
-    MQTT: the sources whose samples each say their own shape).
-
-    >>> [takes_sample_shape(uri) for uri in ("zmq+pull://127.0.0.1:5555", "jsonl:x.jsonl", "x.csv")]
-    [True, True, False]
-    """
-    try:
-        scheme = split_uri(uri)[0]
-    except ValueError:
-        return False
-    return scheme.startswith("zmq") or scheme in ("jsonl", "redis+stream", "mqtt")
-
-
 def register(scheme: str, connector: object) -> None:
     """Serve ``scheme`` with ``connector`` in this process (ahead of built-ins and entry points)."""
     _registered[scheme.lower()] = connector
@@ -253,9 +240,11 @@ def open_source(
     if max_latency_ms < 0:
         raise ValueError(f"max_latency_ms must be >= 0, got {max_latency_ms}")
     scheme, uri = _normalise(uri)
-    opener = getattr(find_connector(scheme), "open_source", None)
+    connector = find_connector(scheme)
+    opener = getattr(connector, "open_source", None)
     if opener is None:
         raise ValueError(f"scheme {scheme!r} names a sink only, not a source")
+    check_options(scheme, "source", connector, options)
     if shard is not None:
         rank, world_size = normalise_shard(shard) or (0, 1)
         if can_shard(opener):
@@ -272,7 +261,60 @@ def open_source(
 def open_sink(uri: str, **options: Any) -> Sink:
     """Open the sink ``uri`` names; ``options`` go to its connector."""
     scheme, uri = _normalise(uri)
-    opener = getattr(find_connector(scheme), "open_sink", None)
+    connector = find_connector(scheme)
+    opener = getattr(connector, "open_sink", None)
     if opener is None:
         raise ValueError(f"scheme {scheme!r} names a source only, not a sink")
+    check_options(scheme, "sink", connector, options)
     return opener(uri, **options)
+
+
+def accepts_option(uri: str, kind: str, name: str) -> bool:
+    """Whether the connector for ``uri`` declares the option ``name`` for its ``kind`` end (``"source"`` or
+    ``"sink"``); ``False`` when it cannot be told (an unknown scheme, a connector that declares nothing).
+
+    >>> accepts_option("zmq+pull://127.0.0.1:5555", "source", "sample_shape"), accepts_option("x.csv", "source",
+    ...                                                                                       "sample_shape")
+    (True, False)
+    """
+    try:
+        options = accepted_options(find_connector(split_uri(uri)[0]), kind)
+    except (ValueError, ImportError):
+        return False
+    return options is not None and name in options
+
+
+def check_uri_options(uri: str, kind: str, options: dict[str, Any]) -> None:
+    """Raise ``ValueError`` (``ImportError`` for a plug-in that does not load) if ``uri`` names no connector
+    that opens ``kind`` ends, or one that does not accept ``options``; opens nothing."""
+    scheme = split_uri(uri)[0]
+    connector = find_connector(scheme)
+    if getattr(connector, f"open_{kind}", None) is None:
+        raise ValueError(f"scheme {scheme!r} names a {'sink' if kind == 'source' else 'source'} only, not a {kind}")
+    check_options(scheme, kind, connector, options)
+
+
+def describe_options() -> str:
+    """Every scheme's options with their defaults, for ``streammas run --help-config``.
+
+    >>> text = describe_options()
+    >>> print(text[text.index("csv:"):].split("\\n", 3)[:3])
+    ['csv: source options', '  columns                (unset)', "  delimiter              ','"]
+    """
+    lines: list[str] = []
+    for scheme in sorted(available()):
+        try:
+            connector = find_connector(scheme)
+        except (ValueError, ImportError) as e:
+            lines.append(f"{scheme}: cannot be loaded ({e})")
+            continue
+        for kind in ("source", "sink"):
+            if not serves(connector, kind):
+                continue
+            options = accepted_options(connector, kind)
+            lines.append(f"{scheme}: {kind} options")
+            if options is None:
+                lines.append("  (not declared: every option is handed to the connector)")
+            for name, default in sorted((options or {}).items()):
+                lines.append(f"  {name:<22} {shown(default)}")
+    return "\n".join(lines)

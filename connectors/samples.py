@@ -86,6 +86,10 @@ def drop_nonfinite(x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarr
     return x[keep], None if y is None else y[keep], dropped
 
 
+#: Where a sample shape fixed up front came from (``shape_origin``), as the messages say it.
+ORIGINS = {"configured": "configured", "checkpoint": "from the checkpoint resumed (the model was built for it)"}
+
+
 class SampleShape:
     """The stream's sample shape (``x.shape[1:]``): configured up front, or fixed by the first samples taken.
 
@@ -100,6 +104,9 @@ class SampleShape:
     ----------
     shape : sequence of int or None, default None
         The shape fixed up front (``None``: the first samples taken fix it).
+    origin : {"configured", "checkpoint"}, default "configured"
+        Where a shape fixed up front came from, for the message about a sample that differs: the configuration,
+        or the checkpoint a service resumed from (its model takes that shape).
 
     Attributes
     ----------
@@ -122,11 +129,18 @@ class SampleShape:
     Traceback (most recent call last):
     ...
     connectors.counters.Reject: sample shape (5,) differs from the stream's (4,), fixed by its first samples
+    >>> SampleShape([4], origin="checkpoint").check((5,))
+    Traceback (most recent call last):
+    ...
+    connectors.counters.Reject: sample shape (5,) differs from the stream's (4,), from the checkpoint resumed (...)
     """
 
-    def __init__(self, shape: Sequence[int] | None = None) -> None:
+    def __init__(self, shape: Sequence[int] | None = None, origin: str = "configured") -> None:
+        if origin not in ORIGINS:
+            raise ValueError(f"shape_origin must be one of {', '.join(map(repr, ORIGINS))}, got {origin!r}")
         self.shape: tuple[int, ...] | None = None if shape is None else tuple(int(d) for d in shape)
         self.configured = shape is not None
+        self.origin = origin
 
     def admit(self, shape: tuple[int, ...], count: int = 1) -> None:
         """Raise ``Reject("shape", ..., count)`` unless samples of ``shape`` may join the stream."""
@@ -160,7 +174,7 @@ class SampleShape:
             raise Reject("shape", self._differs(tuple(shape)))
 
     def _differs(self, shape: tuple[int, ...]) -> str:
-        source = "configured" if self.configured else "fixed by its first samples"
+        source = ORIGINS[self.origin] if self.configured else "fixed by its first samples"
         return f"sample shape {shape} differs from the stream's {self.shape}, {source}"
 
     @property

@@ -23,6 +23,34 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless the help already says it or there is none to show (an
+    unset option, a flag that is off, an empty list).
+
+    >>> parser = argparse.ArgumentParser(prog="p", formatter_class=DefaultsFormatter)
+    >>> _ = parser.add_argument("--seed", type=int, default=0, help="the seed")
+    >>> _ = parser.add_argument("--quick", action="store_true", help="a short run")
+    >>> "the seed (default: 0)" in parser.format_help(), "short run (default" in parser.format_help()
+    (True, False)
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in text or default is None or default is False
+                or default == argparse.SUPPRESS or default == []):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``name`` (its module imported; ``name`` one of :data:`COMMANDS`)."""
+    module_name, help_ = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=f"streammas {name}", description=help_, formatter_class=DefaultsFormatter)
+    importlib.import_module(module_name).add_arguments(parser)
+    return parser
+
+
 def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streammas",
@@ -53,17 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         top.error(f"unknown command {name!r}; choose from {', '.join(sorted(COMMANDS))}")
-    module_name, help_ = COMMANDS[name]
     if name == "run":
         # before torch loads (seconds): a SIGTERM during start-up then stops the service cleanly
         from streammas.service.signals import install_early
 
         install_early()
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"streammas {name}", description=help_)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
-    return int(module.run_command(args) or 0)
+    args = command_parser(name).parse_args(rest)
+    return int(importlib.import_module(COMMANDS[name][0]).run_command(args) or 0)
 
 
 if __name__ == "__main__":

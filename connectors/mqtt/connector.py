@@ -7,6 +7,7 @@ from typing import Any
 from connectors.mqtt.sink import MqttSink
 from connectors.mqtt.source import MqttSource
 from connectors.mqtt.uri import parse_uri
+from connectors.options import keyword_defaults
 
 __all__ = ["MQTT", "MqttConnector"]
 
@@ -33,6 +34,10 @@ class MqttConnector:
         host, port, topic, query = parse_uri(uri)
         return MqttSource(topic, host=host, port=port, batch_size=batch_size, max_latency_ms=max_latency_ms,
                           **{**query, **options})
+
+    def source_options(self) -> dict[str, Any]:
+        """The options ``open_source`` accepts (the URI gives the host, the port and the topic)."""
+        return keyword_defaults(MqttSource, skip=("host", "port", "batch_size", "max_latency_ms", "name"))
 
     def open_sink(self, uri: str, **options: Any) -> MqttSink:
         host, port, topic, query = parse_uri(uri)

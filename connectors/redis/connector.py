@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from connectors.options import keyword_defaults
 from connectors.redis.sink import RedisStreamSink
 from connectors.redis.source import RedisStreamSource
 from connectors.redis.uri import parse_uri
@@ -32,6 +33,11 @@ class RedisStreamConnector:
         consumer = f"{options.pop('consumer', 'streammas')}-{rank}"
         return RedisStreamSource(stream, host=host, port=port, consumer=consumer, batch_size=batch_size,
                                  max_latency_ms=max_latency_ms, position=position, **options)
+
+    def source_options(self) -> dict[str, Any]:
+        """The options ``open_source`` accepts (the URI gives the host, the port and the stream)."""
+        return keyword_defaults(RedisStreamSource, skip=("host", "port", "batch_size", "max_latency_ms", "position",
+                                                         "name"))
 
     def open_sink(self, uri: str, **options: Any) -> RedisStreamSink:
         host, port, stream, query = parse_uri(uri)

@@ -24,11 +24,19 @@ def endpoint(address: str) -> str:
 
     >>> endpoint("5555"), endpoint(":5555"), endpoint("10.0.0.2:5555"), endpoint("ipc:///tmp/s")
     ('tcp://127.0.0.1:5555', 'tcp://127.0.0.1:5555', 'tcp://10.0.0.2:5555', 'ipc:///tmp/s')
+    >>> endpoint("127.0.0.1:55555555")
+    Traceback (most recent call last):
+        ...
+    ValueError: tcp://127.0.0.1:55555555: '55555555' is not a TCP port (0 to 65535, or * for any free one)
     """
-    if "://" in address:
-        return address
-    host, _, port = address.rpartition(":")
-    return f"tcp://{host or '127.0.0.1'}:{port}"
+    if "://" not in address:
+        host, _, port = address.rpartition(":")
+        address = f"tcp://{host or '127.0.0.1'}:{port}"
+    if address.startswith("tcp://"):
+        port = address.rpartition(":")[2]
+        if port != "*" and not (port.isdigit() and int(port) <= 65535):
+            raise ValueError(f"{address}: {port!r} is not a TCP port (0 to 65535, or * for any free one)")
+    return address
 
 
 def is_loopback(address: str) -> bool:

@@ -82,6 +82,9 @@ class ZmqSource(BatchingSource):
         The samples' shape (``None``: the first samples taken fix it). ``[]`` takes samples without a
         dimension (a bare ``[B]`` array, such as a :class:`~connectors.zmq.ZmqSink`'s scores), which a
         stream without a configured shape refuses.
+    shape_origin : {"configured", "checkpoint"}, default "configured"
+        Where ``sample_shape`` came from, as the message about a sample of another shape says (the service
+        passes ``"checkpoint"`` when it resumes a model built for that shape).
     topic : str, bytes or None, default None
         (SUB) Subscribe to the messages whose first frame is this topic.
     hwm : int, default 100
@@ -131,6 +134,7 @@ class ZmqSource(BatchingSource):
         max_latency_ms: float = 50.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         sample_shape: list[int] | tuple[int, ...] | None = None,
+        shape_origin: str = "configured",
         topic: str | bytes | None = None,
         hwm: int = 100,
         check_finite: bool = True,
@@ -157,7 +161,7 @@ class ZmqSource(BatchingSource):
         self.pattern = pattern
         self._max = int(max_message_bytes)
         self._check_finite = bool(check_finite)
-        self._shape = SampleShape(sample_shape)
+        self._shape = SampleShape(sample_shape, shape_origin)
         self._shape_log = RateLimitedLog(lambda m: _log.warning("%s", m), burst=1, interval=60.0)
         self._last_raw: bytes | None = None
         self._last_header: Header | None = None

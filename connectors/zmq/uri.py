@@ -20,6 +20,8 @@ import logging
 from typing import Any
 from urllib.parse import parse_qsl
 
+from connectors.curve import KEYWORDS as CURVE_KEYWORDS
+from connectors.options import keyword_defaults
 from connectors.zmq.sink import ZmqSink
 from connectors.zmq.socket import endpoint
 from connectors.zmq.source import ZmqSource
@@ -101,6 +103,9 @@ class ZmqConnector:
     >>> with PUB.open_sink("zmq+pub://127.0.0.1:*?hwm=10") as sink:
     ...     sink.address.startswith("tcp://127.0.0.1:")
     True
+    >>> PUB.sink_options()
+    {'bind': True, 'topic': None, 'hwm': 1000, 'curve_secret_key': None, 'curve_server_key': None, \
+'curve_authorized_keys': None}
     >>> SUB.open_source("zmq+sub://127.0.0.1:5556", batch_size=8, max_latency_ms=5, position=None,
     ...                 rank=1, world_size=2)
     Traceback (most recent call last):
@@ -137,6 +142,21 @@ class ZmqConnector:
         if position is not None:
             _log.debug("%s: a ZeroMQ source cannot resume; ignoring the saved position", uri)
         return ZmqSource(address, self.pattern, batch_size=batch_size, max_latency_ms=max_latency_ms, **options)
+
+    def source_options(self) -> dict[str, Any] | None:
+        """The options ``open_source`` accepts, with their defaults (``None`` for ``zmq+pub``, a sink)."""
+        if self.pattern == "pub":
+            return None
+        skip = ("address", "pattern", "batch_size", "max_latency_ms", "curve", "context", "name")
+        # its **curve_keys are the Curve keywords, not its base class's arguments
+        return {**keyword_defaults(ZmqSource, skip=skip, inherited=False), **dict.fromkeys(CURVE_KEYWORDS)}
+
+    def sink_options(self) -> dict[str, Any] | None:
+        """The options ``open_sink`` accepts, with their defaults (``None`` for the sources)."""
+        if self.pattern != "pub":
+            return None
+        skip = ("address", "curve", "context")
+        return {**keyword_defaults(ZmqSink, skip=skip, inherited=False), **dict.fromkeys(CURVE_KEYWORDS)}
 
     def open_sink(self, uri: str, **options: Any) -> ZmqSink:
         if self.pattern != "pub":

@@ -48,7 +48,8 @@ class SourceConfig:
         most this long (reading and learning together) before the final checkpoint; what is left is counted
         (``dropped_at_shutdown``; with 0, all of it).
     options : dict, default {}
-        Extra keyword arguments for the connector (``follow``, ``label`` ...).
+        The connector's own options (``columns``, ``follow``, ``label`` ...; ``streammas run --help-config`` lists
+        each connector's, with their defaults).
 
     Examples
     --------
@@ -81,7 +82,8 @@ drain_seconds=5.0, options={'label': 'y'})
                                      check=_sample_shape)
     drain_seconds: float = spec(5.0, help="on SIGTERM, learn what the source already holds, for at most this "
                                           "long, reading and learning (0: only count it)", check=non_negative)
-    options: dict = spec(help="extra keyword arguments for the connector (follow, label)", factory=dict)
+    options: dict = spec(help="the connector's own options, e.g. { columns = [\"a\", \"b\"] } (listed below)",
+                         factory=dict)
 
     def connector_options(self) -> dict[str, Any]:
         """The keyword arguments for the connector: ``options``, with ``sample_shape`` when it is set."""

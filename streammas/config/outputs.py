@@ -25,7 +25,7 @@ class SinkConfig:
     events : bool, default True
         Attach the learner's events (plateau, consolidation ...) to the records.
     options : dict, default {}
-        Extra keyword arguments for the connector.
+        The connector's own options (``max_bytes``, ``keep`` ...; ``streammas run --help-config`` lists them).
 
     Examples
     --------
@@ -39,7 +39,8 @@ class SinkConfig:
 
     uri: str | None = spec(None, help="sink URI: jsonl:scores.jsonl, jsonl:-, zmq+pub://127.0.0.1:5556")
     events: bool = spec(True, help="attach the learner's events (plateau, consolidation ...) to the records")
-    options: dict = spec(help="extra keyword arguments for the connector", factory=dict)
+    options: dict = spec(help="the connector's own options, e.g. { max_bytes = 100000000 } (listed below)",
+                         factory=dict)
 
 
 @dataclass

@@ -10,6 +10,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tomllib
@@ -18,6 +19,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from connectors.registry import accepts_option, describe_options
 from streammas.config.sections import MODEL_KINDS, SECTIONS, Config, ConfigError
 from streammas.learner.settings import LearnerSettings, problem_with
 
@@ -34,6 +36,18 @@ def _describe(value: Any) -> str:
         type(value), type(value).__name__)
     shown = repr(value)
     return f"{kind} {shown if len(shown) <= 40 else shown[:37] + '...'}"
+
+
+def _option_hint(where: str, key: str, table: Mapping[str, Any]) -> str:
+    """Where a connector's option given as a key of its section (``[source] columns = ...``) belongs."""
+    uri = table.get("uri")
+    kind = where.strip("[]")
+    if kind not in ("source", "sink") or not isinstance(uri, str) or not accepts_option(uri, kind, key):
+        return ""
+    value = table[key]
+    written = json.dumps(value) if isinstance(value, (str, int, float, bool, list)) else "..."
+    return (f"; {key!r} is an option of the connector, set in its options table: "
+            f"options = {{ {key} = {written} }} (streammas run --help-config lists each connector's options)")
 
 
 def _convert(where: str, value: Any, annotation: Any) -> Any:
@@ -60,7 +74,8 @@ def _build(cls: type, table: Any, where: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
     for key in table:
         if key not in names:
-            raise ConfigError(f"{where} unknown key {key!r}; accepted keys: {_accepted(cls)}")
+            raise ConfigError(f"{where} unknown key {key!r}; accepted keys: {_accepted(cls)}"
+                              + _option_hint(where, key, table))
     values: dict[str, Any] = {}
     for name, f in names.items():
         key_where = f"{where} {name}"
@@ -209,4 +224,6 @@ def describe_schema() -> str:
 
     for name, cls in SECTIONS.items():
         emit(cls, f"[{name}]")
+    lines += ["Connector options, for [source] options = {...} and [sink] options = {...} (the URI's scheme names "
+              "the connector), with their defaults:", describe_options()]
     return "\n".join(lines).rstrip() + "\n"

@@ -2,8 +2,8 @@
 
 Autograd records a graph on every forward pass and replays it backwards, materialises every gradient, and
 leaves the update to an optimizer that reads them back. For a chain of ``nn.Linear`` layers and elementwise
-activations trained by plain SGD on the reconstruction error the backward pass is short enough to write out,
-and writing it out lets one step
+activations trained on the reconstruction error the backward pass is short enough to write out, and writing
+it out lets one step (under plain SGD; under Adam the gradients it derives go to torch's fused Adam kernel)
 
 - update each weight in place with one ``addmm_``: the gradient is never stored;
 - carry the importance seed ``2 F(x)`` (docs/algorithm.md, step 3) through the same backward pass as the training

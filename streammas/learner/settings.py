@@ -273,7 +273,8 @@ class LearnerSettings:
     prox_metric_floor: float = setting(0.0, help="under Adam: the proximal metric is at least this fraction of "
                                        "each tensor's mean sqrt(v_hat) (0: Adam's own)", check=non_negative)
     fused_step: bool = setting(True, help="the hand-derived step for chains of linear layers and activations "
-                               "trained by SGD on the reconstruction error (false: always autograd)")
+                               "trained on the reconstruction error, under plain SGD (in place) or Adam (its "
+                               "gradients fed to torch's fused Adam) (false: always autograd)")
     compact_state: bool = setting(True, help="keep Omega and a plateau's weights in bfloat16 (false: in the "
                                   "parameters' dtype)")
     recover_after: int = setting(64, help="restore theta* after this many updates in a row skipped for a "

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from connectors.base import Sink, Source
-from connectors.registry import open_sink, open_source, takes_sample_shape
+from connectors.registry import accepts_option, check_uri_options, open_sink, open_source
 from streammas.config import Config
 from streammas.learner import OnlineMAS
 from streammas.service import logs
@@ -175,8 +175,14 @@ class Service:
 
     # -- start-up ---------------------------------------------------------------------------------------------
     def check(self) -> None:
-        """What can be checked without opening anything: the device and the model factory (raises
-        :class:`ServiceError`; the learner's settings were checked with the configuration)."""
+        """What can be checked without opening anything: the connectors' options, the device and the model factory
+        (raises :class:`ServiceError`; the learner's settings were checked with the configuration)."""
+        for kind, part in (("source", self.config.source), ("sink", self.config.sink)):
+            try:
+                if part.uri is not None:
+                    check_uri_options(part.uri, kind, part.connector_options() if kind == "source" else part.options)
+            except (ValueError, ImportError) as e:
+                raise ServiceError(f"[{kind}] {part.uri}: {e}") from None
         self.device = resolve_device(self.config.learner.device)
         try:
             self.spec.check()
@@ -216,6 +222,10 @@ class Service:
 
     def _resume(self, ckpt: Checkpoint) -> None:
         meta = ckpt.meta
+        if not ckpt.learner:  # nothing learned yet, only samples turned away: their counts carry over
+            self.tally, self.opened_at = self.group.resume(meta)
+            self.checkpoints.resumed(ckpt, 0)
+            return
         model_meta = meta.get("model") or {}
         mismatch = self.spec.same_model(model_meta)
         if mismatch is not None:
@@ -253,9 +263,11 @@ class Service:
         cfg = self.config.source
         options = cfg.connector_options()
         shape = self.learner.sample_shape if self.learner is not None else None
-        if "sample_shape" not in options and shape is not None and takes_sample_shape(cfg.uri):
+        if "sample_shape" not in options and shape is not None and accepts_option(cfg.uri, "source", "sample_shape"):
             # resumed: the learner can take one shape only, so a stray first message must not decide another
             options["sample_shape"] = list(shape)
+            if accepts_option(cfg.uri, "source", "shape_origin"):
+                options["shape_origin"] = "checkpoint"
         options.update(self.group.source_options())
         try:
             self.source = open_source(cfg.uri, batch_size=cfg.batch_size, max_latency_ms=cfg.max_latency_ms,
@@ -383,7 +395,7 @@ class Service:
                 amend(meta)
             return meta
 
-        written = self.checkpoints.write(self.learner, reason, describe)
+        written = self.checkpoints.write(self.learner, reason, describe, empty=bool(self.rejected()))
         if written is not None:  # the metrics and the status line agree with the checkpoint line just logged
             self.refresh()
         return written
@@ -392,10 +404,11 @@ class Service:
         self.notifier.stopping()
         if self.loop.progress is not None:
             self.loop.progress.close()
-        if self.learner is not None:
-            # in a group, rank 0's view decides
-            due = self.checkpoints.learned_since(self.learner.samples_seen) or (
-                self.checkpoints.received_since(self.group.received(self.tally)))
+        alone = isinstance(self.group, Alone)  # in a group, rank 0's view decides, and each worker rejects its own
+        if self.learner is not None or (alone and self.rejected()):
+            due = (self.checkpoints.learned_since(self.learner.samples_seen if self.learner is not None else 0)
+                   or self.checkpoints.received_since(self.group.received(self.tally))
+                   or (alone and self.checkpoints.rejected_since(self.rejected())))
             ok = self.group.final_checkpoint(due, self.control.checkpoint_now.is_set(), self.checkpoint)
             if not ok and self.exit_code == 0:
                 self.exit_code = 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -108,6 +109,9 @@ class Checkpointer:
         except StateDirLocked as e:
             raise ServiceError(f"[state] {e}") from None
         except OSError as e:
+            if os.path.exists(state.dir) and not os.path.isdir(state.dir):
+                raise ServiceError(f"[state] dir {state.dir} is a file, not a directory: give [state] dir "
+                                   "(--state-dir) a directory, which is created if missing") from None
             raise ServiceError(f"[state] cannot use the state directory {state.dir}: {e.strerror or e}") from None
         for path in self.store.remove_temporary():
             logs.log_event(log, "removed_partial_checkpoint", logging.WARNING, path=str(path))
@@ -139,9 +143,11 @@ class Checkpointer:
 
     # -- policy ------------------------------------------------------------------------------------------------
     def resumed(self, ckpt: Checkpoint, samples_seen: int) -> None:
-        """The learner was restored from ``ckpt``: count from there."""
+        """The learner was restored from ``ckpt``: count from there (its checkpoints too; a checkpoint written
+        before they were recorded counts as its sequence number)."""
         self.last = ckpt
         self._learned_at = samples_seen
+        self.metrics.checkpoints = int(ckpt.meta.get("checkpoints", ckpt.seq))
 
     def restart_clock(self) -> None:
         """Count ``every_seconds`` from now (the loop starts)."""
@@ -153,6 +159,12 @@ class Checkpointer:
         last = self.last
         return (last is None or int((last.meta.get("service") or {}).get("received", 0)) != received
                 or not last.path.exists())
+
+    def rejected_since(self, rejected: Mapping[str, int]) -> bool:
+        """Whether samples were turned away since the last checkpoint (``rejected``: the counts by reason)."""
+        recorded = (self.last.meta.get("service") or {}).get("rejected") if self.last is not None else None
+        mine = {k: v for k, v in rejected.items() if v and k != "learner"}  # the learner's own is in its state
+        return mine != {k: v for k, v in (recorded or {}).items() if v}
 
     def learned_since(self, samples_seen: int) -> bool:
         """Whether the learner learned anything since the last checkpoint."""
@@ -184,14 +196,16 @@ class Checkpointer:
 
     # -- writing -----------------------------------------------------------------------------------------------
     def write(self, learner: OnlineMAS | None, reason: str,
-              describe: Callable[[], Mapping[str, Any]]) -> Checkpoint | None:
+              describe: Callable[[], Mapping[str, Any]], *, empty: bool = False) -> Checkpoint | None:
         """Write a checkpoint of ``learner`` now, its metadata completed by ``describe()`` (see :func:`run_meta`).
 
         The state directory is created (and locked) again first if it vanished. Returns the checkpoint, or
         ``None`` if there is nothing to save or the write failed (logged; :meth:`due` waits a pause, doubled
         at each failure in a row, before the next try), or another process took the directory (:attr:`lost`).
+        ``empty``: without a learner, write the metadata alone (samples turned away before any was learned, so
+        that the next run and ``streammas inspect`` count them).
         """
-        if learner is None or self.store is None:
+        if (learner is None and not empty) or self.store is None:
             logs.log_event(log, "checkpoint_skipped", reason=reason, msg="nothing learned yet")
             return None
         if self.lost is not None:
@@ -202,9 +216,10 @@ class Checkpointer:
             if self.store.ensure():
                 logs.log_event(log, "state_dir_recreated", logging.WARNING, path=str(self.store.directory),
                                msg="the state directory or its lock vanished; created again and locked")
-            state = learner.state_dict()
-            meta = {"samples_seen": int(learner.samples_seen), "consolidations": int(learner.consolidations),
-                    **describe(), "streammas_version": _version()}
+            state = learner.state_dict() if learner is not None else {}
+            meta = {"samples_seen": int(learner.samples_seen) if learner is not None else 0,
+                    "consolidations": int(learner.consolidations) if learner is not None else 0,
+                    **describe(), "checkpoints": self.metrics.checkpoints + 1, "streammas_version": _version()}
             ckpt = self.store.save(state, meta)
         except StateDirLocked as e:
             self.lost = f"{e}: it was taken while this service ran; stopping without writing beside it"
@@ -220,7 +235,7 @@ class Checkpointer:
         self._failures = 0
         self._retry_at = 0.0
         self.last = ckpt
-        self._learned_at = learner.samples_seen
+        self._learned_at = meta["samples_seen"]
         self._clock = time.monotonic()
         self.metrics.checkpoint_written(ckpt.created)
         logs.log_event(log, "checkpoint", path=str(ckpt.path), reason=reason, samples_seen=meta["samples_seen"],

@@ -1,9 +1,9 @@
 """The ``streammas run`` command: its flags, the configuration they describe, and its exit statuses.
 
 Exit status 0: stopped by a signal or the source finished; 1: gave up on errors (or the last checkpoint
-failed); 2: a configuration error or a start-up problem (:class:`~streammas.service.ServiceError`: every
-checkpoint damaged, say), or the state directory taken by another process while running, whose message is
-printed; 130: interrupted during start-up.
+failed, or a finite source yielded no valid sample); 2: a configuration error or a start-up problem
+(:class:`~streammas.service.ServiceError`: every checkpoint damaged, say), or the state directory taken by
+another process while running, whose message is printed; 130: interrupted during start-up.
 
 With ``[distributed] workers`` > 1 (``--workers N``) the command starts that many workers and supervises
 them (:mod:`streammas.service.launch`): its status is then the largest of theirs, or 1 when a worker

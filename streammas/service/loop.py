@@ -28,6 +28,7 @@ from streammas.config import Config
 from streammas.learner import OnlineMAS
 from streammas.service import logs
 from streammas.service.errors import ModelRefused, ServiceError, why
+from streammas.service.finish import source_finished
 from streammas.service.progress import Progress, want_bar
 from streammas.service.telemetry import Tally, Telemetry
 
@@ -265,8 +266,8 @@ class Loop:
             batch = source.read(timeout=READ_TIMEOUT)
             if batch is None:
                 if source.finished:
-                    logs.log_event(log, "source_finished", samples=ports.tally.received)
-                    self.reason = "source finished"
+                    self.reason, self.exit_code, self.position = source_finished(
+                        source, ports.tally, self.learner, self.position, ports.config.source.uri)
                     break
                 if self.stale:  # idle: show what was learned, not what was true some batches ago
                     ports.refresh()

@@ -27,7 +27,7 @@ lifetime of the state directory (they continue after a restart from a checkpoint
 ``streammas_importance_samples``                samples measured since the last consolidation (0: not measured)
 ``streammas_step_seconds``                      histogram of the time of one learning step
 ``streammas_seconds_since_checkpoint``          NaN until the first checkpoint of this state directory
-``streammas_checkpoints_total``                 checkpoints written by this process
+``streammas_checkpoints_total``                 checkpoints written in the state directory's life
 ``streammas_seconds_since_consolidation``       NaN until this process saw a consolidation
 ``streammas_source_backlog_samples``            samples waiting in the source, where it can tell
 ``streammas_source_events_total``               the source's own counts in this process, by ``event``
@@ -226,7 +226,7 @@ class _Collector:
         yield importance
         yield GaugeMetricFamily("streammas_seconds_since_checkpoint", "Seconds since the last checkpoint.",
                                 value=_age(owner.last_checkpoint))
-        yield self._counter("checkpoints", "Checkpoints written by this process.", owner.checkpoints)
+        yield self._counter("checkpoints", "Checkpoints written in the state directory's life.", owner.checkpoints)
         yield GaugeMetricFamily("streammas_seconds_since_consolidation",
                                 "Seconds since the last consolidation this process saw.",
                                 value=_age(owner.last_consolidation))

@@ -128,6 +128,10 @@ def summarize_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
     events = [dict(e) for e in learner.get("events") or [] if isinstance(e, Mapping)]
     # Omega is a measurement only once a regime has been consolidated: before that it is zeros, not "unimportant"
     omega = _omega(learner) if int(consolidations_of(learner, meta, counters)) else {}
+    service = meta.get("service") or {}
+    rejected = {str(k): int(v) for k, v in (service.get("rejected") or {}).items() if v}
+    if counters.get("rejected_samples"):  # the learner's own (non-finite input), kept in its state
+        rejected["learner"] = counters["rejected_samples"]
     model_state = learner.get("model") or {}
     parameters = sum(v.numel() for v in model_state.values() if isinstance(v, torch.Tensor))
     consolidations = consolidations_of(learner, meta, counters)
@@ -144,6 +148,8 @@ def summarize_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
         "model": {**(meta.get("model") or {}), "tensor_elements": parameters},
         "source": meta.get("source"),
         "service": meta.get("service"),
+        "rejected": rejected,
+        "rejected_total": sum(rejected.values()),
         "world_size": int((meta.get("distributed") or {}).get("world_size", 1)),
         "distributed_mode": (meta.get("distributed") or {}).get("mode"),
         "checkpoint": {"path": str(ckpt.path), "seq": ckpt.seq, "bytes": ckpt.nbytes, "created": ckpt.created,
@@ -191,9 +197,11 @@ def render(summary: Mapping[str, Any], history: int = 20) -> str:
         f"checkpoint      {ck['path']} ({ck['bytes']:,} bytes, {ck['created_utc']}, reason: {ck.get('reason')})",
         f"samples seen    {summary['samples_seen']:,} in {summary['steps']:,} steps",
         f"consolidations  {summary['consolidations']}",
-        "counters        " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counters.items()),
+        "counters        " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counters.items()
+                                       if k != "rejected_samples"),  # on the rejected line, with the service's
         f"model           {model.get('factory') or model.get('kind')}, sample shape {model.get('sample_shape')}, "
-        f"{model.get('tensor_elements', 0):,} values in its state",
+        f"{model.get('tensor_elements', 0):,} values in its state" if model.get("sample_shape") is not None else
+        f"model           {model.get('factory') or model.get('kind')}, not built yet: no valid sample so far",
     ]
     source = summary.get("source") or {}
     if source.get("positions") is not None:  # a group of workers: each one's position in its shard
@@ -203,9 +211,9 @@ def render(summary: Mapping[str, Any], history: int = 20) -> str:
         lines += [f"  worker {r}      position: {json.dumps(p)}" for r, p in enumerate(source["positions"])]
     elif source:
         lines.append(f"source          {source.get('uri')} (position: {json.dumps(source.get('position'))})")
-    service = summary.get("service") or {}
-    if service.get("rejected"):
-        lines.append("rejected        " + ", ".join(f"{k} {v}" for k, v in sorted(service["rejected"].items())))
+    rejected = summary.get("rejected") or {}
+    lines.append(f"rejected        {summary.get('rejected_total', 0):,} samples"
+                 + (": " + ", ".join(f"{k} {v:,}" for k, v in sorted(rejected.items())) if rejected else ""))
     for c in summary.get("corrupt") or []:
         lines.append(f"corrupt         {c['path']}: {c['reason']}")
     events = summary.get("plateau_history") or []
@@ -241,7 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--history", type=int, default=20, metavar="N", help="plateau events shown (text)")
     parser.add_argument("--plot", metavar="FILE", help="also draw the event history and the importance per layer "
-                        "to FILE (.png, .svg, .pdf; needs matplotlib: pip install 'streammas[plot]')")
+                        "to FILE (.png, .svg, .pdf; needs matplotlib: pip install 'streammas[plot]'; default: no "
+                        "plot)")
 
 
 def run_command(args: argparse.Namespace) -> int:

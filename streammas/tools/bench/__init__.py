@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="benchmark", required=True, metavar="benchmark")
     for name, (module_name, help_) in BENCHMARKS.items():
         module = importlib.import_module(module_name)
-        module.add_arguments(sub.add_parser(name, help=help_, description=help_))
+        module.add_arguments(sub.add_parser(name, help=help_, description=help_,
+                                            formatter_class=parser.formatter_class))
 
 
 def run_command(args: argparse.Namespace) -> int:

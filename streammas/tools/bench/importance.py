@@ -20,7 +20,8 @@ TARGETS = {"vmap": 3.0, "loop": 20.0}  # speed-up of "fast" over each, on the ML
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_common_arguments(parser, repeats=7)
-    parser.add_argument("--models", nargs="+", choices=timing.MODELS, default=list(timing.MODELS))
+    parser.add_argument("--models", nargs="+", choices=timing.MODELS, default=list(timing.MODELS),
+                        help="the models measured")
     parser.add_argument("--batches", nargs="+", type=int, default=[10, 64], help="batch sizes")
     parser.add_argument("--block", type=float, default=None,
                         help="seconds per timed block (default 0.1, 0.02 with --quick)")

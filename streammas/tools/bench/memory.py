@@ -26,7 +26,7 @@ TOLERANCE = 0.05
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_common_arguments(parser, repeats=1)
-    parser.add_argument("--model", choices=timing.MODELS, default="mlp")
+    parser.add_argument("--model", choices=timing.MODELS, default="mlp", help="the model measured")
     parser.add_argument("--batch", type=int, default=64, help="samples per learn_many call")
     parser.add_argument("--samples", type=int, default=1_000_000, help="samples streamed (50,000 with --quick)")
     parser.add_argument("--regimes", type=int, default=8, help="regimes the stream goes through")

@@ -34,7 +34,8 @@ PEER = "practitioner"  # the variant name of the practitioner's baseline
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_common_arguments(parser, repeats=9)
-    parser.add_argument("--models", nargs="+", choices=timing.MODELS, default=list(timing.MODELS))
+    parser.add_argument("--models", nargs="+", choices=timing.MODELS, default=list(timing.MODELS),
+                        help="the models measured")
     parser.add_argument("--batches", nargs="+", type=int, default=[10, 64], help="batch sizes")
     parser.add_argument("--block", type=float, default=None,
                         help="seconds per timed block (default 0.25, 0.03 with --quick)")

@@ -35,7 +35,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, repeats: int) -> No
                         help="auto: process CPU time on a CPU with one thread, wall time otherwise")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and shorter blocks (a smoke test)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the models")
 
 
 # -- environment ------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 from streammas.config import ConfigError, parse_override, validate
 from streammas.service import logs
 from streammas.tools.demo.report import render_report
-from streammas.tools.demo.runner import BENCHMARKS, data_name, run_demo
+from streammas.tools.demo.runner import BENCHMARKS, PASSES, data_name, run_demo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,12 +18,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a reduced stream (a few seconds)")
     parser.add_argument("--data", choices=("auto", *BENCHMARKS), default="auto",
                         help="digits (scikit-learn) or segments (river); auto: digits when scikit-learn is there")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=10)
-    parser.add_argument("--passes", type=int, default=None, help="passes over a regime per segment")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the stream, the model and the learners")
+    parser.add_argument("--batch-size", type=int, default=10, help="samples per message and per learning step")
+    parser.add_argument("--passes", type=int, default=None,
+                        help=f"passes over a regime per segment (default: {PASSES['full']}; {PASSES['quick']} with "
+                             "--quick)")
     parser.add_argument("--state-dir", default=None, help="keep the service's state here (default: a temporary "
                         "directory, removed)")
-    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics while it runs")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port while it runs (default: none)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a [learner] setting for the service, e.g. --set reg_lambda=3 or "
                              "--set plateau.window=30 (repeatable; lr and optimizer apply to both learners)")

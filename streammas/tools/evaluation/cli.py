@@ -65,8 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="learner setting for the streammas methods (lr, optimizer, steps_per_batch: all "
                              "methods), e.g. --set reg_lambda=10 --set plateau.window=30")
-    parser.add_argument("--passes", type=int, default=None, help="passes per regime, overriding the length's")
-    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--passes", type=int, default=None,
+                        help="passes per regime, overriding the length's (default: each length's own)")
+    parser.add_argument("--batch-size", type=int, default=10, help="samples per learning step")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures (no matplotlib needed)")
     parser.add_argument("--verbose", action="store_true", help="one line per finished run")
