@@ -34,7 +34,7 @@ import importlib
 from typing import Any
 
 # Imported on first use, so that importing streammas.service.signals stays cheap (see that module).
-_LAZY = {"Service": "app", "resolve_device": "app", "DEFAULT_CONFIG": "cli", "add_arguments": "cli",
+_LAZY = {"Service": "app", "resolve_device": "factory", "DEFAULT_CONFIG": "cli", "add_arguments": "cli",
          "config_from_args": "cli", "run_command": "cli", "ServiceError": "errors",
          "MAX_CONSECUTIVE_ERRORS": "loop", "READ_TIMEOUT": "loop", "LOSS_WINDOWS": "telemetry"}
 

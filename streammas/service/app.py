@@ -25,11 +25,12 @@ from streammas.service import logs
 from streammas.service.checkpoint import Checkpoint, CheckpointStore
 from streammas.service.checkpointing import Checkpointer, run_meta
 from streammas.service.errors import ModelRefused, ServiceError, why
-from streammas.service.factory import FactoryError, ModelSpec
+from streammas.service.factory import FactoryError, ModelSpec, resolve_device
 from streammas.service.group import Alone, Group
-from streammas.service.loop import Control, Loop, Outcome, Ports
+from streammas.service.loop import Loop
 from streammas.service.metrics import MetricsPortInUse, ServiceMetrics
 from streammas.service.notify import SystemdNotifier, status_line
+from streammas.service.ports import Control, Outcome, Ports
 from streammas.service.signals import SignalHandlers
 from streammas.service.telemetry import Tally, Telemetry
 
@@ -40,23 +41,6 @@ if TYPE_CHECKING:
 
 #: One logger for the whole service: its name is part of every log line.
 log = logging.getLogger("streammas.service")
-
-
-def resolve_device(setting: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is usable, else ``"cpu"``; other values are checked.
-
-    >>> resolve_device("cpu")
-    'cpu'
-    """
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(setting)
-    except (RuntimeError, ValueError):
-        raise ServiceError(f"[learner] device {setting!r} is not a torch device (auto, cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ServiceError(f"[learner] device {setting!r}: no CUDA device is available")
-    return setting
 
 
 class Service:
@@ -283,19 +267,11 @@ class Service:
         """Build the model for ``sample_shape`` and the learner around it. Raises :class:`ModelRefused` where the
         stream decided the shape (the batch is turned away, the daemon goes on), else :class:`ServiceError`."""
         shape = tuple(int(d) for d in sample_shape)
-        refuse = ModelRefused if self._stream_decides_shape() else ServiceError
-        bound = self.config.model.max_parameters
-        counted = self.spec.count_parameters(shape) if bound else None
-        if counted is not None and counted > bound:
-            raise refuse(f"[model] a {self.spec.name} for samples of shape {shape} would have {counted:,} "
-                         f"parameters, over max_parameters = {bound:,}")
+        # where the stream's first samples decided the shape (none configured, none resumed), a refusal is theirs
+        stream_decides = self.config.source.sample_shape is None and self.spec.sample_shape is None
         torch.manual_seed(self.config.learner.seed)
-        try:
-            model = self.spec.build(shape)
-        except FactoryError as e:
-            raise refuse(f"[model] {e}") from None
-        except (RuntimeError, MemoryError) as e:  # an allocation the bound did not foresee (0: no bound)
-            raise refuse(f"[model] cannot build a {self.spec.name} for samples of shape {shape}: {why(e)}") from None
+        model = self.spec.build_bounded(shape, self.config.model.max_parameters,
+                                        ModelRefused if stream_decides else ServiceError)
         try:
             self.learner = OnlineMAS(model, device=self.device, callback=self._on_event,
                                      **self.group.learner_options(), **self.config.learner.learner_kwargs())
@@ -305,10 +281,6 @@ class Service:
         logs.log_event(log, "model", model=self.spec.name, sample_shape=list(self.spec.sample_shape or []),
                        parameters=params, device=self.device)
         return self.learner
-
-    def _stream_decides_shape(self) -> bool:
-        """Whether the stream's first samples decide the sample shape (no configured one, none resumed)."""
-        return self.config.source.sample_shape is None and self.spec.sample_shape is None
 
     def _close_part(self, name: str) -> None:
         """Close the source or the sink once."""
@@ -372,18 +344,13 @@ class Service:
         position = self.position
         written = self.group.checkpoint(reason, self.learner, lambda: {  # this worker's part of a group's checkpoint
             "position": position, "tally": asdict(self.tally), "rejected": self.rejected()})
-        if self.group.durable(written):
-            self._commit(position)
-        return written
-
-    def _commit(self, position: dict | None) -> None:
         commit = getattr(self.source, "commit", None)  # plug-in sources may predate Source.commit
-        if commit is None or position is None:
-            return
-        try:
-            commit(position)
-        except Exception as e:  # the next checkpoint commits again, covering this one's position too
-            logs.log_event(log, "commit_failed", logging.WARNING, error=why(e))
+        if self.group.durable(written) and commit is not None and position is not None:
+            try:
+                commit(position)
+            except Exception as e:  # the next checkpoint commits again, covering this one's position too
+                logs.log_event(log, "commit_failed", logging.WARNING, error=why(e))
+        return written
 
     def write_checkpoint(self, reason: str,
                          amend: Callable[[dict[str, Any]], None] | None = None) -> Checkpoint | None:

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from streammas.service.errors import ServiceError
+
 
 class FactoryError(Exception):
     """The model factory cannot be imported or does not make a model.
@@ -190,6 +192,22 @@ class ModelSpec:
         self.sample_shape = shape
         return model
 
+    def build_bounded(self, sample_shape: Sequence[int], max_parameters: int, refuse: type[Exception]) -> nn.Module:
+        """:meth:`build`, refused (an exception of type ``refuse``, its message naming ``[model]``) when the model
+        would have more than ``max_parameters`` (0: no bound), counted first without allocating anything, or
+        when it cannot be built (the factory failed, or an allocation did)."""
+        shape = tuple(int(d) for d in sample_shape)
+        counted = self.count_parameters(shape) if max_parameters else None
+        if counted is not None and counted > max_parameters:
+            raise refuse(f"[model] a {self.name} for samples of shape {shape} would have {counted:,} parameters, "
+                         f"over max_parameters = {max_parameters:,}")
+        try:
+            return self.build(shape)
+        except FactoryError as e:
+            raise refuse(f"[model] {e}") from None
+        except (RuntimeError, MemoryError) as e:  # an allocation the bound did not foresee (0: no bound)
+            raise refuse(f"[model] cannot build a {self.name} for samples of shape {shape}: {e}") from None
+
     def count_parameters(self, sample_shape: Sequence[int]) -> int | None:
         """The parameters the model for ``sample_shape`` would have, counted on PyTorch's ``meta`` device, where
         building allocates nothing; ``None`` when the model cannot be built there (the real build will tell)."""
@@ -215,3 +233,20 @@ class ModelSpec:
             if meta.get(key) != mine[key]:
                 return f"{key}: the checkpoint has {meta.get(key)!r}, the configuration {mine[key]!r}"
         return None
+
+
+def resolve_device(setting: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is usable, else ``"cpu"``; other values are checked.
+
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(setting)
+    except (RuntimeError, ValueError):
+        raise ServiceError(f"[learner] device {setting!r} is not a torch device (auto, cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ServiceError(f"[learner] device {setting!r}: no CUDA device is available")
+    return setting

@@ -39,8 +39,9 @@ import torch
 from streammas.collective.context import DistributedContext
 from streammas.config import Config
 from streammas.service import logs
-from streammas.service.app import Service, resolve_device
+from streammas.service.app import Service
 from streammas.service.errors import ServiceError
+from streammas.service.factory import resolve_device
 from streammas.service.signals import install_early
 
 log = logging.getLogger("streammas.service")
