@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from streammas.backend.compat import skips_on_device, step_unless
-from streammas.backend.hostsync import host_read
+from streammas.backend.hostsync import cpu_read, host_read
 from streammas.collective.alone import Alone, StepRows
 from streammas.learner.buffer import HardBuffer
 from streammas.learner.fused import FusedChain
@@ -206,6 +206,14 @@ class AutogradUpdate:
 
     def _step(self, finite: torch.Tensor) -> None:
         """The optimizer's step and the regulariser's, both skipped when the loss is not finite."""
+        if self.guarded and finite.device.type == "cpu":  # the flag costs no sync to read: no device-side skip
+            if cpu_read(finite):
+                self.optimizer.step()
+                self.proximal.after_step(None)
+            else:
+                self.skipped += 1
+                self.proximal.after_step(finite.to(self.dtype))  # a skipped update owes nothing, as on a device
+            return
         if self.guarded:
             bad = ~finite
             step_unless(self.optimizer, bad)
@@ -294,7 +302,8 @@ class FusedUpdate(AutogradUpdate):
             if self.chain.writes_grads:  # the optimizer's own step on the hand-derived gradients, summed first
                 sums, importance = self.collective.reduce_step(self.meter.synapses.params, [score_sum, loss_sum],
                                                                importance)
-                self._step(torch.isfinite(sums[1]))
+                # unless a group summed the losses, the chain's own flag says it (the sum over the same divisor)
+                self._step(finite if sums[1] is loss_sum and finite is not None else torch.isfinite(sums[1]))
             else:  # SGD alone: the chain applied the update itself, unless the loss was not finite
                 sums = [score_sum, loss_sum]
                 self.skipped += ~finite
