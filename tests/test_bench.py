@@ -82,6 +82,16 @@ def test_step_bench_table_with_breakdown(capsys):
     assert "practitioner's torch loop, the same rows" in text and "input scaling inside a default step" in text
 
 
+def test_river_bench_times_one_sample_and_one_dataframe_at_a_time(capsys):
+    from streammas.tools.bench import river
+
+    out = json.loads(_run(river, ["--json", "--widths", "9", "--samples", "20", "--frame-rows", "20", "--repeats",
+                                  "1"], capsys))
+    (case,) = out["cases"]
+    assert set(case["seconds_per_sample"]) == {"ours_one", "frame", "tensor"} and case["frame_vs_tensor"] > 0
+    assert not case["deep_river"] and "vs_deep_river" not in case  # measured only with --deep-river-python
+
+
 def test_memory_bench_json(capsys):
     out = json.loads(_run(memory, ["--json", "--samples", "640", "--batch", "16", "--checkpoints", "4"], capsys))
     stream = out["stream"]

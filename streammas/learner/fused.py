@@ -114,8 +114,7 @@ class FusedResult:
     mean : torch.Tensor
         The loss the step descended: their sum over the step's row count (their mean, alone), a 0-d device tensor.
     finite : torch.Tensor
-        Whether that mean was finite, a 0-d boolean device tensor: the update was applied (read it without a
-        host sync by combining it on the device).
+        Whether that mean was finite, a 0-d boolean device tensor: the update was applied (combined on the device).
     measured : bool
         Whether the first rows' importance was folded into the running importance.
 
@@ -150,7 +149,7 @@ def read_chain(model: nn.Module) -> tuple[list[nn.Module], bool] | None:
     try:
         found = rule(model)
     except _Unsupported:
-        return None
+        found = None
     if found is None:
         return None
     modules, flattens = found
@@ -343,6 +342,9 @@ class FusedChain:
             if layer.bias is not None:
                 layer.bias.add_(train.sum(dim=0), alpha=-lr)
         return FusedResult(losses, total, mean, finite, measure)
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:  # model(x) flat, with no module call per layer
+        return self._forward(x)[2][-1]
 
     @torch.no_grad()
     def importance(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -196,6 +196,10 @@ class AutogradUpdate:
         self.buffer.update(x_all, y_all, losses)
         return scores, score_mean, share
 
+    def output(self, z: torch.Tensor) -> torch.Tensor:
+        """The model's output on ``z`` for scoring, with no update (the objective flattens it as it needs)."""
+        return self.model(z)
+
     def _empty(self) -> tuple[torch.Tensor, torch.Tensor]:
         """No losses, and their sum."""
         return (torch.zeros(0, dtype=self.dtype, device=self.skipped.device),
@@ -277,6 +281,9 @@ class FusedUpdate(AutogradUpdate):
         self.chain = chain
         position = {id(p): i for i, p in enumerate(self.meter.synapses.params)}
         self._chain_index = [position[id(p)] for p in chain.parameters()]
+
+    def output(self, z: torch.Tensor) -> torch.Tensor:
+        return self.chain.output(z) if self.chain.applicable(z) else self.model(z)
 
     def _steps(self, total: int, z: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor | None, divisor: int,
                measure: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
