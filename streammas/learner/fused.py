@@ -267,7 +267,7 @@ class FusedChain:
                 inputs.append(a)
                 a = F.linear(a, m.weight, m.bias)
             else:
-                a = m(a)
+                a = m.forward(a)  # no hooks to run (see applicable)
             outputs.append(a)
         return flat, inputs, outputs
 

@@ -108,7 +108,7 @@ class MASAutoencoder(MASEstimator, base.AnomalyDetector):
         if self.learner_ is None:
             return 0.0
         vector = torch.from_numpy(self._vector(x)[None])
-        return float(self.learner_.score_many(vector)[0])
+        return self.learner_.score_many(vector).item()
 
     def learn_many(self, X: Any) -> None:
         """Learn a batch of samples (a dataframe, a 2-D array, or a list of dicts), in order."""
