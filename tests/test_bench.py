@@ -36,20 +36,60 @@ def test_importance_bench_table(capsys):
 
 def test_step_bench_json(capsys):
     out = json.loads(_run(step, ["--quick", "--json", "--models", "mlp", "--batches", "4", "--repeats", "1",
-                                 "--block", "0.002"], capsys))
+                                 "--block", "0.002", "--widths", "9", "--width-batch", "5"], capsys))
     (case,) = out["cases"]
     assert set(case["vs_sgd"]) == {"sgd", "every", "defaults"} and case["vs_sgd"]["sgd"] == 1.0
     assert case["state_bytes"]["parameters"] > 0
     assert case["state_vs_parameters"] == pytest.approx(2.5)  # Omega in bfloat16, theta*, running importance
     assert case["state_vs_parameters_plateau_held"] == pytest.approx(3.0)  # and the plateau's weights, bfloat16
     assert all(n % 16 == 0 for name, n in case["steps_per_block"].items() if name != "sgd")
+    # what each row ran while it was timed, from the learner's own counters: the importance row measured every
+    # batch with the regulariser on, and its proximal step was paid; the defaults measured every 16th batch and
+    # paid none (lambda 0)
+    every, defaults = case["work_while_timed"]["every"], case["work_while_timed"]["defaults"]
+    assert every["steps"] > 0 and every["importance_samples"] == every["steps"] * 4
+    assert every["proximal_payments"] >= every["steps"] // 16 >= 1
+    assert defaults["proximal_payments"] == 0 and 0 < defaults["importance_fraction"] < 1
+    # the defaults against the plain torch loop that learns the same rows: batch + 2 replayed per row
+    (width,) = out["widths"]
+    assert width["width"] == 9 and width["rows_per_step"] == 3 * 5
+    assert set(width["seconds_per_step"]) == {"plain", "defaults", "peer", "scaling", "replay"}
+    assert width["memory_samples"]["defaults"] == width["memory_samples"]["peer"]  # the same bytes
+    assert width["defaults_vs_peer"] > 0 and width["share_of_default_step"]["scaling"] > 0
+
+
+def test_a_variant_that_did_not_run_what_its_label_says_stops_the_step_bench():
+    from streammas.tools.bench.variants import VARIANTS, expected_work
+
+    claims = expected_work(VARIANTS["every"][1], consolidated=True)
+    before = {"steps": 0, "importance_samples": 0, "proximal_payments": 0}
+    with pytest.raises(RuntimeError, match="0 proximal steps paid"):
+        step._check("every", 4, before, {"steps": 32, "importance_samples": 128, "proximal_payments": 0}, claims)
+    with pytest.raises(RuntimeError, match="not every one"):
+        step._check("every", 4, before, {"steps": 32, "importance_samples": 8, "proximal_payments": 2}, claims)
+    assert step._check("every", 4, before, {"steps": 32, "importance_samples": 128, "proximal_payments": 2},
+                       claims)["importance_fraction"] == 1.0
 
 
 def test_step_bench_table_with_breakdown(capsys):
-    text = _run(step, ["--models", "mlp", "--batches", "2", "--repeats", "1", "--block", "0.002", "--no-memory"],
-                capsys)
+    text = _run(step, ["--models", "mlp", "--batches", "2", "--repeats", "1", "--block", "0.002", "--no-memory",
+                       "--widths", "9"], capsys)
     # the baseline is named after the learner's default optimizer (streammas.tools.bench.variants.OPTIMIZER): Adam
     assert "plain Adam step" in text and "separate eval forward" in text and "state bytes" in text
+    # every row that runs the regulariser says so, and its proximal step was paid while it was timed
+    rows = [line for line in text.splitlines() if "regulariser on" in line]
+    assert len(rows) >= 5 and all(int(line.split(" / ")[-1].split()[0]) > 0 for line in rows)
+    assert "practitioner's torch loop, the same rows" in text and "input scaling inside a default step" in text
+
+
+def test_river_bench_times_one_sample_and_one_dataframe_at_a_time(capsys):
+    from streammas.tools.bench import river
+
+    out = json.loads(_run(river, ["--json", "--widths", "9", "--samples", "20", "--frame-rows", "20", "--repeats",
+                                  "1"], capsys))
+    (case,) = out["cases"]
+    assert set(case["seconds_per_sample"]) == {"ours_one", "frame", "tensor"} and case["frame_vs_tensor"] > 0
+    assert not case["deep_river"] and "vs_deep_river" not in case  # measured only with --deep-river-python
 
 
 def test_memory_bench_json(capsys):

@@ -12,7 +12,7 @@ from streammas.tools.bench import ingest
 def test_ingest_benchmark_json(capsys: pytest.CaptureFixture) -> None:
     argv = [
         "--repeats",
-        "1",
+        "3",
         "--messages",
         "20",
         "--warmup",
@@ -36,6 +36,11 @@ def test_ingest_benchmark_json(capsys: pytest.CaptureFixture) -> None:
     assert set(rates) == {"bare_copy", "bare_zerocopy", "zmq_source", "zmq_source_unchecked"}
     assert all(r > 0 for r in rates.values())
     assert result["zmq"]["ratio"] == pytest.approx(rates["zmq_source"] / rates["bare_copy"])
+    # the target judged on each round's own ratio, the rounds' spread shown
+    runs = result["zmq"]["runs"]
+    paired = sorted(a["samples_per_s"] / b["samples_per_s"] for a, b in zip(runs["zmq_source"], runs["bare_copy"]))
+    assert result["zmq"]["paired_ratios"] == pytest.approx(paired) and len(paired) == 3
+    assert result["zmq"]["verdict"] == ingest.judge(paired, ingest.TARGET)
     assert set(result["files"]) == {"csv_32", "npy_32", "csv_16", "npy_16"}
     assert all(r["rows_per_s"] > 0 for r in result["files"].values())
 

@@ -103,6 +103,51 @@ def test_dataframes():
     assert len(clf.predict_many(frame)) == 100
 
 
+def test_a_dataframe_in_another_column_order_and_missing_a_column_learns_what_its_dicts_teach():
+    pd = pytest.importorskip("pandas")
+    rows = [x for x, _ in _anomaly_stream(60)]
+    a, b = MASAutoencoder(seed=4), MASAutoencoder(seed=4)
+    a.learn_many(rows[:30])
+    b.learn_many(pd.DataFrame(rows[:30]))
+    shuffled = pd.DataFrame(rows[30:])[["f3", "f0", "f4", "f1"]]  # f2 absent: 0, river's sparse convention
+    a.learn_many([{k: v for k, v in r.items() if k != "f2"} for r in rows[30:]])
+    b.learn_many(shuffled)
+    np.testing.assert_array_equal(a.score_many(shuffled), b.score_many(shuffled))
+    assert b.features_ == ["f0", "f1", "f2", "f3", "f4"]
+    # the column order is remembered to reorder the next frame, and left out of the pickle (river compares them)
+    assert b._columns is not None and pickle.loads(pickle.dumps(b))._columns is None
+
+
+def test_a_samples_keys_in_any_order_missing_or_bad_give_the_features_vector():
+    det = MASAutoencoder()
+    det.learn_one({"b": 1.0, "a": 2.0})  # the features: a, b
+    assert det._vector({"b": 1.0, "a": 2.0}).tolist() == [2.0, 1.0]
+    assert det._vector({"b": 5, "a": True, "z": 9.0}).tolist() == [1.0, 5.0]  # z: not a feature of this model
+    assert det._vector({"a": 3.0}).tolist() == [3.0, 0.0]  # b absent: 0
+    with pytest.raises(ValueError, match="non-numeric"):
+        det._vector({"b": None, "a": 1.0})
+    with pytest.raises(ValueError, match="non-numeric"):
+        det._vector({"b": "red", "a": 1.0})
+
+
+@pytest.mark.parametrize("estimator", [MASAutoencoder, MASClassifier])
+def test_the_estimators_scaling_and_replay_are_their_own_parameters(estimator):
+    # behind a pipeline's scaler the learner scales nothing a second time; the memory is the learner's by default
+    default = estimator(seed=0)
+    default.learn_one({"a": 1.0, "b": 2.0}, *(("x",) if estimator is MASClassifier else ()))
+    settings = default.learner_.settings
+    assert settings.scale_inputs == "none" and not default.learner_.scaler.enabled
+    assert (settings.replay_max_bytes, settings.replay_ratio) == (4 << 20, 2)
+    chosen = estimator(scale_inputs="running", replay=50, replay_max_bytes=4096, replay_ratio=1, seed=0)
+    assert chosen.clone()._get_params()["replay_max_bytes"] == 4096  # river rebuilds it from its parameters
+    chosen.learn_one({"a": 1.0, "b": 2.0}, *(("x",) if estimator is MASClassifier else ()))
+    settings = chosen.learner_.settings
+    assert (settings.scale_inputs, settings.replay, settings.replay_max_bytes, settings.replay_ratio) == (
+        "running", 50, 4096, 1)
+    with pytest.raises(ValueError, match="scale_inputs"):
+        estimator(scale_inputs="sometimes")
+
+
 def test_classifier_learns_and_pickles():
     from river import evaluate, metrics
 

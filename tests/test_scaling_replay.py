@@ -128,6 +128,50 @@ def test_reservoir_keeps_every_part_of_the_stream_alike():
     assert counts.min() > 150 and counts.max() < 250, counts
 
 
+def test_the_reservoir_holds_every_sample_alike_wherever_it_sits_in_its_batch():
+    # Algorithm R: after n samples each is held with the chance size / n, a later row of a batch taking a slot an
+    # earlier row drew too. Batches far larger than the memory make that rule, drawn for a whole batch at once, matter.
+    size, batch, n, seeds = 20, 50, 500, 2000
+    held = np.zeros(n)
+    for seed in range(seeds):
+        memory = ReplayMemory(size, seed=seed)
+        for start in range(0, n, batch):
+            memory.add(torch.arange(start, start + batch, dtype=torch.float32).unsqueeze(1), None)
+        values = memory.x[:, 0].long().numpy()
+        assert len(set(values.tolist())) == size  # every slot filled, no sample held twice
+        held[values] += 1
+    per_sample = seeds * size / n  # 80
+    by_row = held.reshape(-1, batch).sum(axis=0)  # each place within a batch: 10 samples, 800 expected (sd 28)
+    by_batch = held.reshape(-1, batch).sum(axis=1)  # each batch of the stream: 4000 expected (sd 62)
+    assert np.abs(by_row - 10 * per_sample).max() < 5 * 28, by_row
+    assert np.abs(by_batch - batch * per_sample).max() < 5 * 62, by_batch
+    chi2 = ((held - per_sample) ** 2 / per_sample).sum()  # about chi-square with 499 degrees of freedom (sd 32)
+    assert chi2 < 499 + 5 * 32, chi2
+
+
+def test_replayed_samples_are_drawn_alike_from_the_whole_memory():
+    memory = ReplayMemory(40, seed=3, ratio=2)
+    memory.add(torch.arange(40.0).unsqueeze(1), None)
+    drawn = torch.cat([memory.extend(torch.zeros(50, 1), None)[0][50:, 0] for _ in range(200)]).long()
+    counts = torch.bincount(drawn, minlength=40).numpy()  # 20,000 draws: 500 per sample expected (sd 22)
+    assert np.abs(counts - 500).max() < 5 * 22 and ((counts - 500) ** 2 / 500).sum() < 39 + 5 * 9
+
+
+def test_a_memory_saved_with_the_earlier_generator_loads_and_draws_alike_each_time():
+    import random
+
+    memory = ReplayMemory(8, seed=0)
+    memory.add(torch.arange(8.0).unsqueeze(1), None)
+    state = memory.state_dict()
+    state["generator"] = [list(v) if isinstance(v, tuple) else v for v in random.Random(7).getstate()]
+    draws = []
+    for _ in range(2):
+        copy = ReplayMemory(8, seed=1)
+        copy.load_state_dict(state)
+        draws.append(copy.extend(torch.zeros(4, 1), None)[0])
+    assert torch.equal(draws[0], draws[1]) and draws[0].shape == (8, 1)
+
+
 def test_replay_memory_respects_its_byte_bound_and_round_trips():
     memory = ReplayMemory(1000, max_bytes=40 * 784 * 4, seed=1)
     memory.add(torch.rand(64, 784), torch.arange(64))

@@ -27,3 +27,15 @@ def host_read(value: torch.Tensor) -> Any:
 def host_reads() -> int:
     """How many times :func:`host_read` has run in this process."""
     return _reads
+
+
+def cpu_read(value: torch.Tensor) -> Any:
+    """The value of a tensor in host memory (a CPU learner's): nothing waits for a device, so it is not one of
+    :func:`host_read`'s reads. Where a learner on a CPU may branch on a value a device learner must not read.
+
+    >>> cpu_read(torch.tensor(True))
+    True
+    """
+    if value.device.type != "cpu":
+        raise ValueError(f"cpu_read of a tensor on {value.device}: use host_read, which counts the sync")
+    return value.item() if value.dim() == 0 else value.tolist()

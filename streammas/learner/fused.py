@@ -8,8 +8,8 @@ it out lets one step (under plain SGD; under Adam the gradients it derives go to
 - update each weight in place with one ``addmm_``: the gradient is never stored;
 - carry the importance seed ``2 F(x)`` (docs/algorithm.md, step 3) through the same backward pass as the training
   seed, stacked under it, so that both share each product with ``W``;
-- fold ``|Delta|^T |A| / B`` into the running importance with one more ``addmm_`` per layer
-  (:func:`streammas.learner.importance.linear.fold_linear_importance`, the linear layer's importance rule).
+- fold ``|Delta|^T |A| / B`` into the running importance with one more ``addmm_`` per layer (the linear layer's
+  importance rule, :func:`streammas.learner.importance.linear.fold_linear_importance`).
 
 The numbers are autograd's up to float rounding (``tests/test_fused.py`` compares them step by step). How a
 model is read as a chain is a registry keyed by module type (:func:`register_chain`), and so is the
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from streammas.backend.compat import global_module_hooks, module_hooks
+from streammas.backend.hostsync import cpu_read
 from streammas.learner.importance.linear import fold_linear_importance, linear_importance
 from streammas.learner.importance.registry import register_into
 from streammas.learner.objectives import reconstruction
@@ -113,8 +114,7 @@ class FusedResult:
     mean : torch.Tensor
         The loss the step descended: their sum over the step's row count (their mean, alone), a 0-d device tensor.
     finite : torch.Tensor
-        Whether that mean was finite, a 0-d boolean device tensor: the update was applied (read it without a
-        host sync by combining it on the device).
+        Whether that mean was finite, a 0-d boolean device tensor: the update was applied (combined on the device).
     measured : bool
         Whether the first rows' importance was folded into the running importance.
 
@@ -149,7 +149,7 @@ def read_chain(model: nn.Module) -> tuple[list[nn.Module], bool] | None:
     try:
         found = rule(model)
     except _Unsupported:
-        return None
+        found = None
     if found is None:
         return None
     modules, flattens = found
@@ -267,7 +267,7 @@ class FusedChain:
                 inputs.append(a)
                 a = F.linear(a, m.weight, m.bias)
             else:
-                a = m(a)
+                a = m.forward(a)  # no hooks to run (see applicable)
             outputs.append(a)
         return flat, inputs, outputs
 
@@ -294,11 +294,10 @@ class FusedChain:
     @torch.no_grad()
     def step(self, x: torch.Tensor, batch: int, fold: tuple[Sequence[torch.Tensor], Callable[[], float]] | None = None,
              rows_total: int | None = None) -> FusedResult:
-        """One SGD step on all rows of ``x`` (for Adam: the gradients, in ``.grad``); with
-        ``fold = (running, weight)``, also fold the importance of the
-        first ``batch`` rows, measured before the update, into ``running`` (aligned with :meth:`parameters`)
-        with ``running += (mean - running) * weight()``. ``rows_total``: the loss is the sum over these rows
-        divided by that many (a group of workers' rows), not their mean."""
+        """One SGD step on all rows of ``x`` (for Adam: the gradients, in ``.grad``); with ``fold = (running,
+        weight)``, also fold the importance of the first ``batch`` rows, measured before the update, into ``running``
+        (aligned with :meth:`parameters`) with ``running += (mean - running) * weight()``. ``rows_total``: the loss
+        is the sum over these rows divided by that many (a group of workers' rows), not their mean."""
         rows = x.shape[0]
         flat, inputs, outputs = self._forward(x)
         out = outputs[-1]
@@ -308,18 +307,19 @@ class FusedChain:
         mean = total / (rows if rows_total is None else rows_total)
         finite = torch.isfinite(mean)
         # A non-finite loss must leave the model untouched: a zero seed and zeroed activations make every product
-        # below exactly zero (0 * inf would be NaN).
+        # below exactly zero (0 * inf would be NaN). On a CPU reading the flag costs no sync: a finite loss, no gate.
+        clean = flat.device.type == "cpu" and cpu_read(finite)
         elements = diff.numel() if rows_total is None else rows_total * diff.shape[1]
-        seed = torch.where(finite, diff.mul_(2.0 / elements), 0.0)
+        seed = diff.mul_(2.0 / elements) if clean else torch.where(finite, diff.mul_(2.0 / elements), 0.0)
         measure = fold is not None
         if measure:
-            seed = torch.cat([seed, torch.where(finite, out[:batch] * 2.0, 0.0)])
+            seed = torch.cat([seed, out[:batch] * 2.0 if clean else torch.where(finite, out[:batch] * 2.0, 0.0)])
         safe: dict[int, torch.Tensor] = {id(flat): flat}  # the input was validated finite
 
         def gated(t: torch.Tensor) -> torch.Tensor:
-            if id(t) not in safe:
+            if not clean and id(t) not in safe:
                 safe[id(t)] = torch.where(finite, t, 0.0)
-            return safe[id(t)]
+            return t if clean else safe[id(t)]
 
         deltas = self._backward(seed, outputs, rows, batch, measure, gated)
         weight = float(fold[1]()) if measure else 0.0
@@ -342,6 +342,9 @@ class FusedChain:
             if layer.bias is not None:
                 layer.bias.add_(train.sum(dim=0), alpha=-lr)
         return FusedResult(losses, total, mean, finite, measure)
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:  # model(x) flat, with no module call per layer
+        return self._forward(x)[2][-1]
 
     @torch.no_grad()
     def importance(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -383,10 +386,7 @@ def chain_importance(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
 def _store_grad(p: nn.Parameter, delta: torch.Tensor, a: torch.Tensor | None = None) -> None:
     """Put a linear layer's hand-derived gradient in ``p.grad`` (into its buffer when there is one): the weight's
     ``delta^T a``, or the bias's column sums of ``delta`` when ``a`` is ``None``."""
-    if a is None:
-        p.grad = torch.sum(delta, dim=0, out=p.grad)
-    else:
-        p.grad = torch.mm(delta.t(), a, out=p.grad)
+    p.grad = torch.sum(delta, dim=0, out=p.grad) if a is None else torch.mm(delta.t(), a, out=p.grad)
 
 
 def _times(d: torch.Tensor, derivative: torch.Tensor, rows: int, batch: int, stacked: bool) -> torch.Tensor:

@@ -259,7 +259,7 @@ class OnlineMAS:
             return torch.full((batch,), math.nan, device=self.device)
         with torch.no_grad():
             zb = self.scaler.transform(xb)
-            return self.guard.spread(self.objective(self.model(zb), zb, yb), keep, batch)
+            return self.guard.spread(self.objective(self.update.output(zb), zb, yb), keep, batch)
 
     def score_one(self, x: Any, y: Any = None) -> float:
         """The loss of one sample, with no update."""

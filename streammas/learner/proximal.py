@@ -42,6 +42,12 @@ class ProximalSchedule:
         tensor's mean metric (0: Adam's own, weight by weight), so that a weight Adam rarely moved (a tiny
         ``v_hat``) is not pinned to theta* by an enormous ``c``.
 
+    Attributes
+    ----------
+    payments : int
+        Proximal steps paid so far in this process (each for all the updates it owed; not saved): what
+        ``streammas bench step`` reads to check that a variant ran the regulariser.
+
     Examples
     --------
     >>> w = torch.nn.Parameter(torch.tensor([3.0]))
@@ -56,6 +62,8 @@ class ProximalSchedule:
     5.0
     >>> schedule.after_step(None); w.item()          # two steps at once: c = 2 * 2 * 0.25 = 1, (5 + 3) / 2
     4.0
+    >>> schedule.payments
+    1
     """
 
     def __init__(self, synapses: Synapses, optimizer: torch.optim.Optimizer, *, reg_lambda: float, every: int,
@@ -70,6 +78,7 @@ class ProximalSchedule:
         self._group_indices = [[index[id(p)] for p in g["params"] if id(p) in index] for g in optimizer.param_groups]
         self.owed: float | torch.Tensor = 0  # optimizer steps whose proximal step is still to be paid
         self.due = 0
+        self.payments = 0
 
     @property
     def active(self) -> bool:
@@ -102,6 +111,7 @@ class ProximalSchedule:
         self.owed, self.due = 0, 0
 
     def _pay(self, steps: float | torch.Tensor, grads: list[torch.Tensor | None]) -> None:
+        self.payments += 1
         for group, indices in zip(self.optimizer.param_groups, self._group_indices):
             workspace = [grads[i] for i in indices]
             if any(g is None or g.is_sparse for g in workspace):

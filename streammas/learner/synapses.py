@@ -50,6 +50,9 @@ class Synapses:
         The running importance of the current regime.
     running_count : int
         The samples folded into ``running`` since the last consolidation.
+    measured_samples : int
+        The samples this process has folded into ``running`` in all (not reset by consolidation, not saved: what
+        ``streammas bench step`` reads to check that a variant measured the importance it claims to).
     consolidations : int
         How many consolidations there have been.
 
@@ -96,6 +99,7 @@ class Synapses:
         self.anchor = [p.detach().clone() for p in self.params]
         self.running = [torch.zeros_like(p, memory_format=torch.contiguous_format).detach() for p in self.params]
         self.running_count = 0
+        self.measured_samples = 0
         self.consolidations = 0
 
     # -- importance of the current regime -------------------------------------------------------------
@@ -110,6 +114,7 @@ class Synapses:
         :meth:`streammas.learner.importance.SensitivityProbe.fold`)."""
         weight = batch_size / (self.running_count + batch_size)
         self.running_count += batch_size
+        self.measured_samples += batch_size
         return weight
 
     # -- mergeable: the running importance of several learners, as one learner that saw all their samples ------

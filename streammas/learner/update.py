@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from streammas.backend.compat import skips_on_device, step_unless
-from streammas.backend.hostsync import host_read
+from streammas.backend.hostsync import cpu_read, host_read
 from streammas.collective.alone import Alone, StepRows
 from streammas.learner.buffer import HardBuffer
 from streammas.learner.fused import FusedChain
@@ -196,6 +196,10 @@ class AutogradUpdate:
         self.buffer.update(x_all, y_all, losses)
         return scores, score_mean, share
 
+    def output(self, z: torch.Tensor) -> torch.Tensor:
+        """The model's output on ``z`` for scoring, with no update (the objective flattens it as it needs)."""
+        return self.model(z)
+
     def _empty(self) -> tuple[torch.Tensor, torch.Tensor]:
         """No losses, and their sum."""
         return (torch.zeros(0, dtype=self.dtype, device=self.skipped.device),
@@ -206,6 +210,14 @@ class AutogradUpdate:
 
     def _step(self, finite: torch.Tensor) -> None:
         """The optimizer's step and the regulariser's, both skipped when the loss is not finite."""
+        if self.guarded and finite.device.type == "cpu":  # the flag costs no sync to read: no device-side skip
+            if cpu_read(finite):
+                self.optimizer.step()
+                self.proximal.after_step(None)
+            else:
+                self.skipped += 1
+                self.proximal.after_step(finite.to(self.dtype))  # a skipped update owes nothing, as on a device
+            return
         if self.guarded:
             bad = ~finite
             step_unless(self.optimizer, bad)
@@ -270,6 +282,9 @@ class FusedUpdate(AutogradUpdate):
         position = {id(p): i for i, p in enumerate(self.meter.synapses.params)}
         self._chain_index = [position[id(p)] for p in chain.parameters()]
 
+    def output(self, z: torch.Tensor) -> torch.Tensor:
+        return self.chain.output(z) if self.chain.applicable(z) else self.model(z)
+
     def _steps(self, total: int, z: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor | None, divisor: int,
                measure: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
         if not self.chain.applicable(x_all):
@@ -294,7 +309,8 @@ class FusedUpdate(AutogradUpdate):
             if self.chain.writes_grads:  # the optimizer's own step on the hand-derived gradients, summed first
                 sums, importance = self.collective.reduce_step(self.meter.synapses.params, [score_sum, loss_sum],
                                                                importance)
-                self._step(torch.isfinite(sums[1]))
+                # unless a group summed the losses, the chain's own flag says it (the sum over the same divisor)
+                self._step(finite if sums[1] is loss_sum and finite is not None else torch.isfinite(sums[1]))
             else:  # SGD alone: the chain applied the update itself, unless the loss was not finite
                 sums = [score_sum, loss_sum]
                 self.skipped += ~finite

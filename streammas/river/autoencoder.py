@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from river import base
 
-from streammas.river.estimator import DEFAULTS, SGD_LR, MASEstimator
+from streammas.river.estimator import DEFAULTS, RIVER_SCALE, SGD_LR, MASEstimator
 
 __all__ = ["MASAutoencoder"]
 
@@ -47,6 +47,16 @@ class MASAutoencoder(MASEstimator, base.AnomalyDetector):
         Further :class:`~streammas.OnlineMAS` keyword arguments, as a tuple of ``(name, value)`` pairs.
     seed : int or None, default 0
         Seed of the network's initialisation.
+    scale_inputs : {"none", "running", "frozen"}, default "none"
+        The learner's own input scaling (:class:`~streammas.learner.scaling.InputScaler`). ``"none"``: the
+        pipeline scales (``StandardScaler() | ...``), and a second standardisation would only cost time;
+        ``"running"`` for a pipeline with no standardising step.
+    replay : int, optional
+        Samples the replay memory holds at most (default: the learner's, 1,000,000; 0 disables replay).
+    replay_max_bytes : int, optional
+        The replay memory's size in bytes (default: the learner's, 4 MiB), what usually binds.
+    replay_ratio : int, optional
+        Stored samples replayed with each sample of a micro-batch (default: the learner's, 2).
 
     Examples
     --------
@@ -73,10 +83,15 @@ class MASAutoencoder(MASEstimator, base.AnomalyDetector):
         plateau: tuple | None = None,
         learner_params: tuple | None = None,
         seed: int | None = 0,
+        scale_inputs: str = RIVER_SCALE,
+        replay: int = DEFAULTS["replay"],
+        replay_max_bytes: int = DEFAULTS["replay_max_bytes"],
+        replay_ratio: int = DEFAULTS["replay_ratio"],
     ) -> None:
         self.hidden = hidden
         self.latent = latent
-        self._set_shared(lr, reg_lambda, hard_buffer, batch_size, optimizer, plateau, learner_params, seed)
+        self._set_shared(lr, reg_lambda, hard_buffer, batch_size, optimizer, plateau, learner_params, seed,
+                         scale_inputs, replay, replay_max_bytes, replay_ratio)
 
     def _make_model(self, n_features: int):
         from streammas.models import MLPAutoencoder, autoencoder_sizes
@@ -93,7 +108,7 @@ class MASAutoencoder(MASEstimator, base.AnomalyDetector):
         if self.learner_ is None:
             return 0.0
         vector = torch.from_numpy(self._vector(x)[None])
-        return float(self.learner_.score_many(vector)[0])
+        return self.learner_.score_many(vector).item()
 
     def learn_many(self, X: Any) -> None:
         """Learn a batch of samples (a dataframe, a 2-D array, or a list of dicts), in order."""

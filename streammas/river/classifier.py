@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from river import base
 
-from streammas.river.estimator import DEFAULTS, SGD_LR, MASEstimator
+from streammas.river.estimator import DEFAULTS, RIVER_SCALE, SGD_LR, MASEstimator
 from streammas.river.frames import is_frame, label_list
 
 __all__ = ["MASClassifier"]
@@ -47,6 +47,16 @@ class MASClassifier(MASEstimator, base.MiniBatchClassifier):
         Further :class:`~streammas.OnlineMAS` keyword arguments, as a tuple of ``(name, value)`` pairs.
     seed : int or None, default 0
         Seed of the network's initialisation.
+    scale_inputs : {"none", "running", "frozen"}, default "none"
+        The learner's own input scaling (:class:`~streammas.learner.scaling.InputScaler`). ``"none"``: the
+        pipeline scales (``StandardScaler() | ...``), and a second standardisation would only cost time;
+        ``"running"`` for a pipeline with no standardising step.
+    replay : int, optional
+        Samples the replay memory holds at most (default: the learner's, 1,000,000; 0 disables replay).
+    replay_max_bytes : int, optional
+        The replay memory's size in bytes (default: the learner's, 4 MiB), what usually binds.
+    replay_ratio : int, optional
+        Stored samples replayed with each sample of a micro-batch (default: the learner's, 2).
 
     Examples
     --------
@@ -73,12 +83,17 @@ class MASClassifier(MASEstimator, base.MiniBatchClassifier):
         plateau: tuple | None = None,
         learner_params: tuple | None = None,
         seed: int | None = 0,
+        scale_inputs: str = RIVER_SCALE,
+        replay: int = DEFAULTS["replay"],
+        replay_max_bytes: int = DEFAULTS["replay_max_bytes"],
+        replay_ratio: int = DEFAULTS["replay_ratio"],
     ) -> None:
         self.hidden = hidden
         self.max_classes = max_classes
         if int(max_classes) < 2:
             raise ValueError(f"max_classes must be at least 2, got {max_classes}")
-        self._set_shared(lr, reg_lambda, hard_buffer, batch_size, optimizer, plateau, learner_params, seed)
+        self._set_shared(lr, reg_lambda, hard_buffer, batch_size, optimizer, plateau, learner_params, seed,
+                         scale_inputs, replay, replay_max_bytes, replay_ratio)
         self.classes_: list[Hashable] = []
 
     @property

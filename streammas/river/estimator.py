@@ -8,6 +8,7 @@ micro-batches of ``batch_size`` samples. Subclasses say which network (``_make_m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -15,9 +16,10 @@ import numpy as np
 import torch
 
 from streammas.learner import OnlineMAS, learner_defaults
+from streammas.learner.settings import LearnerSettings
 from streammas.river.frames import as_float, ordered, rows
 
-__all__ = ["DEFAULTS", "MASEstimator"]
+__all__ = ["DEFAULTS", "RIVER_SCALE", "MASEstimator"]
 
 #: The learner's defaults (chosen with ``streammas evaluate``, see the README's results): the estimators take
 #: theirs from here, so that the two cannot drift apart.
@@ -26,6 +28,10 @@ DEFAULTS = learner_defaults()
 #: pipelines scale their inputs themselves, and SGD at 0.05 beat Adam at the learner's 1e-3 there, 88% against
 #: 79% on Phishing).
 SGD_LR = 0.05
+#: The estimators leave scaling to the pipeline (river's convention: ``StandardScaler() | MASAutoencoder()``), so a
+#: pipeline that scales gets no second scaling; the learner's running standardisation is one parameter away
+#: (``scale_inputs="running"``) for a pipeline without a standardising step (README, "river").
+RIVER_SCALE = "none"
 
 
 class MASEstimator:
@@ -34,7 +40,8 @@ class MASEstimator:
     Not an estimator by itself: :class:`~streammas.river.MASAutoencoder` and
     :class:`~streammas.river.MASClassifier` add the network, the objective and river's methods, and take
     the parameters both share (``lr``, ``reg_lambda``, ``hard_buffer``, ``batch_size``, ``optimizer``,
-    ``plateau``, ``learner_params``, ``seed``; see theirs). Features are sorted by name on the first
+    ``plateau``, ``learner_params``, ``seed``, ``scale_inputs``, ``replay``, ``replay_max_bytes``,
+    ``replay_ratio``; see theirs). Features are sorted by name on the first
     sample; ``learn_one`` collects ``batch_size`` samples before the learner learns them together; a
     pickle carries the learner's state (the samples still waiting included). Torch's thread count is the
     program's to set (``torch.set_num_threads(1)`` suits these small networks; see :mod:`streammas.river`).
@@ -68,22 +75,31 @@ class MASEstimator:
 
     def _learner_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"lr": self.lr, "reg_lambda": self.reg_lambda, "hard_buffer": self.hard_buffer,
-                                  "optimizer": self.optimizer}
+                                  "optimizer": self.optimizer, "scale_inputs": self.scale_inputs,
+                                  "replay": self.replay, "replay_max_bytes": self.replay_max_bytes,
+                                  "replay_ratio": self.replay_ratio}
         if self.plateau is not None:
             kwargs["plateau"] = dict(self.plateau)
         kwargs.update(dict(self.learner_params or {}))
         return kwargs
 
-    def _set_shared(self, lr, reg_lambda, hard_buffer, batch_size, optimizer, plateau, learner_params, seed) -> None:
+    def _set_shared(self, lr, reg_lambda, hard_buffer, batch_size, optimizer, plateau, learner_params, seed,
+                    scale_inputs, replay, replay_max_bytes, replay_ratio) -> None:
         """The parameters both estimators take (river reads them back by name, for ``clone``)."""
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.lr, self.reg_lambda, self.hard_buffer, self.batch_size = lr, reg_lambda, hard_buffer, batch_size
         self.optimizer, self.plateau, self.learner_params, self.seed = optimizer, plateau, learner_params, seed
+        self.scale_inputs, self.replay, self.replay_max_bytes = scale_inputs, replay, replay_max_bytes
+        self.replay_ratio = replay_ratio
+        LearnerSettings(scale_inputs=scale_inputs, replay=replay, replay_max_bytes=replay_max_bytes,
+                        replay_ratio=replay_ratio)  # a bad value is refused here, not at the first sample
         self._init_state()
 
     def _init_state(self) -> None:
         self.features_: list[Hashable] | None = None
+        self._columns: tuple[tuple, np.ndarray] | None = None  # a batch's column order -> the features' columns
+        self._keys: tuple[tuple, np.ndarray | None] | None = None  # the same for a sample's keys
         self.learner_ = None
         self._pending_x: list[np.ndarray] = []
         self._pending_y: list[int] = []
@@ -92,6 +108,20 @@ class MASEstimator:
     def _vector(self, x: Mapping[Hashable, Any]) -> np.ndarray:
         if self.features_ is None:
             return np.zeros(0, dtype=np.float32)
+        # A stream's dicts come with the same keys in the same order: where each feature sits among them is found
+        # once, and the values convert in one call (any doubt, and the feature-by-feature path decides).
+        keys = tuple(x)
+        if self._keys is None or self._keys[0] != keys:
+            where = {k: i for i, k in enumerate(keys)}
+            index = [where.get(name, -1) for name in self.features_]
+            self._keys = (keys, np.array(index, dtype=np.int64) if min(index, default=0) >= 0 else None)
+        if self._keys[1] is not None:
+            try:
+                vector = np.array(list(x.values()), dtype=np.float32)[self._keys[1]]
+                if not math.isnan(vector.sum()):  # None converts to NaN: the slow path says what is wrong
+                    return vector
+            except (TypeError, ValueError):
+                pass
         return np.array([as_float(k, x.get(k, 0.0)) for k in self.features_], dtype=np.float32)
 
     def _matrix(self, X: Any) -> np.ndarray:
@@ -102,11 +132,19 @@ class MASEstimator:
             if array.shape[1] != len(self.features_):
                 raise ValueError(f"got {array.shape[1]} columns, the model has {len(self.features_)} features")
             return array
+        if names == self.features_:  # already in the model's order (a frame's values may be read-only: torch warns)
+            return array if array.flags.writeable else array.copy()
+        # where each feature is among the batch's columns (-1: absent, so 0), found once per column order
+        key = tuple(names)
+        if self._columns is None or self._columns[0] != key:
+            where = {n: i for i, n in enumerate(names)}
+            self._columns = (key, np.array([where.get(name, -1) for name in self.features_], dtype=np.int64))
+        index = self._columns[1]
+        if (index >= 0).all():
+            return np.ascontiguousarray(array[:, index])
         out = np.zeros((array.shape[0], len(self.features_)), dtype=np.float32)
-        where = {n: i for i, n in enumerate(names)}
-        for j, name in enumerate(self.features_):
-            if name in where:
-                out[:, j] = array[:, where[name]]
+        present = np.flatnonzero(index >= 0)
+        out[:, present] = array[:, index[present]]
         return out
 
     def _ensure(self, x: Mapping[Hashable, Any]) -> None:
@@ -155,6 +193,8 @@ class MASEstimator:
     # tensor's, are the same bytes for the same values: river's checks compare pickles) -------------------
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
+        state.pop("_columns", None)  # caches, found again from the next batch or sample
+        state.pop("_keys", None)
         learner = state.pop("learner_")
         state["_learner_state"] = None if learner is None else _to_numpy(learner.state_dict())
         state["_n_inputs"] = None if learner is None else self._n_inputs(learner)
@@ -164,6 +204,7 @@ class MASEstimator:
         learner_state = state.pop("_learner_state", None)
         n_inputs = state.pop("_n_inputs", None)
         self.__dict__.update(state)
+        self._columns = self._keys = None
         self.learner_ = None
         if learner_state is not None:
             self._build(n_inputs)

@@ -52,6 +52,13 @@ def rows(X: Any) -> tuple[list[Hashable] | None, np.ndarray]:
             names.extend(k for k in row if k not in names)
         array = np.array([[as_float(k, row.get(k, 0.0)) for k in names] for row in X], dtype=np.float32)
         return names, array.reshape(len(X), len(names))
+    if type(X).__name__ == "DataFrame" and type(X).__module__.startswith("pandas"):
+        # pandas as it is: river's frame-agnostic wrapper costs more than the conversion itself
+        try:
+            return list(X.columns), X.to_numpy(dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError("a feature has non-numeric values: encode it first "
+                             "(for example with river.preprocessing.OneHotEncoder)") from None
     from river.utils.dataframe import into_frame, to_numpy
 
     frame = into_frame(X)
