@@ -8,8 +8,8 @@ every sample seen (a regime that comes later moves them less and less, so the me
 put), ``"frozen"`` stops updating after ``warmup`` samples.
 
 Finite but absurd values (a sample at 1e20 in a stream of watts) must not stop learning: a sample with a value
-further from its feature's mean than ``clip`` times the stream's largest scale is left out of the statistics
-and counted, and the model sees ``z`` clipped to ``[-clip, clip]``. The first batch, with no statistics yet,
+further from its feature's mean than :data:`ABSURD` (100) times the stream's largest scale is left out of the
+statistics and counted, and the model sees ``z`` clipped to ``[-clip, clip]``. The first batch, with no statistics yet,
 is judged against its own median and median absolute deviation, which one absurd sample cannot move.
 """
 
@@ -23,6 +23,8 @@ import torch
 from streammas.backend.hostsync import cpu_read
 
 SCALE_MODES = ("running", "frozen", "none")
+#: A sample further from its feature's mean than this many times the stream's largest scale is absurd.
+ABSURD = 100.0
 
 
 class InputScaler:
@@ -34,9 +36,9 @@ class InputScaler:
         ``"running"`` (cumulative statistics over every sample), ``"frozen"`` (fixed after ``warmup`` samples)
         or ``"none"`` (the identity).
     clip : float, default 100.0
-        Standardised values are clipped to ``[-clip, clip]``. A sample with a value further from its feature's
-        mean than ``clip`` times the stream's largest scale (a feature's spread plus its magnitude) is absurd:
-        counted in :attr:`clipped` and left out of the statistics.
+        Standardised values are clipped to ``[-clip, clip]``. (A sample with a value further from its feature's
+        mean than :data:`ABSURD` times the stream's largest scale, a feature's spread plus its magnitude, is
+        absurd: counted in :attr:`clipped` and left out of the statistics.)
     warmup : int, default 1000
         With ``mode="frozen"``: the samples after which the statistics stop changing.
     eps : float, default 1e-8
@@ -53,7 +55,7 @@ class InputScaler:
     mean, var : torch.Tensor or None
         Per-feature mean and variance (``None`` before the first batch).
     clipped : torch.Tensor
-        Samples with a feature beyond ``clip`` so far (a device scalar, read with the learner's other values).
+        Absurd samples so far (a device scalar, read with the learner's other values).
 
     Examples
     --------
@@ -137,10 +139,10 @@ class InputScaler:
         return self._scale[1]
 
     def _absurd_bound(self, center: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
-        """How far from its center a value may lie before the sample is absurd: ``clip`` times the stream's
+        """How far from its center a value may lie before the sample is absurd: :data:`ABSURD` times the stream's
         largest scale (a feature's spread plus its magnitude). Judged per stream, not per feature, so that a
         feature constant so far (a border pixel) may start to move without being shut out of the statistics."""
-        return self.clip * (spread + center.abs()).max().clamp_min(1.0)
+        return ABSURD * (spread + center.abs()).max().clamp_min(1.0)
 
     def _start(self, flat: torch.Tensor) -> None:
         """Statistics from the first batch, its absurd samples judged against its median and MAD."""
