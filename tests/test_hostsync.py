@@ -13,8 +13,9 @@ from streammas.backend import hostsync
 from streammas.models import ConvAutoencoder, MLPAutoencoder
 
 #: Functions allowed to look at tensor values: the one door, and the validation of host-side input.
-ALLOWED = {("hostsync.py", "host_read"), ("inputs.py", "prepare"), ("inputs.py", "_finite_rows"),
-           ("inputs.py", "to_tensor")}
+# cpu_read: the one door for a value in host memory (it refuses a device tensor), where waiting is impossible.
+ALLOWED = {("hostsync.py", "host_read"), ("hostsync.py", "cpu_read"), ("inputs.py", "prepare"),
+           ("inputs.py", "_finite_rows"), ("inputs.py", "to_tensor")}
 READERS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
 
 

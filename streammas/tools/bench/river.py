@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame-rows", type=int, default=200, help="rows per dataframe")
     parser.add_argument("--deep-river-python", default=None,
                         help="a Python interpreter that imports deep-river (whose releases pin their own river and "
-                             "torch): deep-river's one-at-a-time speed is timed there, once per round")
+                             "torch): deep-river's one-at-a-time speed is timed there, once per round (default: not "
+                             "measured)")
 
 
 def _rows(width: int, n: int, seed: int) -> np.ndarray:
