@@ -35,7 +35,7 @@ class InputScaler:
     mode : str, default "running"
         ``"running"`` (cumulative statistics over every sample), ``"frozen"`` (fixed after ``warmup`` samples)
         or ``"none"`` (the identity).
-    clip : float, default 100.0
+    clip : float, default 30.0
         Standardised values are clipped to ``[-clip, clip]``. (A sample with a value further from its feature's
         mean than :data:`ABSURD` times the stream's largest scale, a feature's spread plus its magnitude, is
         absurd: counted in :attr:`clipped` and left out of the statistics.)
@@ -71,7 +71,7 @@ class InputScaler:
     (1, 5, 2000.0)
     """
 
-    def __init__(self, mode: str = "running", *, clip: float = 100.0, warmup: int = 1000,
+    def __init__(self, mode: str = "running", *, clip: float = 30.0, warmup: int = 1000,
                  eps: float = 1e-8, floor: float = 0.0, device: torch.device | str | None = None) -> None:
         if mode not in SCALE_MODES:
             raise ValueError(f"scale_inputs must be one of {SCALE_MODES}, got {mode!r}")
