@@ -7,16 +7,16 @@ steps); a balanced rule gives each of the learner's pseudo-regimes an equal shar
 as well as in samples, and keeps each sample in the narrowest of the stream's own dtype and the model's (pixels
 that arrive as ``uint8`` stay ``uint8``: four times the samples in the same bytes, exactly). The samples are kept
 as they arrived, before input scaling, and scaled when replayed, so that they follow the scaler's statistics.
-Which slot a sample takes and which samples are replayed is drawn on the host with the memory's own generator (a
-NumPy ``Generator``, whose bounded integers are exactly uniform), a batch's draws at once: no tensor is read.
+Which slot a sample takes and which samples are replayed is drawn on the host with the memory's own generator: no
+tensor is read.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 
 from streammas.learner.retention import make_retention
@@ -77,7 +77,7 @@ class ReplayMemory:
         self.max_bytes = int(max_bytes)
         self.transform = transform
         self.ratio = int(ratio)
-        self.generator = np.random.default_rng(seed)
+        self.generator = random.Random(seed)
         self.retention = make_retention(retention, self.generator)
         self.retention_name = retention
         self.x: torch.Tensor | None = None
@@ -101,17 +101,11 @@ class ReplayMemory:
         self.seen += x.shape[0]
         if not chosen:
             return
-        slots, rows = list(chosen), list(chosen.values())
-        if rows == list(range(x.shape[0])) and slots == list(range(slots[0], slots[0] + len(slots))):
-            self.x[slots[0]:slots[0] + len(slots)].copy_(x)  # the batch fills a run of slots, in order
-            if self.y is not None and y is not None:
-                self.y[slots[0]:slots[0] + len(slots)].copy_(y)
-            return
-        at = torch.tensor(slots, device=x.device)
-        take = torch.tensor(rows, device=x.device)
-        self.x.index_copy_(0, at, x.index_select(0, take).to(self.x.dtype))
+        slots = torch.tensor(list(chosen), device=x.device)
+        rows = torch.tensor(list(chosen.values()), device=x.device)
+        self.x.index_copy_(0, slots, x.index_select(0, rows).to(self.x.dtype))
         if self.y is not None and y is not None:
-            self.y.index_copy_(0, at, y.index_select(0, take))
+            self.y.index_copy_(0, slots, y.index_select(0, rows))
 
     def _allocate(self, x: torch.Tensor, y: torch.Tensor | None, dtype: torch.dtype | None) -> None:
         held = x.dtype if dtype is None or dtype.itemsize >= x.element_size() else dtype
@@ -154,10 +148,11 @@ class ReplayMemory:
         held = len(self)
         if held == 0:
             return x, y
-        drawn = self.generator.integers(held, size=self.ratio * (x.shape[0] if draws is None else draws))
-        if positions is not None:  # each row's draws are consecutive
-            drawn = drawn.reshape(-1, self.ratio)[positions].reshape(-1)
-        pick = torch.from_numpy(drawn).to(self.x.device)
+        per_row = self.ratio
+        drawn = [self.generator.randrange(held) for _ in range(per_row * (x.shape[0] if draws is None else draws))]
+        if positions is not None:
+            drawn = [drawn[p * per_row + k] for p in positions for k in range(per_row)]
+        pick = torch.tensor(drawn, dtype=torch.long, device=self.x.device)
         replayed = self.x.index_select(0, pick).to(x.dtype)
         if self.transform is not None:
             replayed = self.transform(replayed)
@@ -184,18 +179,14 @@ class ReplayMemory:
 
     def state_dict(self) -> dict[str, Any]:
         return {"x": None if self.x is None else self.x.clone(), "y": None if self.y is None else self.y.clone(),
-                "seen": self.seen, "generator": self.generator.bit_generator.state,
+                "seen": self.seen, "generator": _plain(self.generator.getstate()),
                 "retention": self.retention_name, "retained": self.retention.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any], device: torch.device | None = None) -> None:
         self.x = None if state["x"] is None else state["x"].to(device)
         self.y = None if state["y"] is None else state["y"].to(device)
         self.seen = int(state["seen"])
-        generator = state["generator"]
-        if isinstance(generator, Mapping):
-            self.generator.bit_generator.state = generator
-        else:  # a state written before the draws were NumPy's (Python's Mersenne Twister): seeded from it
-            self.generator.bit_generator.state = np.random.default_rng(_flat(generator)).bit_generator.state
+        self.generator.setstate(_tuples(state["generator"]))
         if state.get("retention", "reservoir") == self.retention_name:  # else the rule starts afresh
             self.retention.load_state_dict(state.get("retained", {}))
         else:
@@ -227,8 +218,10 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _flat(value: Any) -> list[int]:
-    """The non-negative integers of a nested list (the state of Python's generator, as older checkpoints hold it)."""
-    if isinstance(value, (list, tuple)):
-        return [v for item in value for v in _flat(item)]
-    return [] if value is None or int(value) < 0 else [int(value)]
+def _plain(value: Any) -> Any:
+    """A generator's state (nested tuples of ints) as lists, which ``torch.load(weights_only=True)`` reads."""
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

@@ -1,8 +1,7 @@
 """What the replay memory keeps: the rule that gives a new sample a slot, or none.
 
 A rule sees only host-side facts (how many samples the stream has offered, the pseudo-regime each came from, which
-slot holds which regime) and draws from the memory's own generator (a NumPy ``Generator``: exact uniform integers,
-drawn for a whole batch at once), so that choosing reads no tensor.
+slot holds which regime) and draws from the memory's own generator, so that choosing reads no tensor.
 
 - :class:`Reservoir`: every sample of the stream has the same chance ``capacity / n`` to be held, so the memory
   holds the regimes in proportion to their length (a rare regime gets a rare share).
@@ -17,38 +16,39 @@ new regime begins at each peak, :mod:`streammas.learner.regimes`).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 
 __all__ = ["RETENTIONS", "Balanced", "Reservoir", "make_retention"]
 
 
 class Reservoir:
-    """Uniform reservoir sampling over the whole stream (Vitter's algorithm R, a batch's draws made at once).
+    """Uniform reservoir sampling over the whole stream.
 
     Examples
     --------
-    >>> rule = Reservoir(np.random.default_rng(0))
+    >>> rule = Reservoir(random.Random(0))
     >>> rule.choose(rows=2, size=2, seen=0, regime=0)      # an empty memory fills in order
     {0: 0, 1: 1}
     >>> len(rule.choose(rows=1000, size=2, seen=1000, regime=0)) <= 2
     True
     """
 
-    def __init__(self, generator: np.random.Generator) -> None:
+    def __init__(self, generator: random.Random) -> None:
         self.generator = generator
 
     def choose(self, rows: int, size: int, seen: int, regime: int) -> dict[int, int]:
         """The slots a batch of ``rows`` samples takes (slot -> row; a later row drawing the same slot wins), the
         memory having ``size`` slots and the stream ``seen`` samples before this batch."""
-        free = min(rows, max(0, size - seen))  # the first rows fill the free slots, in order
-        chosen = dict(zip(range(seen, seen + free), range(free)))
-        if free < rows:  # sample n then takes slot j ~ U{0..n} if j < size: the batch's draws at once
-            drawn = self.generator.integers(np.arange(seen + free + 1, seen + rows + 1)).tolist()
-            chosen.update((j, row) for row, j in enumerate(drawn, start=free) if j < size)  # a later row overwrites
+        chosen: dict[int, int] = {}
+        for row in range(rows):
+            n = seen + row  # this sample's place in the stream (0-based)
+            slot = n if n < size else self.generator.randrange(n + 1)
+            if slot < size:
+                chosen[slot] = row
         return chosen
 
     def state_dict(self) -> dict[str, Any]:
@@ -69,7 +69,7 @@ class Balanced:
 
     Examples
     --------
-    >>> rule = Balanced(np.random.default_rng(0))
+    >>> rule = Balanced(random.Random(0))
     >>> _ = rule.choose(rows=4, size=4, seen=0, regime=0)        # regime 0 fills the memory
     >>> chosen = rule.choose(rows=2, size=4, seen=4, regime=1)   # regime 1 takes two of regime 0's slots
     >>> len(chosen), sorted(rule.held().items())
@@ -79,7 +79,7 @@ class Balanced:
     [(0, 2), (1, 2)]
     """
 
-    def __init__(self, generator: np.random.Generator) -> None:
+    def __init__(self, generator: random.Random) -> None:
         self.generator = generator
         self.slot_regime: list[int] = []  # by slot: the regime of the sample it holds
         self._slots: dict[int, list[int]] = {}  # by regime: the slots holding its samples
@@ -102,11 +102,11 @@ class Balanced:
                 largest = max(self._slots, key=lambda r: len(self._slots[r]))
                 if len(mine) < len(self._slots[largest]):  # below the largest share: take one of its samples
                     theirs = self._slots[largest]
-                    slot = theirs.pop(int(self.generator.integers(len(theirs))))
+                    slot = theirs.pop(self.generator.randrange(len(theirs)))
                     self.slot_regime[slot] = regime
                     mine.append(slot)
                 else:  # a reservoir over this regime's own samples
-                    j = int(self.generator.integers(n))
+                    j = self.generator.randrange(n)
                     if j >= len(mine):
                         continue
                     slot = mine[j]
@@ -149,7 +149,7 @@ class Balanced:
 RETENTIONS = {"reservoir": Reservoir, "balanced": Balanced}
 
 
-def make_retention(name: str, generator: np.random.Generator) -> Reservoir | Balanced:
+def make_retention(name: str, generator: random.Random) -> Reservoir | Balanced:
     """The retention rule called ``name``, drawing from ``generator``."""
     if name not in RETENTIONS:
         raise ValueError(f"replay_retention must be one of {tuple(RETENTIONS)}, got {name!r}")
