@@ -46,3 +46,10 @@ def test_river_classification_example_runs_progressive_validation():
     out = _run("river_classification.py")
     accuracies = [float(a) for a in re.findall(r"Accuracy: ([\d.]+)%", out)]
     assert len(accuracies) == 3 and all(a > 60 for a in accuracies), out
+
+
+def test_the_input_clip_example_prints_each_setting():
+    out = _run("sgd_input_clip.py", "--seeds", "1", "--permutations", "2", "--passes", "1")
+    lines = [line for line in out.splitlines() if "%" in line]
+    assert [line.split()[0] for line in lines] == ["input_clip=30", "input_clip=100", "scale_inputs='none'"]
+    assert all(20.0 < float(line.split("%")[0].split()[-1]) <= 100.0 for line in lines), out
