@@ -24,6 +24,7 @@ import difflib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 #: What the registry hands every source itself: never a connector's option.
 FRAMED = frozenset({"uri", "batch_size", "max_latency_ms", "position", "rank", "world_size", "shard"})
@@ -115,3 +116,24 @@ def shown(default: Any) -> str:
     if default is REQUIRED:
         return "(required)"
     return "(unset)" if default is None else repr(default)
+
+
+def query_options(query: str, ints: Iterable[str] = (), bools: Iterable[str] = ()) -> dict[str, Any]:
+    """A connector URI's query string as keyword options: ``ints`` as integers, ``bools`` as flags,
+    ``sample_shape`` as a list of integers, anything else as given.
+
+    >>> query_options("hwm=10&tls=yes&sample_shape=1,28,28&topic=a", ints={"hwm"}, bools={"tls"})
+    {'hwm': 10, 'tls': True, 'sample_shape': [1, 28, 28], 'topic': 'a'}
+    """
+    ints, bools = set(ints), set(bools)
+    options: dict[str, Any] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key in ints:
+            options[key] = int(value)
+        elif key in bools:
+            options[key] = value.lower() in ("1", "true", "yes", "on")
+        elif key == "sample_shape":
+            options[key] = [int(d) for d in value.split(",") if d]
+        else:
+            options[key] = value
+    return options

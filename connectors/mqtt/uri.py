@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
+
+from connectors.options import query_options
 
 __all__ = ["connect", "parse_uri"]
 
@@ -50,15 +52,7 @@ def parse_uri(uri: str) -> tuple[str, int, str, dict[str, Any]]:
     host = host.strip("[]")
     if not host or not topic:
         raise ValueError(f"{uri!r} needs a host and a topic; e.g. mqtt://127.0.0.1:1883/sensors/#")
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key in _INT_OPTIONS:
-            options[key] = int(value)
-        elif key in _BOOL_OPTIONS:
-            options[key] = value.lower() in ("1", "true", "yes", "on")
-        elif key == "sample_shape":
-            options[key] = [int(d) for d in value.split(",") if d]
-        else:
-            options[key] = value
+    options.update(query_options(query, _INT_OPTIONS, _BOOL_OPTIONS))
     default = DEFAULT_TLS_PORT if options.get("tls") else DEFAULT_PORT
     return host, int(port) if port else default, topic, options
 

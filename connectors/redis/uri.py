@@ -12,7 +12,9 @@ rest of the path, percent-decoded.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
+
+from connectors.options import query_options
 
 __all__ = ["connect", "parse_uri"]
 
@@ -44,15 +46,7 @@ def parse_uri(uri: str) -> tuple[str, int, str, dict[str, Any]]:
         options["username"] = unquote(parts.username)
     if parts.password:
         options["password"] = unquote(parts.password)
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key in _INT_OPTIONS:
-            options[key] = int(value)
-        elif key in _BOOL_OPTIONS:
-            options[key] = value.lower() in ("1", "true", "yes", "on")
-        elif key == "sample_shape":
-            options[key] = [int(d) for d in value.split(",") if d]
-        else:
-            options[key] = value
+    options.update(query_options(parts.query, _INT_OPTIONS, _BOOL_OPTIONS))
     return parts.hostname, parts.port or DEFAULT_PORT, stream, options
 
 

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import parse_qsl
 
 from connectors.curve import KEYWORDS as CURVE_KEYWORDS
-from connectors.options import keyword_defaults
+from connectors.options import keyword_defaults, query_options
 from connectors.zmq.sink import ZmqSink
 from connectors.zmq.socket import endpoint
 from connectors.zmq.source import ZmqSource
@@ -48,15 +47,7 @@ def parse_uri(uri: str) -> tuple[str, dict[str, Any]]:
     if not address:
         raise ValueError(f"{uri!r} has no address; e.g. zmq+pull://127.0.0.1:5555")
     options: dict[str, Any] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key in _INT_OPTIONS:
-            options[key] = int(value)
-        elif key in _BOOL_OPTIONS:
-            options[key] = value.lower() in ("1", "true", "yes", "on")
-        elif key == "sample_shape":
-            options[key] = [int(d) for d in value.split(",") if d]
-        else:
-            options[key] = value
+    options.update(query_options(query, _INT_OPTIONS, _BOOL_OPTIONS))
     return endpoint(address), options
 
 

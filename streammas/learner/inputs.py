@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from streammas.backend.hostsync import host_read
+from streammas.backend.hostsync import cpu_read, host_read
 
 _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
 
@@ -161,10 +161,11 @@ class InputGuard:
 
     def _labels_in_range(self, yt: torch.Tensor | None) -> torch.Tensor | None:
         """Which integer labels index one of :attr:`classes` (``None``: all do, or nothing to check). Labels
-        come from the host in the daemon, where this is one comparison; on a device it costs one read."""
+        in host memory (the daemon's) are read at no sync cost; on a device it costs one read."""
         if self.classes is None or yt is None or yt.is_floating_point() or not len(yt):
             return None
-        low, high = (int(v) for v in host_read(torch.stack([yt.min(), yt.max()]).to(torch.int64)))
+        bounds = torch.stack([yt.min(), yt.max()]).to(torch.int64)
+        low, high = (int(v) for v in (cpu_read(bounds) if bounds.device.type == "cpu" else host_read(bounds)))
         if low >= 0 and high < self.classes:
             return None
         return (yt >= 0) & (yt < self.classes)
