@@ -194,3 +194,9 @@ def test_a_hard_buffer_is_refused_in_a_group():
     ctx = DistributedContext(rank=0, world_size=2)  # only the size is read before the refusal
     with pytest.raises(ValueError, match="hard_buffer"):
         OnlineMAS(MLPAutoencoder(FEATURES, hidden=(8,), latent=3), hard_buffer=8, distributed=ctx)
+
+
+def test_interfered_retrieval_is_refused_in_a_group():
+    ctx = DistributedContext(rank=0, world_size=2)
+    with pytest.raises(ValueError, match="replay_retrieval"):
+        OnlineMAS(MLPAutoencoder(FEATURES, hidden=(8,), latent=3), replay_retrieval="interfered", distributed=ctx)

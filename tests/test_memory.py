@@ -3,12 +3,14 @@ retention of pseudo-regimes, the replay ratio; each through a real learner and a
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
 import torch
 
 from streammas import OnlineMAS
+from streammas.learner.objectives import reconstruction
 from streammas.learner.replay import ReplayMemory
 from streammas.models import MLPAutoencoder
 
@@ -115,3 +117,68 @@ def test_the_ratio_keeps_a_groups_draws_alike():
     everything = whole.extend(torch.zeros(3, 1), None)[0][3:]
     mine = part.extend(torch.zeros(1, 1), None, draws=3, positions=[2])[0][1:]
     assert torch.equal(mine, everything[4:6])
+
+
+def _two_regimes_learned(seed: int = 0) -> tuple[OnlineMAS, torch.Tensor, torch.Tensor]:
+    """A learner (SGD) that learned regime A (noisy copies of one prototype), then regime B (of another)."""
+    torch.manual_seed(seed)
+    learner = OnlineMAS(MLPAutoencoder(in_features=16, hidden=(8,), latent=2), optimizer="sgd", lr=0.1, replay=400,
+                        replay_retrieval="interfered", replay_candidates=4)
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(2, 16, generator=g)
+    a, b = (base[i] + 0.3 * torch.randn(1000, 16, generator=g) for i in range(2))
+    for stream in (a, b):
+        for start in range(0, 1000, 10):
+            learner.learn_many(stream[start:start + 10])
+    return learner, a, b
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_interfered_retrieval_replays_what_the_optimizers_real_step_would_hurt_most(seed):
+    learner, a, b = _two_regimes_learned(seed)
+    rule = learner.replay.retrieval
+    z = learner.scaler.transform(b[:10])
+    pool = learner.scaler.transform(torch.cat([a[:40], b[10:50]]))
+    picked = set(rule.pick(z, None, pool, None, 20).tolist())
+    # the same step taken for real, by a copy of the model and its own SGD optimizer
+    twin = copy.deepcopy(learner.model)
+    sgd = torch.optim.SGD(twin.parameters(), lr=0.1)
+    with torch.no_grad():
+        before = reconstruction(twin(pool), pool, None)
+    reconstruction(twin(z), z, None).mean().backward()
+    sgd.step()
+    with torch.no_grad():
+        harm = reconstruction(twin(pool), pool, None) - before
+    assert picked == set(torch.topk(harm, 20).indices.tolist())
+    assert harm[sorted(picked)].min() >= harm.median()
+
+
+def test_interfered_retrieval_draws_candidates_and_replays_the_ratios_share():
+    learner, a, b = _two_regimes_learned()
+    x_all, _ = learner.replay.extend(learner.scaler.transform(b[:10]), None)
+    assert x_all.shape[0] == 10 + 10 * learner.replay_ratio
+    held = learner.scaler.transform(learner.replay.x[:len(learner.replay)])
+    nearest = (x_all[10:, None, :] - held[None]).abs().amax(dim=2).min(dim=1).values
+    assert bool((nearest < 1e-6).all())  # every one a stored sample
+
+def test_interfered_retrieval_learns_and_survives_a_checkpoint(tmp_path):
+    learner, a, b = _two_regimes_learned(seed=1)
+    path = tmp_path / "state.pt"
+    torch.save(learner.state_dict(), path)
+    restored = OnlineMAS(MLPAutoencoder(in_features=16, hidden=(8,), latent=2), optimizer="sgd", lr=0.1, replay=400,
+                         replay_retrieval="interfered", replay_candidates=4)
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    # the same draws and picks on both: the next steps are identical
+    for start in range(0, 50, 10):
+        assert torch.equal(learner.learn_many(a[start:start + 10]), restored.learn_many(a[start:start + 10]))
+    plain = OnlineMAS(MLPAutoencoder(in_features=16, hidden=(8,), latent=2), optimizer="sgd", lr=0.1, replay=0)
+    for stream in (a, b):
+        for start in range(0, 1000, 10):
+            plain.learn_many(stream[start:start + 10])
+    # regime A kept better than without a memory
+    assert float(learner.learn_many(a[:100]).mean()) < 0.8 * float(plain.learn_many(a[:100]).mean())
+
+
+def test_an_unknown_retrieval_is_refused_by_name():
+    with pytest.raises(ValueError, match="replay_retrieval"):
+        OnlineMAS(torch.nn.Linear(4, 4), replay_retrieval="loss")

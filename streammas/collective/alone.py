@@ -123,7 +123,8 @@ class Alone:
         self._pending: list[torch.Tensor] = []  # the steps' mean losses, not yet read by the host
 
     # -- starting -----------------------------------------------------------------------------------------------
-    def check_settings(self, *, hard_buffer: int, importance_source: str) -> None:
+    def check_settings(self, *, hard_buffer: int, importance_source: str,
+                       replay_retrieval: str = "uniform") -> None:
         """Refuse the learner's settings this collective cannot serve (a ``ValueError``); alone: none."""
 
     def start(self, model: nn.Module) -> None:

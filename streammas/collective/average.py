@@ -91,7 +91,8 @@ class AveragingGroup(GroupCollective):
         self._running_count = 0
         self._scaler: Mapping[str, Any] | None = None
 
-    def check_settings(self, *, hard_buffer: int, importance_source: str) -> None:
+    def check_settings(self, *, hard_buffer: int, importance_source: str,
+                       replay_retrieval: str = "uniform") -> None:
         if importance_source == "buffer":  # each worker's buffer is its own
             raise ValueError('importance_source = "buffer" is not supported in the averaging mode')
 

@@ -282,10 +282,14 @@ class ExactGroup(GroupCollective):
 
     sums_gradients = True
 
-    def check_settings(self, *, hard_buffer: int, importance_source: str) -> None:
+    def check_settings(self, *, hard_buffer: int, importance_source: str,
+                       replay_retrieval: str = "uniform") -> None:
         if hard_buffer:  # the highest-loss rows of each worker are not the union's
             raise ValueError("hard_buffer > 0 is not supported in a group of workers in the exact mode; set "
                              "hard_buffer = 0")
+        if replay_retrieval != "uniform":  # the virtual step would need the union's batch on every worker
+            raise ValueError(f"replay_retrieval = {replay_retrieval!r} is not supported in a group of workers in "
+                             "the exact mode; set replay_retrieval = \"uniform\"")
 
     def replay_seed(self, seed: int) -> int:
         return self.reducer.same_seed(seed)  # every worker keeps the same reservoir of the union

@@ -41,6 +41,7 @@ from streammas.learner.proximal import ProximalSchedule
 from streammas.learner.recovery import Recovery
 from streammas.learner.regimes import RegimeTracker
 from streammas.learner.replay import ReplayMemory
+from streammas.learner.retrieval import make_retrieval
 from streammas.learner.scaling import InputScaler
 from streammas.learner.settings import LearnerSettings
 from streammas.learner.synapses import Synapses
@@ -121,7 +122,8 @@ class OnlineMAS:
             raise ValueError("the model has no parameters to learn")
         # How this learner takes part in a group: alone, every step exact, or averaging now and then.
         self.collective = collective_for(distributed)
-        self.collective.check_settings(hard_buffer=s.hard_buffer, importance_source=s.importance_source)
+        self.collective.check_settings(hard_buffer=s.hard_buffer, importance_source=s.importance_source,
+                                       replay_retrieval=s.replay_retrieval)
         self.collective.start(model)
         self.model = model
         self.device, self.dtype = first.device, first.dtype
@@ -143,7 +145,9 @@ class OnlineMAS:
         self.scaler = InputScaler(s.scale_inputs, clip=s.input_clip, floor=s.scale_floor, device=self.device)
         self.replay = ReplayMemory(s.replay, max_bytes=s.replay_max_bytes, transform=self.scaler.transform,
                                    seed=self.collective.replay_seed(torch.initial_seed() % (1 << 63)),
-                                   retention=s.replay_retention, ratio=s.replay_ratio)
+                                   retention=s.replay_retention, ratio=s.replay_ratio,
+                                   retrieval=make_retrieval(s.replay_retrieval, model, self.objective,
+                                                            self.optimizer, s.replay_candidates))
         self.meter = ImportanceMeter(model, self.synapses, every=s.importance_every, method=s.importance_method,
                                      output=s.importance_output,
                                      enabled=s.importance_source == "stream")

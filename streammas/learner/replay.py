@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from streammas.learner.retention import make_retention
+from streammas.learner.retrieval import Interfered
 
 
 class ReplayMemory:
@@ -39,6 +40,9 @@ class ReplayMemory:
         The rule that chooses what to keep (:mod:`streammas.learner.retention`).
     ratio : int, default 1
         Samples replayed per row of a batch.
+    retrieval : Interfered or None, default None
+        Picks what is replayed among ``retrieval.candidates`` times as many uniform draws
+        (:mod:`streammas.learner.retrieval`); ``None``: the uniform draws themselves.
 
     Attributes
     ----------
@@ -68,7 +72,7 @@ class ReplayMemory:
 
     def __init__(self, capacity: int, *, max_bytes: int = 64 << 20, seed: int = 0,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, retention: str = "reservoir",
-                 ratio: int = 1) -> None:
+                 ratio: int = 1, retrieval: Interfered | None = None) -> None:
         if capacity < 0:
             raise ValueError(f"replay must be >= 0, got {capacity}")
         if ratio < 1:
@@ -77,6 +81,7 @@ class ReplayMemory:
         self.max_bytes = int(max_bytes)
         self.transform = transform
         self.ratio = int(ratio)
+        self.retrieval = retrieval
         self.generator = random.Random(seed)
         self.retention = make_retention(retention, self.generator)
         self.retention_name = retention
@@ -149,15 +154,23 @@ class ReplayMemory:
         if held == 0:
             return x, y
         per_row = self.ratio
-        drawn = [self.generator.randrange(held) for _ in range(per_row * (x.shape[0] if draws is None else draws))]
+        wanted = per_row * (x.shape[0] if draws is None else draws)
+        # a retrieval rule picks among more candidates; a group's workers split the draws, so they draw uniformly
+        pool = wanted * self.retrieval.candidates if self.retrieval is not None and positions is None else wanted
+        drawn = [self.generator.randrange(held) for _ in range(pool)]
         if positions is not None:
             drawn = [drawn[p * per_row + k] for p in positions for k in range(per_row)]
         pick = torch.tensor(drawn, dtype=torch.long, device=self.x.device)
         replayed = self.x.index_select(0, pick).to(x.dtype)
         if self.transform is not None:
             replayed = self.transform(replayed)
+        replayed_y = None if y is None or self.y is None else self.y.index_select(0, pick)
+        if pool > wanted:
+            chosen = self.retrieval.pick(x, y, replayed, replayed_y, wanted)
+            replayed = replayed.index_select(0, chosen)
+            replayed_y = None if replayed_y is None else replayed_y.index_select(0, chosen)
         x_all = torch.cat([x, replayed])
-        y_all = None if y is None or self.y is None else torch.cat([y, self.y.index_select(0, pick)])
+        y_all = None if replayed_y is None else torch.cat([y, replayed_y])
         return x_all, y_all
 
     def describe(self) -> str:

@@ -35,6 +35,7 @@ from streammas.learner.importance import METHODS
 from streammas.learner.objectives import OBJECTIVES
 from streammas.learner.optimizers import OPTIMIZERS
 from streammas.learner.retention import RETENTIONS
+from streammas.learner.retrieval import RETRIEVALS
 from streammas.learner.scaling import SCALE_MODES
 from streammas.learner.synapses import CONSOLIDATION_MODES, NORMALIZATIONS
 
@@ -226,6 +227,11 @@ class LearnerSettings:
         Samples replayed with each row of a batch (2: with a large memory, the past weighs more against the newest
         regime; on the stress streams neither the memory's size nor the ratio alone closed half the gap to the
         i.i.d. bound, both together did).
+    replay_retrieval : {"uniform", "interfered"}, default "uniform"
+        Which stored samples are replayed (:mod:`~streammas.learner.retrieval`): uniform draws, or maximally
+        interfered retrieval (the candidates whose loss a virtual step on the new batch raises most).
+    replay_candidates : int, default 5
+        With ``replay_retrieval = "interfered"``: candidates drawn per sample replayed.
     max_events : int, default 1000
         How many events the learner's history keeps.
 
@@ -299,6 +305,11 @@ class LearnerSettings:
     replay_retention: str = setting("reservoir", help="what the replay memory keeps: a uniform reservoir of the "
                                     "stream, or an equal share for each pseudo-regime", choices=tuple(RETENTIONS))
     replay_ratio: int = setting(2, help="samples replayed with each row of a batch", check=at_least(1))
+    replay_retrieval: str = setting("uniform", help="which stored samples are replayed: uniform draws, or the "
+                                    "candidates a virtual step on the new batch would hurt most (interfered, MIR)",
+                                    choices=RETRIEVALS)
+    replay_candidates: int = setting(5, help="with replay_retrieval = interfered: samples drawn from the memory "
+                                     "per sample replayed", check=at_least(1))
     max_events: int = setting(1000, help="events kept in the learner's history", check=at_least(1),
                               in_config=False)
 
