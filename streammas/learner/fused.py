@@ -206,6 +206,8 @@ class FusedChain:
         self.flattens = flattens
         self._lr_of = lr_of  # per linear layer
         self.linears = [m for m in modules if isinstance(m, nn.Linear)]
+        # a hook on a container (the model itself, its encoder) changes model(x) as much as one on a layer does
+        self._hook_holders = list(model.modules())
 
     @classmethod
     def build(cls, model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, *,
@@ -255,7 +257,7 @@ class FusedChain:
             return False
         if global_module_hooks():  # register_module_forward_hook & co.
             return False
-        return not any(module_hooks(m) for m in self.modules)
+        return not any(module_hooks(m) for m in self._hook_holders)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The flat input, each linear layer's input, and each module's output (in forward order)."""

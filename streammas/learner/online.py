@@ -267,7 +267,17 @@ class OnlineMAS:
 
     def score_one(self, x: Any, y: Any = None) -> float:
         """The loss of one sample, with no update."""
-        return float(host_read(self.score_many(self.guard.one(x), None if y is None else [y]))[0])
+        one = self.guard.one(x)
+        score_row = getattr(self.update, "score_row", None)
+        if y is None and score_row is not None:  # one row of a chain in CPU memory: scored without torch's dispatch
+            xb, _, _ = self.guard.prepare(one, None)
+            if xb.shape[0] == 0:
+                return math.nan
+            with torch.no_grad():
+                score = score_row(self.scaler.transform(xb))
+            if score is not None:
+                return score
+        return float(host_read(self.score_many(one, None if y is None else [y]))[0])
 
     def predict_many(self, x: Any) -> torch.Tensor:
         """The model's output on a batch, with no update: for the reconstruction objective, the reconstruction

@@ -30,6 +30,7 @@ from streammas.backend.hostsync import cpu_read, host_read
 from streammas.collective.alone import Alone, StepRows
 from streammas.learner.buffer import HardBuffer
 from streammas.learner.fused import FusedChain
+from streammas.learner.host_forward import HostForward
 from streammas.learner.meter import ImportanceMeter
 from streammas.learner.proximal import ProximalSchedule
 from streammas.learner.replay import ReplayMemory
@@ -279,11 +280,20 @@ class FusedUpdate(AutogradUpdate):
     def __init__(self, chain: FusedChain, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.chain = chain
+        # scoring one sample in CPU memory: the chain's forward in NumPy (None: torch scores it)
+        self.host = HostForward.build(chain.modules)
         position = {id(p): i for i, p in enumerate(self.meter.synapses.params)}
         self._chain_index = [position[id(p)] for p in chain.parameters()]
 
     def output(self, z: torch.Tensor) -> torch.Tensor:
         return self.chain.output(z) if self.chain.applicable(z) else self.model(z)
+
+    def score_row(self, z: torch.Tensor) -> float | None:
+        """The reconstruction error of the one standardised sample ``z`` by the host forward, or ``None`` where it
+        does not apply (a device, a hook, an activation without a NumPy rule)."""
+        if self.host is None or z.device.type != "cpu" or z.dtype != torch.float32 or not self.chain.applicable(z):
+            return None
+        return self.host.reconstruction_error(z)
 
     def _steps(self, total: int, z: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor | None, divisor: int,
                measure: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:

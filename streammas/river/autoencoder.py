@@ -107,8 +107,7 @@ class MASAutoencoder(MASEstimator, base.AnomalyDetector):
     def score_one(self, x: dict) -> float:
         if self.learner_ is None:
             return 0.0
-        vector = torch.from_numpy(self._vector(x)[None])
-        return self.learner_.score_many(vector).item()
+        return self.learner_.score_one(torch.from_numpy(self._vector(x)))
 
     def learn_many(self, X: Any) -> None:
         """Learn a batch of samples (a dataframe, a 2-D array, or a list of dicts), in order."""
