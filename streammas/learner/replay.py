@@ -17,8 +17,10 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
+from streammas.learner.draws import below
 from streammas.learner.retention import make_retention
 from streammas.learner.retrieval import Interfered
 
@@ -106,8 +108,9 @@ class ReplayMemory:
         self.seen += x.shape[0]
         if not chosen:
             return
-        slots = torch.tensor(list(chosen), device=x.device)
-        rows = torch.tensor(list(chosen.values()), device=x.device)
+        # NumPy and from_numpy: a few microseconds less than torch.tensor on a list (which reads it element by element)
+        slots = torch.from_numpy(np.fromiter(chosen, dtype=np.int64, count=len(chosen))).to(x.device)
+        rows = torch.from_numpy(np.fromiter(chosen.values(), dtype=np.int64, count=len(chosen))).to(x.device)
         self.x.index_copy_(0, slots, x.index_select(0, rows).to(self.x.dtype))
         if self.y is not None and y is not None:
             self.y.index_copy_(0, slots, y.index_select(0, rows))
@@ -157,10 +160,10 @@ class ReplayMemory:
         wanted = per_row * (x.shape[0] if draws is None else draws)
         # a retrieval rule picks among more candidates; a group's workers split the draws, so they draw uniformly
         pool = wanted * self.retrieval.candidates if self.retrieval is not None and positions is None else wanted
-        drawn = [self.generator.randrange(held) for _ in range(pool)]
+        drawn = below(self.generator, held, pool)  # all of them, so that the workers' generators stay alike
         if positions is not None:
-            drawn = [drawn[p * per_row + k] for p in positions for k in range(per_row)]
-        pick = torch.tensor(drawn, dtype=torch.long, device=self.x.device)
+            drawn = drawn.reshape(-1, per_row)[positions].reshape(-1)
+        pick = torch.from_numpy(drawn).to(self.x.device)
         replayed = self.x.index_select(0, pick).to(x.dtype)
         if self.transform is not None:
             replayed = self.transform(replayed)

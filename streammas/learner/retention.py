@@ -20,7 +20,10 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
+
+from streammas.learner.draws import VECTOR_FROM, below, below_one
 
 __all__ = ["RETENTIONS", "Balanced", "Reservoir", "make_retention"]
 
@@ -43,12 +46,21 @@ class Reservoir:
     def choose(self, rows: int, size: int, seen: int, regime: int) -> dict[int, int]:
         """The slots a batch of ``rows`` samples takes (slot -> row; a later row drawing the same slot wins), the
         memory having ``size`` slots and the stream ``seen`` samples before this batch."""
-        chosen: dict[int, int] = {}
-        for row in range(rows):
-            n = seen + row  # this sample's place in the stream (0-based)
-            slot = n if n < size else self.generator.randrange(n + 1)
-            if slot < size:
-                chosen[slot] = row
+        # The rows that still find an empty slot take them in order; every later sample, the n-th of the stream
+        # (0-based), draws j uniform in [0, n] and takes slot j if j < size: kept with chance size / (n + 1).
+        fill = min(rows, max(size - seen, 0))
+        chosen = {seen + row: row for row in range(fill)}
+        bounds = range(seen + fill + 1, seen + rows + 1)  # n + 1 for each later row
+        if len(bounds) < VECTOR_FROM:  # below NumPy's fixed cost: the same draws, one by one
+            draw = self.generator.random
+            for row, bound in enumerate(bounds, fill):
+                slot = int(draw() * bound)  # below_one, inlined: a call per row would cost as much as the draw
+                if slot < size:
+                    chosen[slot] = row  # a later row drawing the same slot wins
+        else:
+            slots = below(self.generator, np.arange(bounds.start, bounds.stop), len(bounds))
+            kept = np.flatnonzero(slots < size)
+            chosen.update(zip(slots[kept].tolist(), (kept + fill).tolist()))  # in row order: a later row wins
         return chosen
 
     def state_dict(self) -> dict[str, Any]:
@@ -102,11 +114,11 @@ class Balanced:
                 largest = max(self._slots, key=lambda r: len(self._slots[r]))
                 if len(mine) < len(self._slots[largest]):  # below the largest share: take one of its samples
                     theirs = self._slots[largest]
-                    slot = theirs.pop(self.generator.randrange(len(theirs)))
+                    slot = theirs.pop(below_one(self.generator, len(theirs)))
                     self.slot_regime[slot] = regime
                     mine.append(slot)
                 else:  # a reservoir over this regime's own samples
-                    j = self.generator.randrange(n)
+                    j = below_one(self.generator, n)
                     if j >= len(mine):
                         continue
                     slot = mine[j]
