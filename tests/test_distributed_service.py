@@ -154,11 +154,13 @@ def test_an_averaging_group_killed_with_9_resumes_and_learns_every_row_once(tmp_
 
 def test_a_worker_killed_with_9_restarts_the_group_from_the_checkpoint(tmp_path):
     np.save(tmp_path / "x.npy", _stream(6000))
-    # the reference checkpoints at the same samples: a checkpoint reads the learner's pending values, which
-    # feeds the detector then and not a few steps later
-    _run(_config(tmp_path, 32, "one", every=640), tmp_path)
+    # The reference is the same group never killed, checkpointing at the same samples (a checkpoint reads the
+    # learner's pending values, which feeds the detector then and not a few steps later). Against one worker with
+    # twice the batch (the test above) the group differs by the all-reduce's rounding, which Adam magnifies on a
+    # near-constant pixel (one weight in 8192 off by 3e-5 here): a restart must add nothing to that.
+    _run(_config(tmp_path, 16, "reference", every=640), tmp_path, "--workers", "2")
     _kill_worker_1_after_a_checkpoint(_config(tmp_path, 16, "two", every=640), tmp_path)
-    _assert_same_learner(_final(tmp_path, "one"), _final(tmp_path, "two"))
+    _assert_same_learner(_final(tmp_path, "reference"), _final(tmp_path, "two"), atol=1e-7)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
