@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch.nn.modules import module as _module
 
-__all__ = ["adam_second_moment", "global_module_hooks", "module_hooks", "skips_on_device", "step_unless"]
+__all__ = ["adam_second_moment", "global_module_hooks", "hook_tables", "module_hooks", "skips_on_device", "step_unless"]
 
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks")
@@ -60,4 +60,11 @@ def global_module_hooks() -> bool:
 
 def module_hooks(module: torch.nn.Module) -> bool:
     """Whether ``module`` itself has a forward, forward-pre or backward hook."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
+    return any(hook_tables(module))
+
+
+def hook_tables(module: torch.nn.Module) -> list[dict]:
+    """The tables of ``module``'s forward, forward-pre and backward hooks: a module keeps them for its lifetime
+    and registering a hook adds to them, so that a caller asking often can keep the list and test
+    ``any(tables)``, a fraction of a microsecond per module."""
+    return [module._forward_hooks, module._forward_pre_hooks, module._backward_hooks]

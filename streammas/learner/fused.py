@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streammas.backend.compat import global_module_hooks, module_hooks
+from streammas.backend.compat import global_module_hooks, hook_tables
 from streammas.backend.hostsync import cpu_read
 from streammas.learner.importance.linear import fold_linear_importance, linear_importance
 from streammas.learner.importance.registry import register_into
@@ -207,7 +207,7 @@ class FusedChain:
         self._lr_of = lr_of  # per linear layer
         self.linears = [m for m in modules if isinstance(m, nn.Linear)]
         # a hook on a container (the model itself, its encoder) changes model(x) as much as one on a layer does
-        self._hook_holders = list(model.modules())
+        self._hook_tables = [table for m in model.modules() for table in hook_tables(m)]
 
     @classmethod
     def build(cls, model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, *,
@@ -257,7 +257,7 @@ class FusedChain:
             return False
         if global_module_hooks():  # register_module_forward_hook & co.
             return False
-        return not any(module_hooks(m) for m in self._hook_holders)
+        return not any(self._hook_tables)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The flat input, each linear layer's input, and each module's output (in forward order)."""

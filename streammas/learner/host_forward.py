@@ -73,8 +73,12 @@ class HostForward:
 
     def __init__(self, modules: list[nn.Module]) -> None:
         self.modules = modules
-        self.linears = [m for m in modules if isinstance(m, nn.Linear)]
-        self._views: tuple[tuple[int, ...], list] | None = None
+        # where each parameter lives, read again on every call: a state loaded with ``assign=True`` puts new
+        # parameters on the same modules
+        self._homes = [(m._parameters, name) for m in modules if isinstance(m, nn.Linear)
+                       for name in ("weight", "bias") if m._parameters.get(name) is not None]
+        self._key: list[int] = []
+        self._plan: list[tuple] = []
 
     @classmethod
     def build(cls, modules: list[nn.Module]) -> HostForward | None:
@@ -88,30 +92,33 @@ class HostForward:
                 return None
         return cls(modules)
 
-    def _layers(self) -> list:
-        """Per module: ``(weight, bias)`` as NumPy views of the live parameters, or the activation module. The
-        views are made again when a parameter or its storage was replaced (an optimizer updates in place; a state
-        loaded with ``assign=True`` puts new parameters on the same modules)."""
-        key = tuple(p.data_ptr() for m in self.linears for p in (m.weight, m.bias) if p is not None)
-        if self._views is None or self._views[0] != key:
-            layers = [(m.weight.detach().numpy(), None if m.bias is None else m.bias.detach().numpy())
-                      if isinstance(m, nn.Linear) else m for m in self.modules]
-            self._views = (key, layers)
-        return self._views[1]
+    def _layers(self) -> list[tuple]:
+        """Per linear layer: its weight and bias as NumPy views of the live parameters, and the activations that
+        follow it (their rules). The views are made again when a parameter or its storage was replaced (an
+        optimizer updates in place, and the views see that)."""
+        key = [home[name].data_ptr() for home, name in self._homes]
+        if key != self._key:
+            plan: list[tuple] = []
+            for m in self.modules:
+                if isinstance(m, nn.Linear):
+                    plan.append((m.weight.detach().numpy(), None if m.bias is None else m.bias.detach().numpy(), []))
+                elif HOST_ACTIVATIONS[type(m)] is not None:
+                    if not plan:  # an activation before the first layer
+                        plan.append((None, None, []))
+                    plan[-1][2].append((HOST_ACTIVATIONS[type(m)], m))
+            self._key, self._plan = key, plan
+        return self._plan
 
     def output(self, row: np.ndarray) -> np.ndarray:
         """The chain's output for one flat sample ``row`` (``[features]``, float32)."""
         a = row
-        for layer in self._layers():
-            if isinstance(layer, tuple):
-                weight, bias = layer
+        for weight, bias, activations in self._layers():
+            if weight is not None:
                 a = np.dot(weight, a)  # matrix times vector: the weight's own layout, no transpose
                 if bias is not None:
                     a += bias
-            else:
-                rule = HOST_ACTIVATIONS[type(layer)]
-                if rule is not None:
-                    a = rule(layer, a)
+            for rule, module in activations:
+                a = rule(module, a)
         return a
 
     def reconstruction_error(self, z: torch.Tensor) -> float:

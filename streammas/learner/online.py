@@ -273,8 +273,7 @@ class OnlineMAS:
             xb, _, _ = self.guard.prepare(one, None)
             if xb.shape[0] == 0:
                 return math.nan
-            with torch.no_grad():
-                score = score_row(self.scaler.transform(xb))
+            score = score_row(self.scaler.transform(xb))  # no graph: the scaler's arithmetic is on a plain tensor
             if score is not None:
                 return score
         return float(host_read(self.score_many(one, None if y is None else [y]))[0])

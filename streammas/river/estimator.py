@@ -117,7 +117,7 @@ class MASEstimator:
             self._keys = (keys, np.array(index, dtype=np.int64) if min(index, default=0) >= 0 else None)
         if self._keys[1] is not None:
             try:
-                vector = np.array(list(x.values()), dtype=np.float32)[self._keys[1]]
+                vector = np.fromiter(x.values(), dtype=np.float32, count=len(keys))[self._keys[1]]
                 if not math.isnan(vector.sum()):  # None converts to NaN: the slow path says what is wrong
                     return vector
             except (TypeError, ValueError):
