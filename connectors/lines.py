@@ -303,6 +303,21 @@ class LineCursor:
         assert len(lines) == len(self._ends), "line_offsets takes the lines of the last read_lines"
         return list(self._ends)
 
+    def rewind(self, offset: int, line: int) -> None:
+        """Go back to ``offset``, the end of line ``line`` of the current file, as :meth:`line_offsets` gave it:
+        the lines after it come out again (a reader that took more lines than it could use at once)."""
+        if self._fd is None or offset > self._base + len(self._data):
+            raise ValueError(f"rewind to an offset not read: {offset}")
+        os.lseek(self._fd, offset, os.SEEK_SET)
+        self._data, self._base, self._start, self.line = b"", offset, 0, int(line)
+        self._discarding = False
+        self.at_end = False
+        # the first bytes are kept as they were read, up to where reading resumes, so that a refill adds no
+        # bytes twice; the last ones are those before the offset
+        self._head_bytes = self._head_bytes[:offset]
+        n = min(offset, TAIL_BYTES)
+        self._tail_bytes = _pread(self._fd, n, offset - n)
+
     def first_line(self) -> bytes | None:
         """The first line of the current file (a CSV header), read without moving the cursor."""
         if self._fd is None:

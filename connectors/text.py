@@ -197,7 +197,8 @@ class LineSource(BatchingSource):
             cursor = self._cursor
             if cursor is not None:
                 # Splitting rows, room * world_size lines hold exactly room of this worker's.
-                lines, first = cursor.read_lines(max(1, batcher.room) * (self._shard[1] if self._split_rows else 1))
+                wanted = max(1, batcher.room) * self._shard[1] if self._split_rows else self._lines_wanted(batcher.room)
+                lines, first = cursor.read_lines(wanted)
                 generation = (self._opened, cursor.generation)
                 if generation != self._generation and (lines or cursor.generation):
                     if self._generation is not None:
@@ -272,6 +273,11 @@ class LineSource(BatchingSource):
             self._cursor.close()
 
     # -- parsing -------------------------------------------------------------------------------------
+    def _lines_wanted(self, room: int) -> int:
+        """Lines to read for a batch with ``room`` samples still to fill (a subclass may read ahead and hand the
+        samples on in batches, each with its own position)."""
+        return max(1, room)
+
     def _new_file(self, cursor: LineCursor) -> None:
         """A new file (or a restarted one) begins: reset per-file state."""
 
