@@ -19,7 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send": ("connectors.send", "stream a file into a ZeroMQ source (the producer side)"),
     "inspect": ("streammas.tools.inspect", "summarise a state directory (samples, consolidations, importance)"),
     "evaluate": ("streammas.tools.evaluation.cli", "task-free continual-learning benchmarks with no boundaries given"),
-    "bench": ("streammas.tools.bench", "speed and memory benchmarks (step, importance, memory, ingest, river, scale)"),
+    "bench": ("streammas.tools.bench",
+              "speed and memory benchmarks (step, importance, memory, ingest, daemon, river, scale)"),
 }
 
 

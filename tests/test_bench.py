@@ -134,7 +134,7 @@ def test_the_dispatcher_lists_every_benchmark():
         pytest.skip("a benchmark module could not be imported")
     args = parser.parse_args(["importance", "--quick", "--models", "mlp"])
     assert args.benchmark == "importance" and args.quick
-    assert {"step", "importance", "memory"} <= set(bench.BENCHMARKS)
+    assert {"step", "importance", "memory", "ingest", "daemon", "river", "scale"} <= set(bench.BENCHMARKS)
     assert "memory" in parser.format_help()  # every help text formats (argparse reads "%" as a format)
     subparsers = parser._subparsers._group_actions[0].choices
     for name in ("step", "importance", "memory"):
@@ -164,3 +164,16 @@ def test_scale_bench_measures_one_and_two_workers(capsys):
     # the same single worker is the baseline of both modes; averaging every 4 steps moves less than exact per step
     assert out["mlp-average"]["samples_per_s"]["1"] == out["mlp-exact"]["samples_per_s"]["1"]
     assert out["mlp-average"]["estimated_efficiency"]["64"] > out["mlp-exact"]["estimated_efficiency"]["64"]
+
+
+@pytest.mark.slow  # two daemons as subprocesses
+def test_daemon_bench_runs_the_service_on_a_csv_file_against_the_embedded_learner(capsys):
+    from streammas.tools.bench import daemon
+
+    out = json.loads(_run(daemon, ["--json", "--rows", "3000", "--repeats", "1"], capsys))
+    assert set(out["runs"]) == {"tensors", "csv source", "daemon"}
+    for name, runs in out["runs"].items():
+        assert len(runs) == 1 and runs[0]["samples_per_s"] > 0, name
+    daemon = out["median"]["daemon"]  # every row scored in the sink (the bench checks it)
+    assert 0 < daemon["startup_s"] < 120 and daemon["shutdown_s"] >= 0
+    assert out["verdict"] in ("met", "MISSED", "within noise") and len(out["daemon_vs_tensors"]) == 1

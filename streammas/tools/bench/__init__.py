@@ -14,6 +14,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "importance": ("streammas.tools.bench.importance", "exact per-sample importance: fast rules, vmap, a loop"),
     "memory": ("streammas.tools.bench.memory", "learner memory over a long stream (flat within 5 percent)"),
     "ingest": ("streammas.tools.bench.ingest", "ZeroMQ decoding against a bare pyzmq loop; file source rows/s"),
+    "daemon": ("streammas.tools.bench.daemon",
+               "streammas run on a CSV file (with a sink) against the embedded learner on the same rows; start-up"),
     "river": ("streammas.tools.bench.river",
               "river estimators: one sample at a time (against deep-river where it imports), dataframes"),
     "scale": ("streammas.tools.bench.scale",
