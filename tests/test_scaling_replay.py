@@ -36,6 +36,29 @@ def test_running_statistics_match_numpy_over_the_whole_stream():
     np.testing.assert_allclose(scaler.var.numpy(), every.var(0), rtol=1e-7)
 
 
+def test_the_host_fold_is_the_torch_fold_and_leaves_an_absurd_row_to_it():
+    """A CPU batch is folded in NumPy (a fraction of torch's dispatch); the statistics are those of the torch
+    update, and a batch with an absurd row goes to the torch update, which leaves that row out."""
+    host, reference = InputScaler("running"), InputScaler("running")
+    rows = [torch.from_numpy(x) for x in _raw_stream(30)]
+    for x in rows:
+        host.fit(x)
+        if reference.mean is None:
+            reference.fit(x)
+        else:
+            reference._fold(x.reshape(x.shape[0], -1).double())
+    np.testing.assert_allclose(host.mean.numpy(), reference.mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(host.var.numpy(), reference.var.numpy(), rtol=1e-10)
+    assert int(host.count) == int(reference.count) and host.mean.dtype == torch.float64
+    before = host.mean
+    absurd = rows[0].clone()
+    absurd[2, 1] = 1e12
+    host.fit(absurd)
+    assert int(host.clipped) == 1 and int(host.count) == int(reference.count) + len(absurd) - 1
+    assert host.mean is not before  # replaced, never written in place (a cached standardisation relies on it)
+    assert float(host.mean[1]) < 1e6
+
+
 def test_frozen_statistics_stop_after_the_warmup():
     scaler = InputScaler("frozen", warmup=64)
     for x in _raw_stream(4):  # 64 samples
