@@ -63,7 +63,7 @@ def test_a_bad_sample_is_refused_or_skipped_as_in_a_batch():
     with pytest.raises(ValueError, match="NaN"):
         learner.score_one(bad)
     skipping, _ = _trained(MLPAutoencoder(in_features=12, hidden=(16,), latent=4), on_bad_input="skip")
-    assert math.isnan(skipping.score_one(bad))
+    assert math.isnan(skipping.score_one(bad)) and skipping.guard.rejected == 1  # counted once
     with pytest.raises(ValueError, match="shape"):
         learner.score_one(torch.zeros(7))
 

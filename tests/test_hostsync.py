@@ -14,7 +14,9 @@ from streammas.models import ConvAutoencoder, MLPAutoencoder
 
 #: Functions allowed to look at tensor values: the one door, and the validation of host-side input.
 # cpu_read: the one door for a value in host memory (it refuses a device tensor), where waiting is impossible.
-ALLOWED = {("hostsync.py", "host_read"), ("hostsync.py", "cpu_read"), ("inputs.py", "prepare"),
+# cpu_view: the same door for a NumPy view of a tensor in host memory.
+ALLOWED = {("hostsync.py", "host_read"), ("hostsync.py", "cpu_read"), ("hostsync.py", "cpu_view"),
+           ("inputs.py", "prepare"),
            ("inputs.py", "_finite_rows"), ("inputs.py", "to_tensor")}
 READERS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 _reads = 0
@@ -39,3 +40,22 @@ def cpu_read(value: torch.Tensor) -> Any:
     if value.device.type != "cpu":
         raise ValueError(f"cpu_read of a tensor on {value.device}: use host_read, which counts the sync")
     return value.item() if value.dim() == 0 else value.tolist()
+
+
+def cpu_view(value: torch.Tensor) -> np.ndarray:
+    """A tensor in host memory as a NumPy array sharing its memory (no copy, nothing waited for), for host-side
+    arithmetic on a CPU learner's own state. Refuses a device tensor, as :func:`cpu_read` does.
+
+    >>> t = torch.zeros(3)
+    >>> view = cpu_view(t)
+    >>> t += 1
+    >>> view.tolist()
+    [1.0, 1.0, 1.0]
+    >>> cpu_view(torch.empty(2, device="meta"))
+    Traceback (most recent call last):
+    ...
+    ValueError: cpu_view of a tensor on meta: it would have to wait for the device
+    """
+    if value.device.type != "cpu":
+        raise ValueError(f"cpu_view of a tensor on {value.device}: it would have to wait for the device")
+    return value.detach().numpy()

@@ -206,8 +206,7 @@ class FusedChain:
         self.flattens = flattens
         self._lr_of = lr_of  # per linear layer
         self.linears = [m for m in modules if isinstance(m, nn.Linear)]
-        # a hook on a container (the model itself, its encoder) changes model(x) as much as one on a layer does
-        self._hook_tables = [table for m in model.modules() for table in hook_tables(m)]
+        self._hook_tables = [t for m in model.modules() for t in hook_tables(m)]  # the model's and its parts' too
 
     @classmethod
     def build(cls, model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, *,
@@ -255,9 +254,7 @@ class FusedChain:
         as it is (a bare ``Sequential`` takes ``[B, features]`` only)."""
         if not self.flattens and x.dim() != 2:
             return False
-        if global_module_hooks():  # register_module_forward_hook & co.
-            return False
-        return not any(self._hook_tables)
+        return not (global_module_hooks() or any(self._hook_tables))  # register_module_forward_hook & co. too
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The flat input, each linear layer's input, and each module's output (in forward order)."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from streammas.backend.hostsync import cpu_view
 from streammas.learner.importance.registry import register_into
 
 #: activation type -> its forward in NumPy (``None``: the identity)
@@ -101,7 +102,7 @@ class HostForward:
             plan: list[tuple] = []
             for m in self.modules:
                 if isinstance(m, nn.Linear):
-                    plan.append((m.weight.detach().numpy(), None if m.bias is None else m.bias.detach().numpy(), []))
+                    plan.append((cpu_view(m.weight), None if m.bias is None else cpu_view(m.bias), []))
                 elif HOST_ACTIVATIONS[type(m)] is not None:
                     if not plan:  # an activation before the first layer
                         plan.append((None, None, []))
@@ -124,6 +125,6 @@ class HostForward:
     def reconstruction_error(self, z: torch.Tensor) -> float:
         """The mean squared error of the chain's reconstruction of the one sample ``z`` (``[1, ...]``, float32,
         in CPU memory)."""
-        row = z.detach().reshape(-1).numpy()
+        row = cpu_view(z.reshape(-1))
         diff = self.output(row) - row
         return float(np.dot(diff, diff)) / diff.shape[0]

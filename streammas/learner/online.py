@@ -266,17 +266,12 @@ class OnlineMAS:
             return self.guard.spread(self.objective(self.update.output(zb), zb, yb), keep, batch)
 
     def score_one(self, x: Any, y: Any = None) -> float:
-        """The loss of one sample, with no update."""
-        one = self.guard.one(x)
-        score_row = getattr(self.update, "score_row", None)
-        if y is None and score_row is not None:  # one row of a chain in CPU memory: scored without torch's dispatch
-            xb, _, _ = self.guard.prepare(one, None)
-            if xb.shape[0] == 0:
-                return math.nan
-            score = score_row(self.scaler.transform(xb))  # no graph: the scaler's arithmetic is on a plain tensor
-            if score is not None:
-                return score
-        return float(host_read(self.score_many(one, None if y is None else [y]))[0])
+        """The loss of one sample, with no update (a chain's in CPU memory: on the host, without torch's dispatch)."""
+        one, score = self.guard.one(x), None
+        if y is None:  # a row the guard skips scores NaN, as in a batch
+            xb = self.guard.prepare(one, None)[0]
+            score = self.update.score_row(self.scaler.transform(xb)) if len(xb) else math.nan
+        return score if score is not None else float(host_read(self.score_many(one, None if y is None else [y]))[0])
 
     def predict_many(self, x: Any) -> torch.Tensor:
         """The model's output on a batch, with no update: for the reconstruction objective, the reconstruction

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from streammas.backend.hostsync import cpu_read
+from streammas.backend.hostsync import cpu_read, cpu_view
 
 SCALE_MODES = ("running", "frozen", "none")
 #: A sample further from its feature's mean than this many times the stream's largest scale is absurd.
@@ -139,8 +139,8 @@ class InputScaler:
             if self.floor == 0 and self.var.device.type == "cpu" and dtype in _NUMPY_FLOATS:
                 # in CPU memory: three NumPy operations on views instead of four torch dispatches
                 as_numpy = _NUMPY_FLOATS[dtype]
-                std = torch.from_numpy(np.sqrt(self.var.numpy() + self.eps).astype(as_numpy))
-                self._scale = (key, (torch.from_numpy(self.mean.numpy().astype(as_numpy)), std))
+                std = torch.from_numpy(np.sqrt(cpu_view(self.var) + self.eps).astype(as_numpy))
+                self._scale = (key, (torch.from_numpy(cpu_view(self.mean).astype(as_numpy)), std))
                 return self._scale[1]
             std = (self.var + self.eps).sqrt()
             if self.floor > 0:
@@ -176,13 +176,13 @@ class InputScaler:
         """:meth:`_fold` for a batch and statistics in CPU memory, in NumPy on views of them: some twenty small
         operations, each a fraction of torch's dispatch. ``False``, with nothing changed, where a row is absurd
         (:meth:`_fold` then leaves it out)."""
-        flat = x.detach().reshape(x.shape[0], -1).numpy().astype(np.float64)
-        mean, var = self.mean.numpy(), self.var.numpy()
+        flat = cpu_view(x.reshape(x.shape[0], -1)).astype(np.float64)
+        mean, var = cpu_view(self.mean), cpu_view(self.var)
         centered = flat - mean
         bound = ABSURD * max(float((np.sqrt(var) + np.abs(mean)).max(initial=0.0)), 1.0)
         if not flat.shape[0] or not np.abs(centered).max() <= bound:  # (NaN compares false: the torch path)
             return False
-        n_b, count = flat.shape[0], float(self.count)
+        n_b, count = flat.shape[0], cpu_read(self.count)
         total = count + n_b
         delta = centered.sum(0) / n_b  # the batch's mean less the current mean
         centered -= delta

@@ -201,6 +201,11 @@ class AutogradUpdate:
         """The model's output on ``z`` for scoring, with no update (the objective flattens it as it needs)."""
         return self.model(z)
 
+    def score_row(self, z: torch.Tensor) -> float | None:
+        """The loss of the one standardised sample ``z`` computed on the host, or ``None``: :meth:`output` scores
+        it (here always; :class:`FusedUpdate` has a host forward)."""
+        return None
+
     def _empty(self) -> tuple[torch.Tensor, torch.Tensor]:
         """No losses, and their sum."""
         return (torch.zeros(0, dtype=self.dtype, device=self.skipped.device),

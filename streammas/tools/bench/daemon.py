@@ -105,7 +105,7 @@ def _embedded(path: Path, batch: int, from_csv: bool) -> float:
     import torch
 
     from connectors.csv_source import CsvSource
-    from streammas import OnlineMAS
+    from streammas.learner import OnlineMAS
     from streammas.models import MLPAutoencoder
 
     torch.manual_seed(0)
