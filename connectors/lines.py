@@ -312,6 +312,7 @@ class LineCursor:
         self._data, self._base, self._start, self.line = b"", offset, 0, int(line)
         self._discarding = False
         self.at_end = False
+        self.oversized = [n for n in self.oversized if n <= line]  # the lines after come out, and count, again
         # the first bytes are kept as they were read, up to where reading resumes, so that a refill adds no
         # bytes twice; the last ones are those before the offset
         self._head_bytes = self._head_bytes[:offset]

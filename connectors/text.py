@@ -208,12 +208,13 @@ class LineSource(BatchingSource):
                     self._new_file(cursor)
                 if self._split_rows and lines:
                     lines = self._own_rows(cursor, lines, first)
+                if lines:
+                    self._parse(cursor, lines, first)  # which may take fewer lines and read the rest again
                 if cursor.oversized:
                     numbers, cursor.oversized = cursor.oversized, []
                     detail = lines_detail(cursor.path, numbers, f"longer than {cursor.max_line_bytes} bytes")
                     self._reject(Reject("too_large", detail, len(numbers)))
                 if lines:
-                    self._parse(cursor, lines, first)
                     progressed = True
                     if until is not None and time.monotonic() >= until:
                         return  # a long run of bad lines must not hold the caller past its timeout

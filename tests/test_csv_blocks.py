@@ -102,3 +102,15 @@ def test_the_cursor_rewinds_to_a_line_it_returned(tmp_path):
             cur.rewind(path.stat().st_size + 10, 5000)
     with LineCursor(str(path), position=position) as resumed:  # the position after a rewind resumes too
         assert resumed.read_lines(1) == ([b"line 14"], 14)
+
+
+def test_a_line_too_long_inside_a_block_is_counted_once_when_its_batch_passes_it(tmp_path):
+    path = tmp_path / "long.csv"
+    good = _write(path, {100: "1," + "9" * 300 + ",0"})
+    with CsvSource(str(path), batch_size=8, max_line_bytes=64) as src:
+        ids = []
+        for batch in src:
+            ids += [int(v) for v in batch.x[:, 0]]
+            counted = src.counters.get("rejected:too_large", 0)
+            assert counted == (1 if batch.position["line"] >= 102 else 0), batch.position  # file line 102
+        assert ids == good and src.counters["rejected:too_large"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -73,3 +74,22 @@ def test_an_activation_without_a_numpy_rule_is_scored_by_torch():
     learner, held = _trained(model)
     assert getattr(learner.update, "host", None) is None
     assert math.isclose(learner.score_one(held[0]), float(learner.score_many(held[:1])[0]), rel_tol=1e-6)
+
+
+def test_a_saturated_sigmoid_scores_without_a_warning():
+    model = nn.Sequential(nn.Linear(12, 8), nn.Sigmoid(), nn.Linear(8, 12))
+    learner, held = _trained(model, optimizer="sgd", lr=0.01)
+    with torch.no_grad():
+        model[0].weight.mul_(1000.0)  # pre-activations far below -88: exp(-a) overflows in float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one = learner.score_one(held[0])
+    assert math.isclose(one, float(learner.score_many(held[:1])[0]), rel_tol=1e-5)
+
+
+def test_a_model_torch_scores_checks_a_bad_row_once():
+    model = nn.Sequential(nn.Linear(12, 8), nn.GELU(), nn.Linear(8, 12))
+    learner, held = _trained(model, on_bad_input="skip")
+    bad = held[0].clone()
+    bad[0] = float("inf")
+    assert math.isnan(learner.score_one(bad)) and learner.guard.rejected == 1

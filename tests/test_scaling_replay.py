@@ -59,6 +59,14 @@ def test_the_host_fold_is_the_torch_fold_and_leaves_an_absurd_row_to_it():
     assert float(host.mean[1]) < 1e6
 
 
+def test_a_bfloat16_model_on_the_cpu_keeps_learning():
+    """NumPy has no bfloat16: such batches are folded by torch."""
+    learner = OnlineMAS(MLPAutoencoder(6).to(torch.bfloat16))
+    for _ in range(4):
+        scores = learner.learn_many(torch.rand(8, 6))
+    assert scores.dtype == torch.bfloat16 and bool(torch.isfinite(scores).all()) and int(learner.scaler.count) == 32
+
+
 def test_frozen_statistics_stop_after_the_warmup():
     scaler = InputScaler("frozen", warmup=64)
     for x in _raw_stream(4):  # 64 samples

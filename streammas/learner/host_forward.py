@@ -45,7 +45,8 @@ def _tanh(module: nn.Module, a: np.ndarray) -> np.ndarray:
 
 @register_host_activation(nn.Sigmoid)
 def _sigmoid(module: nn.Module, a: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-a))
+    with np.errstate(over="ignore"):  # exp(-a) overflows to inf for a < -88: the sigmoid is 0 there, as torch's
+        return 1.0 / (1.0 + np.exp(-a))
 
 
 HOST_ACTIVATIONS[nn.Identity] = None

@@ -149,8 +149,7 @@ class OnlineMAS:
                                    retrieval=make_retrieval(s.replay_retrieval, model, self.objective,
                                                             self.optimizer, s.replay_candidates))
         self.meter = ImportanceMeter(model, self.synapses, every=s.importance_every, method=s.importance_method,
-                                     output=s.importance_output,
-                                     enabled=s.importance_source == "stream")
+                                     output=s.importance_output, enabled=s.importance_source == "stream")
         self.proximal = ProximalSchedule(self.synapses, self.optimizer, reg_lambda=s.reg_lambda, every=s.prox_every,
                                          device_gated=skips_on_device(self.optimizer),
                                          metric_floor=s.prox_metric_floor)
@@ -196,8 +195,7 @@ class OnlineMAS:
         return self.guard.sample_shape
 
     def adopt_sample_shape(self, shape: tuple[int, ...]) -> None:
-        """Take ``shape`` as the stream's sample shape when none is known yet (a worker of a group that has had no
-        row of its own learns the group's)."""
+        """Take ``shape`` as the sample shape when none is known yet (a group's worker with no row of its own)."""
         self.guard.adopt_shape(shape)
 
     @property
@@ -267,11 +265,13 @@ class OnlineMAS:
 
     def score_one(self, x: Any, y: Any = None) -> float:
         """The loss of one sample, with no update (a chain's in CPU memory: on the host, without torch's dispatch)."""
-        one, score = self.guard.one(x), None
-        if y is None:  # a row the guard skips scores NaN, as in a batch
-            xb = self.guard.prepare(one, None)[0]
-            score = self.update.score_row(self.scaler.transform(xb)) if len(xb) else math.nan
-        return score if score is not None else float(host_read(self.score_many(one, None if y is None else [y]))[0])
+        xb, yb, _ = self.guard.prepare(self.guard.one(x), None if y is None else [y])
+        z = self.scaler.transform(xb)  # no rows: a row the guard skips, which scores NaN as in a batch
+        score = self.update.score_row(z) if yb is None and len(xb) else None
+        if score is None and len(xb):
+            with torch.no_grad():
+                score = float(host_read(self.objective(self.update.output(z), z, yb))[0])
+        return math.nan if score is None else score
 
     def predict_many(self, x: Any) -> torch.Tensor:
         """The model's output on a batch, with no update: for the reconstruction objective, the reconstruction

@@ -110,8 +110,9 @@ class InputScaler:
             return
         if self.mean is None:
             self._start(x.reshape(x.shape[0], -1).double())
-        elif (self.mode == "running" or self._seen < self.warmup) and not (
-                x.device.type == "cpu" and self.mean.device.type == "cpu" and self._fold_host(x)):
+        elif (self.mode == "running" or self._seen < self.warmup) and not (  # (NumPy has no bfloat16)
+                x.device.type == "cpu" and self.mean.device.type == "cpu" and x.dtype != torch.bfloat16
+                and self._fold_host(x)):
             self._fold(x.reshape(x.shape[0], -1).double())
         self._seen += x.shape[0]
 
