@@ -144,9 +144,9 @@ class CsvSource(LineSource):
 
     def _lines_wanted(self, room: int) -> int:
         # Blocks only where nothing else is waiting (each batch then ends on a line of its own) and the file's
-        # layout is known; a followed file is read as it comes.
+        # layout is known; a followed file is read as it comes (and split rows never ask: LineSource._fill).
         cursor = self._cursor
-        if (self._follow or self._split_rows or room < self._batcher.batch_size or not isinstance(self._layout, _Layout)
+        if (self._follow or room < self._batcher.batch_size or not isinstance(self._layout, _Layout)
                 or cursor is None or cursor.line < self._careful_until):
             return max(1, room)
         return max(room, BLOCK_ROWS)

@@ -38,7 +38,8 @@ def test_running_statistics_match_numpy_over_the_whole_stream():
 
 def test_the_host_fold_is_the_torch_fold_and_leaves_an_absurd_row_to_it():
     """A CPU batch is folded in NumPy (a fraction of torch's dispatch); the statistics are those of the torch
-    update, and a batch with an absurd row goes to the torch update, which leaves that row out."""
+    update (Chan's merge with every row kept), and a batch with an absurd row goes to the torch update, which
+    leaves that row out."""
     host, reference = InputScaler("running"), InputScaler("running")
     rows = [torch.from_numpy(x) for x in _raw_stream(30)]
     for x in rows:
@@ -46,7 +47,7 @@ def test_the_host_fold_is_the_torch_fold_and_leaves_an_absurd_row_to_it():
         if reference.mean is None:
             reference.fit(x)
         else:
-            reference._fold(x.reshape(x.shape[0], -1).double())
+            reference._merge(x.reshape(x.shape[0], -1).double(), torch.ones(len(x), dtype=torch.bool))  # torch's
     np.testing.assert_allclose(host.mean.numpy(), reference.mean.numpy(), rtol=1e-12)
     np.testing.assert_allclose(host.var.numpy(), reference.var.numpy(), rtol=1e-10)
     assert int(host.count) == int(reference.count) and host.mean.dtype == torch.float64

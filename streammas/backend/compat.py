@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch.nn.modules import module as _module
 
-__all__ = ["adam_second_moment", "global_module_hooks", "hook_tables", "module_hooks", "skips_on_device", "step_unless"]
+__all__ = ["adam_second_moment", "global_module_hooks", "hook_tables", "skips_on_device", "step_unless"]
 
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks")
@@ -56,11 +56,6 @@ def global_module_hooks() -> bool:
     """Whether a hook is registered for every module (``torch.nn.modules.module.register_module_forward_hook`` and
     the like), which a computation that does not call the modules would skip."""
     return any(getattr(_module, name, None) for name in _GLOBAL_HOOKS)
-
-
-def module_hooks(module: torch.nn.Module) -> bool:
-    """Whether ``module`` itself has a forward, forward-pre or backward hook."""
-    return any(hook_tables(module))
 
 
 def hook_tables(module: torch.nn.Module) -> list[dict]:

@@ -110,10 +110,8 @@ class InputScaler:
             return
         if self.mean is None:
             self._start(x.reshape(x.shape[0], -1).double())
-        elif (self.mode == "running" or self._seen < self.warmup) and not (  # (NumPy has no bfloat16)
-                x.device.type == "cpu" and self.mean.device.type == "cpu" and x.dtype != torch.bfloat16
-                and self._fold_host(x)):
-            self._fold(x.reshape(x.shape[0], -1).double())
+        elif self.mode == "running" or self._seen < self.warmup:
+            self._fold(x.reshape(x.shape[0], -1))
         self._seen += x.shape[0]
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,11 +147,14 @@ class InputScaler:
             self._scale = (key, (self.mean.to(dtype), std.to(dtype)))
         return self._scale[1]
 
-    def _absurd_bound(self, center: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _absurd_bound(center: torch.Tensor | np.ndarray, spread: torch.Tensor | np.ndarray) -> Any:
         """How far from its center a value may lie before the sample is absurd: :data:`ABSURD` times the stream's
         largest scale (a feature's spread plus its magnitude). Judged per stream, not per feature, so that a
-        feature constant so far (a border pixel) may start to move without being shut out of the statistics."""
-        return ABSURD * (spread + center.abs()).max().clamp_min(1.0)
+        feature constant so far (a border pixel) may start to move without being shut out of the statistics.
+        Tensors give a 0-d tensor on their device (no sync), NumPy arrays a float."""
+        largest = (spread + abs(center)).max()
+        return ABSURD * (largest.clamp_min(1.0) if isinstance(largest, torch.Tensor) else max(float(largest), 1.0))
 
     def _start(self, flat: torch.Tensor) -> None:
         """Statistics from the first batch, its absurd samples judged against its median and MAD."""
@@ -166,24 +167,25 @@ class InputScaler:
         self._merge(flat, keep)
 
     def _fold(self, flat: torch.Tensor) -> None:
-        centered = flat - self.mean
-        bound = self._absurd_bound(self.mean, self.var.sqrt())
-        if flat.device.type == "cpu" and flat.shape[0] and cpu_read(centered.abs().amax() <= bound):
-            self._merge_all(centered)  # on a CPU the answer costs no sync: the common case, every row kept
-        else:
-            self._merge(flat, (centered.abs() <= bound).all(dim=1))
+        """Fold a batch in, its absurd rows left out: in CPU memory by :meth:`_fold_host` when every row is kept
+        (the common case), else with a mask of the kept rows on the device (no sync)."""
+        if flat.device.type == "cpu" and self._fold_host(flat):
+            return
+        flat = flat.double()
+        keep = ((flat - self.mean).abs() <= self._absurd_bound(self.mean, self.var.sqrt())).all(dim=1)
+        self._merge(flat, keep)
 
-    def _fold_host(self, x: torch.Tensor) -> bool:
-        """:meth:`_fold` for a batch and statistics in CPU memory, in NumPy on views of them: some twenty small
-        operations, each a fraction of torch's dispatch. ``False``, with nothing changed, where a row is absurd
-        (:meth:`_fold` then leaves it out)."""
-        flat = cpu_view(x.reshape(x.shape[0], -1)).astype(np.float64)
+    def _fold_host(self, flat: torch.Tensor) -> bool:
+        """:meth:`_merge` of a batch whose rows are all kept, in NumPy on views of the batch and the statistics:
+        some twenty small operations, each a fraction of torch's dispatch. ``False``, with nothing changed, where
+        a row is absurd or not finite."""
+        # (NumPy has no bfloat16: such a batch widens in torch first)
+        rows = cpu_view(flat.double() if flat.dtype == torch.bfloat16 else flat).astype(np.float64, copy=False)
         mean, var = cpu_view(self.mean), cpu_view(self.var)
-        centered = flat - mean
-        bound = ABSURD * max(float((np.sqrt(var) + np.abs(mean)).max(initial=0.0)), 1.0)
-        if not flat.shape[0] or not np.abs(centered).max() <= bound:  # (NaN compares false: the torch path)
-            return False
-        n_b, count = flat.shape[0], cpu_read(self.count)
+        centered = rows - mean
+        if not rows.shape[0] or not np.abs(centered).max() <= self._absurd_bound(mean, np.sqrt(var)):
+            return False  # (NaN compares false)
+        n_b, count = rows.shape[0], cpu_read(self.count)
         total = count + n_b
         delta = centered.sum(0) / n_b  # the batch's mean less the current mean
         centered -= delta
@@ -211,20 +213,6 @@ class InputScaler:
         self.mean = self.mean + delta * share
         self.var = m2 / total.clamp_min(1.0)
         self.count = total
-
-    def _merge_all(self, centered: torch.Tensor) -> None:
-        """:meth:`_merge` with every row kept, from the batch less the current mean (``centered``), the counts on
-        the host (a CPU learner's): the same update in fewer, larger operations."""
-        n_b, count = centered.shape[0], cpu_read(self.count)
-        total = count + n_b
-        delta = centered.sum(0).div_(n_b)  # the batch's mean less the current mean
-        m2_b = (centered - delta).pow_(2).sum(0)
-        share = n_b / total
-        self.mean = self.mean.add(delta, alpha=share)
-        # (var * count + m2_b + delta^2 * count * share) / total
-        self.var = (self.var * (count / total)).add_(m2_b, alpha=1.0 / total).addcmul_(delta, delta,
-                                                                                       value=count * share / total)
-        self.count = self.count + n_b
 
     @property
     def seen(self) -> int:

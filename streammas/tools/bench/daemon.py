@@ -16,7 +16,6 @@ round's own ratio, as ``bench ingest`` judges its own.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streammas.tools.bench.scale_daemon import FEATURES, _stream
+from streammas.tools.bench.scale_daemon import FEATURES, _stream, log_events
 
 TARGET = 0.9
 
@@ -63,20 +62,6 @@ progress = "never"
     return path
 
 
-def _events(output: str) -> dict[str, float]:
-    """Each first event of the service's JSON log, as seconds since the epoch."""
-    times: dict[str, float] = {}
-    for line in output.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "event" in record and record["event"] not in times:
-            stamp = datetime.datetime.fromisoformat(record["ts"].replace("Z", "+00:00"))
-            times[record["event"]] = stamp.timestamp()
-    return times
-
-
 def _daemon(folder: Path, rows: int, batch: int, round_: int) -> dict[str, float]:
     name = f"daemon-{round_}"
     config = _config(folder, name, batch)
@@ -87,7 +72,7 @@ def _daemon(folder: Path, rows: int, batch: int, round_: int) -> dict[str, float
     ended = time.time()
     if done.returncode != 0:
         raise RuntimeError(f"streammas run exited {done.returncode}:\n{done.stderr[-2000:]}")
-    events = _events(done.stdout + "\n" + done.stderr)
+    events = log_events(done.stdout + "\n" + done.stderr)
     missing = {"reading", "model", "source_finished"} - set(events)
     if missing:
         raise RuntimeError(f"the service's log lacks {sorted(missing)}:\n{done.stderr[-2000:]}")

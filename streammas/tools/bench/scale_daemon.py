@@ -46,20 +46,27 @@ average_every = {every}
     return path
 
 
-def _elapsed(output: str) -> float:
-    """Seconds from rank 0's ``model`` event to its ``source_finished`` event in the service's JSON log."""
-    times = {}
+def log_events(output: str) -> dict[str, float]:
+    """When rank 0 (or a service alone) first logged each event, in seconds since the epoch, from the service's
+    JSON log lines in ``output`` (other lines are skipped)."""
+    times: dict[str, float] = {}
     for line in output.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and record.get("rank", 0) == 0 and record.get("event") in ("model",
-                                                                                                "source_finished"):
-            times[record["event"]] = datetime.datetime.fromisoformat(record["ts"].replace("Z", "+00:00"))
-    if len(times) != 2:
+        event = record.get("event") if isinstance(record, dict) and record.get("rank", 0) == 0 else None
+        if event is not None and event not in times:
+            times[event] = datetime.datetime.fromisoformat(record["ts"].replace("Z", "+00:00")).timestamp()
+    return times
+
+
+def _elapsed(output: str) -> float:
+    """Seconds from rank 0's ``model`` event to its ``source_finished`` event in the service's JSON log."""
+    times = log_events(output)
+    if not {"model", "source_finished"} <= set(times):
         raise RuntimeError("the service's log lacks its model or source_finished event:\n" + output[-2000:])
-    return (times["source_finished"] - times["model"]).total_seconds()
+    return times["source_finished"] - times["model"]
 
 
 def measure(rows: int, batch: int, modes: list[str], every: int) -> dict[str, dict[str, float]]:
