@@ -16,6 +16,7 @@ Modules, one concept each:
 - :mod:`connectors.csv_source`, :mod:`connectors.jsonl_source`: CSV and JSON Lines sources
 - :mod:`connectors.arrays`: ``.npy`` and ``.npz`` sources
 - :mod:`connectors.records`, :mod:`connectors.jsonl_sink`: per-sample records and the JSON Lines sink
+- :mod:`connectors.prefetch`: ``ProcessSource``, a file source read ahead in a child process
 - :mod:`connectors.files`: the file schemes the registry serves
 - :mod:`connectors.send`: the ``streammas send`` command
 

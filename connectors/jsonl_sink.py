@@ -24,28 +24,52 @@ import sys
 import numpy as np
 
 from connectors.base import Batch, Sink
-from connectors.records import check_scores, jsonable, sample_records
+from connectors.records import RESERVED, check_scores, jsonable, sample_records
 from connectors.rotating import RotatingFile, tail_line
 
 
-def _number(v: object) -> str:
-    if type(v) is float:
-        return repr(v) if math.isfinite(v) else "null"
-    if type(v) is int:
-        return repr(v)
-    return json.dumps(jsonable(v), allow_nan=False)
+def _texts(column: np.ndarray) -> list[str] | None:
+    """The JSON text of each element of a 1-D numeric or boolean array, exactly as ``json.dumps`` writes
+    :func:`connectors.records.jsonable` of it; ``None`` for any other array (strings, objects, rows)."""
+    if column.ndim != 1:
+        return None
+    kind = column.dtype.kind
+    if kind in "iu":
+        return [str(v) for v in column.tolist()]
+    if kind == "b":
+        return ["true" if v else "false" for v in column.tolist()]
+    if kind == "f":
+        return [repr(v) if math.isfinite(v) else "null" for v in column.tolist()]
+    return None
 
 
-def _plain_lines(scores: list[float], y: np.ndarray | None, seq: int) -> list[str]:
-    """``{"seq":..,"score":..[,"y":..]}`` lines, exactly as ``json.dumps`` with compact separators
-    writes the records of :func:`connectors.records.sample_records`."""
-    if y is None:
-        return [f'{{"seq":{seq + k},"score":{_number(v)}}}\n' for k, v in enumerate(scores)]
-    labels = y.tolist()
-    return [
-        f'{{"seq":{seq + k},"score":{_number(v)},"y":{_number(label)}}}\n'
-        for k, (v, label) in enumerate(zip(scores, labels))
-    ]
+def _direct_lines(seq: int, scores: np.ndarray, batch: Batch, extra: dict | None) -> list[str] | None:
+    """The records of :func:`connectors.records.sample_records`, formatted directly: the same text as
+    ``json.dumps`` with compact separators, several times faster. ``None`` when a per-sample value is not a
+    1-D array of numbers (the records are then built and encoded one by one)."""
+    n = len(scores)
+    per_sample, per_batch = [], {}
+    for key, value in (extra or {}).items():
+        if isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n:
+            per_sample.append((str(key), value))
+        else:
+            per_batch[str(key)] = value
+    if RESERVED.intersection(extra or {}):
+        return None  # sample_records raises the error
+    if batch.y is not None:
+        per_sample.insert(0, ("y", batch.y))
+    columns = [[str(k) for k in range(seq, seq + n)], _texts(scores)]
+    for _, value in per_sample:
+        columns.append(_texts(value))
+        if columns[-1] is None:
+            return None
+    keys = ("seq", "score", *(key for key, _ in per_sample))
+    form = "{" + ",".join(json.dumps(key).replace("%", "%%") + ":%s" for key in keys) + "}\n"
+    lines = [form % row for row in zip(*columns)]
+    if per_batch and lines:  # the batch's values end its last record
+        tail = json.dumps(jsonable(per_batch), separators=(",", ":"), allow_nan=False)
+        lines[-1] = f"{lines[-1][:-2]},{tail[1:]}\n"
+    return lines
 
 
 def last_record(path: str) -> dict | None:
@@ -146,12 +170,12 @@ class JsonlSink(Sink):
         return 0 if self._file is None else self._file.rotations
 
     def _lines(self, batch: Batch, scores: np.ndarray, extra: dict | None) -> list[str]:
-        if extra:
-            records = sample_records(batch, scores, extra, first_seq=self._seq)
-            dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-            return [dumps(r) + "\n" for r in records]
-        # the common case, formatted directly: the same text, several times faster
-        return _plain_lines(check_scores(batch, scores).tolist(), batch.y, self._seq)
+        lines = _direct_lines(self._seq, check_scores(batch, scores), batch, extra)
+        if lines is not None:
+            return lines
+        records = sample_records(batch, scores, extra, first_seq=self._seq)
+        dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+        return [dumps(r) + "\n" for r in records]
 
     def write(self, batch: Batch, scores: np.ndarray, extra: dict | None = None) -> None:
         if self._closed:

@@ -171,9 +171,10 @@ def test_daemon_bench_runs_the_service_on_a_csv_file_against_the_embedded_learne
     from streammas.tools.bench import daemon
 
     out = json.loads(_run(daemon, ["--json", "--rows", "3000", "--repeats", "1"], capsys))
-    assert set(out["runs"]) == {"tensors", "csv source", "daemon"}
+    assert set(out["runs"]) == {"tensors", "csv source", "daemon", "daemon inline"}
     for name, runs in out["runs"].items():
         assert len(runs) == 1 and runs[0]["samples_per_s"] > 0, name
-    daemon = out["median"]["daemon"]  # every row scored in the sink (the bench checks it)
-    assert 0 < daemon["startup_s"] < 120 and daemon["shutdown_s"] >= 0
+    for name in ("daemon", "daemon inline"):  # every row scored in the sink (the bench checks it)
+        daemon = out["median"][name]
+        assert 0 < daemon["startup_s"] < 120 and daemon["shutdown_s"] >= 0
     assert out["verdict"] in ("met", "MISSED", "within noise") and len(out["daemon_vs_tensors"]) == 1

@@ -43,13 +43,13 @@ def test_minimal_configuration_takes_defaults():
     assert cfg.sink.uri is None and cfg.metrics.port is None
     assert cfg.learner.device == "auto" and cfg.learner.on_bad_input == "skip"
     assert cfg.as_dict()["source"] == {"uri": "csv:data.csv", "batch_size": 32, "max_latency_ms": 50.0,
-                                       "resume": True, "drain_seconds": 5.0, "options": {}}
+                                       "resume": True, "drain_seconds": 5.0, "reader": "auto", "options": {}}
     assert cfg.distributed.workers == 1 and cfg.distributed.backend == "auto" and cfg.distributed.mode == "exact"
 
 
 @pytest.mark.parametrize(("text", "message"), [
     ('[source]\nuri = "a"\nbatchsize = 1\n', "[source] unknown key 'batchsize'; accepted keys: uri, batch_size, "
-                                              "max_latency_ms, resume, sample_shape, drain_seconds, options"),
+                                              "max_latency_ms, resume, sample_shape, drain_seconds, reader, options"),
     ('[source]\nuri = "a"\n[state]\nevery = 5\n', "[state] unknown key 'every'; accepted keys: dir, every_samples"),
     ('[source]\nuri = "a"\n[learner.plateau]\nwin = 5\n', "[learner.plateau] unknown key 'win'; accepted keys: "
                                                           "window, min_drop"),

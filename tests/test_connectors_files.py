@@ -355,14 +355,25 @@ def test_lines_too_long_to_hold_are_skipped_and_positions_stay_exact(tmp_path: P
     "y",
     [None, np.arange(4), np.array([0.5, np.nan, 1e300, -2.0]), np.array([True, False, True, False]), np.arange(4.0)],
 )
-def test_jsonl_sink_fast_path_writes_what_json_would(tmp_path: Path, y) -> None:
+@pytest.mark.parametrize(
+    "extra",
+    [
+        None,
+        {"sample": np.arange(10, 14, dtype=np.int64)},  # what the service adds
+        {"sample": np.arange(4, dtype=np.uint32), "events": [{"type": "plateau", "at": np.float32(0.5)}]},
+        {"loss": np.array([1.5, np.nan, 2.0, 3.0], np.float32), 'a "%s" key': np.ones(4, bool), "n": 3},
+        {"rows": np.zeros((4, 2))},  # not one number per sample: encoded record by record
+        {"names": np.array(["a", "b", "c", "d"])},
+    ],
+)
+def test_jsonl_sink_fast_path_writes_what_json_would(tmp_path: Path, y, extra) -> None:
     from connectors.records import sample_records
 
     batch = Batch(np.zeros((4, 1), np.float32), y=y)
     scores = np.array([0.1, np.nan, np.inf, -5e-320])
     with JsonlSink(str(tmp_path / "s.jsonl")) as sink:
-        sink.write(batch, scores)
-    expected = "".join(
-        json.dumps(r, separators=(",", ":"), allow_nan=False) + "\n" for r in sample_records(batch, scores)
-    )
+        sink.write(batch, scores, extra)
+        sink.write(batch, scores, extra)
+    records = sample_records(batch, scores, extra) + sample_records(batch, scores, extra, first_seq=4)
+    expected = "".join(json.dumps(r, separators=(",", ":"), allow_nan=False) + "\n" for r in records)
     assert (tmp_path / "s.jsonl").read_text() == expected

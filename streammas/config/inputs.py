@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
+from connectors.registry import split_uri
 from connectors.samples import MAX_SAMPLE_NDIM
 from streammas.config.keys import spec
 from streammas.learner.settings import non_negative, positive
 
 MODEL_KINDS = ("mlp-autoencoder", "conv-autoencoder")
+READERS = ("auto", "process", "inline")
+#: The schemes whose files a reader process parses (the others cost little to read, or are not files).
+READ_AHEAD_SCHEMES = ("csv", "jsonl")
 
 
 def _sample_shape(value: Any) -> str | None:
@@ -47,6 +52,11 @@ class SourceConfig:
         On SIGTERM, learn what the source already holds (a ZeroMQ socket's queue), a batch at a time, for at
         most this long (reading and learning together) before the final checkpoint; what is left is counted
         (``dropped_at_shutdown``; with 0, all of it).
+    reader : {"auto", "process", "inline"}, default "auto"
+        Where a CSV or JSON Lines file is read and parsed: ``"process"``, a child process reading ahead, so that
+        parsing runs on another core than the learning (:class:`connectors.prefetch.ProcessSource`);
+        ``"inline"``, the loop's own thread; ``"auto"``, a process where the machine has a core to spare for each
+        worker's reader. Other sources are always read inline.
     options : dict, default {}
         The connector's own options (``columns``, ``follow``, ``label`` ...; ``streammas run --help-config`` lists
         each connector's, with their defaults).
@@ -57,7 +67,7 @@ class SourceConfig:
     >>> cfg = parse_config('[source]\\nuri = "csv:data.csv"\\noptions = {label = "y"}\\n')
     >>> cfg.source
     SourceConfig(uri='csv:data.csv', batch_size=32, max_latency_ms=50.0, resume=True, sample_shape=None, \
-drain_seconds=5.0, options={'label': 'y'})
+drain_seconds=5.0, reader='auto', options={'label': 'y'})
     >>> cfg = parse_config('[source]\\nuri = "zmq+pull://127.0.0.1:5555"\\nsample_shape = [64]\\n')
     >>> cfg.source.connector_options()
     {'sample_shape': [64]}
@@ -82,8 +92,36 @@ drain_seconds=5.0, options={'label': 'y'})
                                      check=_sample_shape)
     drain_seconds: float = spec(5.0, help="on SIGTERM, learn what the source already holds, for at most this "
                                           "long, reading and learning (0: only count it)", check=non_negative)
+    reader: str = spec("auto", help="where a csv: or jsonl: file is parsed: a child process reading ahead, or "
+                                    "the loop's thread (auto: a process where a core is spare)",
+                       choices=READERS)
     options: dict = spec(help="the connector's own options, e.g. { columns = [\"a\", \"b\"] } (listed below)",
                          factory=dict)
+
+    def reads_ahead(self, world_size: int = 1) -> bool:
+        """Whether the source is read by a child process (``reader``), for one worker of a group of ``world_size``
+        (those on this machine: torchrun's ``LOCAL_WORLD_SIZE`` where it is set, else all of them).
+
+        >>> from streammas.config import parse_config
+        >>> parse_config('[source]\\nuri = "data.csv"\\nreader = "process"\\n').source.reads_ahead()
+        True
+        >>> parse_config('[source]\\nuri = "zmq+pull://127.0.0.1:5555"\\nreader = "process"\\n').source.reads_ahead()
+        False
+        """
+        try:
+            scheme = split_uri(self.uri)[0]
+        except ValueError:
+            return False
+        if self.reader == "inline" or scheme not in READ_AHEAD_SCHEMES:
+            return False
+        if self.reader == "process":
+            return True
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        workers = int(os.environ.get("LOCAL_WORLD_SIZE") or world_size)
+        return cores >= 2 * workers  # a core to learn and one to parse, for each worker
 
     def connector_options(self) -> dict[str, Any]:
         """The keyword arguments for the connector: ``options``, with ``sample_shape`` when it is set."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from connectors.base import Sink, Source
+from connectors.prefetch import ProcessSource
 from connectors.registry import accepts_option, check_uri_options, open_sink, open_source
 from streammas.config import Config
 from streammas.learner import OnlineMAS
@@ -253,9 +254,11 @@ class Service:
             if accepts_option(cfg.uri, "source", "shape_origin"):
                 options["shape_origin"] = "checkpoint"
         options.update(self.group.source_options())
+        world_size = getattr(getattr(self.group, "ctx", None), "world_size", 1)
+        opener = ProcessSource if cfg.reads_ahead(world_size) else open_source
         try:
-            self.source = open_source(cfg.uri, batch_size=cfg.batch_size, max_latency_ms=cfg.max_latency_ms,
-                                      position=self.opened_at, **options)
+            self.source = opener(cfg.uri, batch_size=cfg.batch_size, max_latency_ms=cfg.max_latency_ms,
+                                 position=self.opened_at, **options)
         except Exception as e:
             raise ServiceError(f"[source] cannot open {cfg.uri}: {why(e)}") from None
         fields: dict[str, Any] = {"source": cfg.uri}

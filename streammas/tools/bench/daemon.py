@@ -6,7 +6,9 @@ the time from the model's creation to the end of the file, both as the service l
 start-up and the final checkpoint are left out, and reported apart: start-up is the wall time from the
 process's spawn to its ``reading`` event (imports, configuration, the source opened), then to its ``model``
 event (the model and the learner made at the first batch), shutdown from the end of the file to the process's
-exit. Its peers, in the same process as this benchmark and one torch thread, are
+exit. It runs twice: with its default reader (``[source] reader = "auto"``: a child process parses the file
+on the second core) and with ``reader = "inline"`` (the loop's own thread parses it). Its peers, in the same
+process as this benchmark and one torch thread, are
 the embedded learner (:class:`~streammas.OnlineMAS` with its defaults, the same model) on the rows as tensors,
 and the same fed by the project's :class:`~connectors.csv_source.CsvSource`. Rounds are interleaved; medians
 are reported, and the target (the daemon at least 0.9x the embedded learner on tensors) is judged on each
@@ -46,11 +48,12 @@ def _write_csv(path: Path, rows: int) -> None:
         np.savetxt(f, x, delimiter=",", fmt="%.6g")
 
 
-def _config(folder: Path, name: str, batch: int) -> Path:
+def _config(folder: Path, name: str, batch: int, reader: str) -> Path:
     path = folder / f"{name}.toml"
     path.write_text(f"""[source]
 uri = "csv:data.csv"
 batch_size = {batch}
+reader = "{reader}"
 [sink]
 uri = "jsonl:scores-{name}.jsonl"
 [state]
@@ -62,9 +65,9 @@ progress = "never"
     return path
 
 
-def _daemon(folder: Path, rows: int, batch: int, round_: int) -> dict[str, float]:
-    name = f"daemon-{round_}"
-    config = _config(folder, name, batch)
+def _daemon(folder: Path, rows: int, batch: int, round_: int, reader: str) -> dict[str, float]:
+    name = f"daemon-{reader}-{round_}"
+    config = _config(folder, name, batch, reader)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
     spawned = time.time()
     done = subprocess.run([sys.executable, "-m", "streammas", "run", "--config", str(config)], cwd=folder, env=env,
@@ -114,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(1)
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in ("tensors", "csv source", "daemon")}
+    names = ("tensors", "csv source", "daemon", "daemon inline")
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
         path = folder / "data.csv"
@@ -122,8 +126,9 @@ def run(args: argparse.Namespace) -> int:
         for r in range(args.repeats):
             order = list(runs)
             for name in order[r % len(order):] + order[:r % len(order)]:
-                if name == "daemon":
-                    runs[name].append(_daemon(folder, args.rows, args.batch_size, r))
+                if name.startswith("daemon"):
+                    reader = "auto" if name == "daemon" else "inline"
+                    runs[name].append(_daemon(folder, args.rows, args.batch_size, r, reader))
                 else:
                     runs[name].append({"samples_per_s": _embedded(path, args.batch_size, name == "csv source")})
     ratios = [d["samples_per_s"] / t["samples_per_s"] for d, t in zip(runs["daemon"], runs["tensors"])]
@@ -141,10 +146,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"streammas bench daemon: streammas run on a {args.rows:,}-row CSV of {FEATURES} features (batch "
           f"{args.batch_size}, the default learner and model, a JSON Lines sink) against the embedded learner; "
           f"medians of {args.repeats} interleaved rounds, wall time, one torch thread\n")
-    print(f"{'run':<12} {'samples/s':>10} {'vs tensors':>10} {'start-up s':>10} {'model s':>8} {'shutdown s':>10}")
+    print(f"{'run':<14} {'samples/s':>10} {'vs tensors':>10} {'start-up s':>10} {'model s':>8} {'shutdown s':>10}")
     for name, m in med.items():
         times = [f"{m[key]:.2f}" if key in m else "" for key in ("startup_s", "model_s", "shutdown_s")]
-        print(f"{name:<12} {m['samples_per_s']:>10,.0f} {m['samples_per_s'] / tensors:>9.2f}x {times[0]:>10} "
+        print(f"{name:<14} {m['samples_per_s']:>10,.0f} {m['samples_per_s'] / tensors:>9.2f}x {times[0]:>10} "
               f"{times[1]:>8} {times[2]:>10}")
     print("\nstart-up: from the spawn to the source opened; model: to the model and learner made at the first batch "
           "(torch imports torch._dynamo when the first optimizer is made); shutdown: from the end of the file to the "

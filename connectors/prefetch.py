@@ -1,0 +1,361 @@
+"""A file source read ahead in a child process, so that parsing runs on another core than the learning.
+
+:class:`ProcessSource` starts ``python -m connectors.prefetch``, which opens the source by URI (the same options
+and position) and sends each batch through a pipe together with what the source said right after it (its
+position, its counters, whether it is finished); the parent hands the batches on in order, and its ``position``
+and ``counters`` are those of the last batch it handed on, exactly as the source's own would be. The pipe holds a
+few batches and the child waits while it is full, so memory stays bounded. The child's log records (rejected
+rows) are logged again by the parent under the same logger names.
+
+Only a source whose position says exactly where to open it again fits: the file sources (``csv:``, ``jsonl:``,
+``npy:``, ``npz:``). What the child read ahead and the parent never took is simply read again from the last
+position handed on: at a stop, after the child died (it is started again from there), and after
+:meth:`ProcessSource.forget_sample_shape`. A broker that must be acknowledged, or a socket, does not fit.
+
+Nothing is unpickled: a message is a JSON header and the arrays' raw bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from connectors.base import Batch, Source
+
+_log = logging.getLogger(__name__)
+
+#: Errors a source may raise when opened that keep their type across the pipe (any other: RuntimeError).
+_ERRORS = {e.__name__: e for e in (ValueError, TypeError, KeyError, OSError, FileNotFoundError, PermissionError,
+                                   IsADirectoryError, NotADirectoryError)}
+#: Counters that grow with every batch, kept by the parent itself.
+_PER_BATCH = ("samples", "batches")
+#: The pipe's capacity asked for (Linux allows up to 1 MiB without privileges).
+PIPE_BYTES = 1 << 20
+#: Children started again in a row without a batch handed on in between, before the source gives up.
+MAX_RESTARTS = 3
+
+
+def _pack(header: dict[str, Any], *arrays: np.ndarray) -> bytes:
+    head = json.dumps(header).encode()
+    return b"".join([len(head).to_bytes(4, "little"), head, *(np.ascontiguousarray(a).tobytes() for a in arrays)])
+
+
+def _unpack(message: bytes) -> tuple[dict[str, Any], int]:
+    size = int.from_bytes(message[:4], "little")
+    return json.loads(message[4:4 + size]), 4 + size
+
+
+class ProcessSource(Source):
+    """A source opened by URI and read ahead in a child process (see the module doc).
+
+    Parameters
+    ----------
+    uri : str
+        The source's URI, one the child opens with :func:`connectors.registry.open_source` (a file scheme).
+    batch_size, max_latency_ms, position, **options
+        What ``open_source`` takes; ``options`` must be JSON values.
+    start_timeout : float, default 60.0
+        Seconds to wait for the child to open the source.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = pathlib.Path(d, "data.csv").write_text("a,b\\n1,2\\n3,x\\n5,6\\n")
+    ...     with ProcessSource(f"csv:{d}/data.csv", batch_size=8) as src:
+    ...         batches = list(src)
+    >>> [b.x.tolist() for b in batches], src.counters["rejected:parse"], src.position["line"]
+    ([[[1.0, 2.0], [5.0, 6.0]]], 1, 4)
+    """
+
+    def __init__(self, uri: str, *, batch_size: int = 32, max_latency_ms: float = 50.0,
+                 position: dict | None = None, start_timeout: float = 60.0, **options: Any) -> None:
+        self.name = uri
+        self._spec = {"uri": uri, "kwargs": {"batch_size": batch_size, "max_latency_ms": max_latency_ms, **options}}
+        json.dumps(self._spec)  # options must cross the pipe as JSON: fail here, not in the child
+        self._start_timeout = float(start_timeout)
+        self._position = position
+        # counts of the children before this one, up to the last batch each handed on; then this one's
+        self._carried: dict[str, int] = {}
+        self._carried_failed: dict[str, int] = {}
+        self._counters: dict[str, int] = {}
+        self._failed: dict[str, int] = {}
+        self._examples: dict[str, str] = {}
+        self._finished = self._closed = False
+        self._restarts = 0
+        self.finite = True
+        self.size_hint: int | None = None
+        self.feature_columns: list[str] | None = None
+        self._process: subprocess.Popen | None = None
+        self._start()
+
+    # -- the child -----------------------------------------------------------------------------------
+    def _start(self) -> None:
+        read_fd, write_fd = os.pipe()
+        # Room for a few hundred batches: the child parses in blocks, and with the 64 KiB default it would wait
+        # on a full pipe while the parent, having emptied it, waits on the child's next block.
+        with contextlib.suppress(AttributeError, OSError):  # not Linux, or above /proc/sys/fs/pipe-max-size
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        spec = {**self._spec, "kwargs": {**self._spec["kwargs"], "position": self._position}}
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)  # where `connectors` is, however the parent found it
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        level = logging.getLogger().getEffectiveLevel()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "connectors.prefetch", str(write_fd), str(level), json.dumps(spec)],
+                pass_fds=(write_fd,), env=env, stdin=subprocess.DEVNULL)
+        finally:
+            os.close(write_fd)
+        self._conn = Connection(read_fd, writable=False)
+        self._poller = select.poll()  # made once: Connection.poll makes a selector at every call
+        self._poller.register(read_fd, select.POLLIN)
+        deadline = time.monotonic() + self._start_timeout
+        while True:
+            if not self._ready(deadline - time.monotonic()):
+                self._stop_child()
+                raise TimeoutError(f"{self.name}: the reader process did not open the source in "
+                                   f"{self._start_timeout:g} s")
+            try:
+                header, _ = _unpack(self._conn.recv_bytes())
+            except EOFError:
+                code = self._stop_child()
+                raise RuntimeError(f"{self.name}: the reader process exited ({code}) before opening the "
+                                   "source") from None
+            if header["kind"] == "opened":
+                self.finite, self.size_hint = header["finite"], header["size_hint"]
+                self._describe(header["described"])
+                if self._position is None:
+                    self._position = header["position"]
+                return
+            self._handle(header)
+
+    def _ready(self, timeout: float | None) -> bool:
+        """Whether a message (or the end of the pipe) is there to read, waiting up to ``timeout`` seconds."""
+        return bool(self._poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))))
+
+    def _stop_child(self) -> int | None:
+        self._conn.close()
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.kill()  # it holds nothing worth keeping: what it read ahead is read again
+        return process.wait()
+
+    def _restart(self, why: str) -> None:
+        self._restarts += 1
+        if self._restarts > MAX_RESTARTS:
+            raise RuntimeError(f"{self.name}: the reader process {why} {MAX_RESTARTS + 1} times without a batch")
+        _log.warning("%s: the reader process %s; reading again from the last batch handed on", self.name, why)
+        self._carry()
+        self._start()
+
+    def _carry(self) -> None:
+        """Keep the counts up to the last batch handed on: the next child reads again from there."""
+        self._carried, self._carried_failed = dict(self.counters), self.failed_columns
+        self._counters, self._failed = {}, {}
+
+    # -- messages --------------------------------------------------------------------------------------
+    def _handle(self, header: dict[str, Any]) -> None:
+        kind = header["kind"]
+        if kind == "end":
+            self._position, self._counters = header["position"], header["counters"]
+            self._describe(header["described"])
+            self._finished = True
+        elif kind == "log":
+            logging.getLogger(header["logger"]).log(header["level"], "%s", header["message"])
+        elif kind == "error":
+            self._stop_child()
+            error, args = _ERRORS.get(header["type"]), header.get("args") or [header["message"]]
+            raise error(*args) if error else RuntimeError(f"{header['type']}: {header['message']}")
+
+    def _describe(self, described: dict[str, Any]) -> None:
+        for reason, example in described["reject_examples"].items():
+            self._examples.setdefault(reason, example)  # the first reject's, as the log said first
+        self._failed = described["failed_columns"]
+        self.feature_columns = described["feature_columns"]
+
+    def _receive(self) -> Batch | None:
+        message = self._conn.recv_bytes()
+        header, offset = _unpack(message)
+        if header["kind"] != "batch":
+            self._handle(header)
+            return None
+        x = np.frombuffer(message, header["dtype"], math.prod(header["shape"]), offset).reshape(header["shape"])
+        y = None
+        if header["y_dtype"] is not None:
+            y = np.frombuffer(message, header["y_dtype"], header["shape"][0], offset + x.nbytes).copy()
+        self._position = header["position"]
+        if "counters" in header:
+            self._counters = header["counters"]
+        else:  # what changes with every batch is counted here: the child sends the rest when it changes
+            self._counters["samples"] = self._counters.get("samples", 0) + header["shape"][0]
+            self._counters["batches"] = self._counters.get("batches", 0) + 1
+        if "described" in header:
+            self._describe(header["described"])
+        self._finished = header["finished"]
+        self._restarts = 0
+        return Batch(x.copy(), y, self._position)
+
+    # -- Source ----------------------------------------------------------------------------------------
+    def read(self, timeout: float | None = None) -> Batch | None:
+        if self._closed:
+            raise ValueError(f"read from closed source {self.name}")
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while not self._finished:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._ready(left):
+                return None
+            try:
+                batch = self._receive()
+            except EOFError:
+                code = self._stop_child()
+                self._restart(f"exited ({code})")
+                continue
+            if batch is not None:
+                return batch
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+        return None
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def position(self) -> dict | None:
+        return self._position
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        counts = dict(self._carried)
+        for key, value in self._counters.items():
+            counts[key] = counts.get(key, 0) + value
+        return counts or {"samples": 0, "batches": 0}
+
+    @property
+    def reject_examples(self) -> dict[str, str]:
+        return dict(self._examples)
+
+    @property
+    def failed_columns(self) -> dict[str, int]:
+        failed = dict(self._carried_failed)
+        for column, rows in self._failed.items():
+            failed[column] = failed.get(column, 0) + rows
+        return failed
+
+    def drain(self, timeout: float) -> Iterable[Batch]:
+        """Nothing: what the child read ahead is read again from :attr:`position` by the next run."""
+        return []
+
+    def forget_sample_shape(self) -> None:
+        """Open the source again from the last batch handed on, with no shape fixed."""
+        self._stop_child()
+        self._carry()
+        self._start()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_child()
+
+    def __repr__(self) -> str:
+        return f"<ProcessSource {self.name}>"
+
+
+class _PipeLog(logging.Handler):
+    def __init__(self, conn: Connection) -> None:
+        super().__init__()
+        self.conn = conn
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(OSError):  # the parent is gone: the read loop notices
+            self.conn.send_bytes(_pack({"kind": "log", "logger": record.name, "level": record.levelno,
+                                        "message": record.getMessage()}))
+
+
+def _described(source: Source) -> dict[str, Any]:
+    """What the source says of its input besides counts (what ``streammas run`` sums up at the end)."""
+    return {"reject_examples": dict(getattr(source, "reject_examples", None) or {}),
+            "failed_columns": dict(getattr(source, "failed_columns", None) or {}),
+            "feature_columns": getattr(source, "feature_columns", None)}
+
+
+def _error(e: Exception) -> bytes:
+    header = {"kind": "error", "type": type(e).__name__, "message": str(e)}
+    if isinstance(e, OSError) and e.errno is not None:  # errno, strerror and filename, as the caller shows them
+        header["args"] = [e.errno, e.strerror] + ([e.filename] if e.filename is not None else [])
+    return _pack(header)
+
+
+def _serve(fd: int, level: int, spec: dict[str, Any]) -> int:
+    """The child: open the source, send its batches until it is finished or the parent is gone."""
+    import signal
+
+    from connectors.registry import open_source
+
+    # A terminal's Ctrl-C or a service manager's SIGTERM reaches every process of the group: the parent decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    conn = Connection(fd, readable=False)
+    parent = os.getppid()
+    root = logging.getLogger()
+    root.handlers[:] = [_PipeLog(conn)]
+    root.setLevel(level)
+    try:
+        source = open_source(spec["uri"], **spec["kwargs"])
+    except Exception as e:
+        conn.send_bytes(_error(e))
+        return 1
+    try:
+        with source:
+            described = _described(source)
+            conn.send_bytes(_pack({"kind": "opened", "finite": bool(getattr(source, "finite", False)),
+                                   "size_hint": getattr(source, "size_hint", None), "position": source.position,
+                                   "described": described}))
+            others: dict[str, int] | None = None
+            while os.getppid() == parent:
+                batch = source.read(timeout=0.5)
+                if batch is None:
+                    if source.finished:  # what came after the last batch (rejected rows) counts too
+                        conn.send_bytes(_pack({"kind": "end", "position": source.position,
+                                               "counters": dict(source.counters), "described": _described(source)}))
+                        return 0
+                    continue
+                header = {"kind": "batch", "shape": list(batch.x.shape), "dtype": str(batch.x.dtype),
+                          "y_dtype": None if batch.y is None else str(batch.y.dtype), "position": batch.position,
+                          "finished": source.finished}
+                counts = dict(source.counters)
+                if {k: v for k, v in counts.items() if k not in _PER_BATCH} != others:
+                    header["counters"] = counts
+                    others = {k: v for k, v in counts.items() if k not in _PER_BATCH}
+                now = _described(source)
+                if now != described:
+                    header["described"] = described = now
+                conn.send_bytes(_pack(header, batch.x, *([] if batch.y is None else [batch.y])))
+    except (BrokenPipeError, ConnectionResetError):
+        return 0
+    except Exception as e:
+        conn.send_bytes(_error(e))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_serve(int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])))
