@@ -17,6 +17,8 @@ checkpoint are learned and written again, under new ``seq`` numbers and their ol
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import math
 import sys
@@ -28,25 +30,35 @@ from connectors.records import RESERVED, check_scores, jsonable, sample_records
 from connectors.rotating import RotatingFile, tail_line
 
 
-def _texts(column: np.ndarray) -> list[str] | None:
-    """The JSON text of each element of a 1-D numeric or boolean array, exactly as ``json.dumps`` writes
-    :func:`connectors.records.jsonable` of it; ``None`` for any other array (strings, objects, rows)."""
+def _column(column: np.ndarray) -> tuple[str, list] | None:
+    """A 1-D numeric or boolean array as a ``%`` conversion and its values, which format each element exactly as
+    ``json.dumps`` writes :func:`connectors.records.jsonable` of it; ``None`` for any other array."""
     if column.ndim != 1:
         return None
     kind = column.dtype.kind
     if kind in "iu":
-        return [str(v) for v in column.tolist()]
+        return "%d", column.tolist()
     if kind == "b":
-        return ["true" if v else "false" for v in column.tolist()]
+        return "%s", ["true" if v else "false" for v in column.tolist()]
     if kind == "f":
-        return [repr(v) if math.isfinite(v) else "null" for v in column.tolist()]
+        values = column.tolist()
+        if np.isfinite(column).all():
+            return "%r", values
+        return "%s", [repr(v) if math.isfinite(v) else "null" for v in values]
     return None
 
 
-def _direct_lines(seq: int, scores: np.ndarray, batch: Batch, extra: dict | None) -> list[str] | None:
-    """The records of :func:`connectors.records.sample_records`, formatted directly: the same text as
-    ``json.dumps`` with compact separators, several times faster. ``None`` when a per-sample value is not a
-    1-D array of numbers (the records are then built and encoded one by one)."""
+@functools.lru_cache(maxsize=64)
+def _form(keys: tuple[str, ...], specs: tuple[str, ...], n: int) -> str:
+    """The ``%`` format of ``n`` records with these keys, each value converted by its spec."""
+    line = "{" + ",".join(json.dumps(key).replace("%", "%%") + ":" + spec for key, spec in zip(keys, specs)) + "}\n"
+    return line * n
+
+
+def _direct_lines(seq: int, scores: np.ndarray, batch: Batch, extra: dict | None) -> str | None:
+    """The records of :func:`connectors.records.sample_records`, formatted directly, all in one ``%``: the same
+    text as ``json.dumps`` with compact separators, several times faster. ``None`` when a per-sample value is not
+    a 1-D array of numbers (the records are then built and encoded one by one)."""
     n = len(scores)
     per_sample, per_batch = [], {}
     for key, value in (extra or {}).items():
@@ -54,22 +66,21 @@ def _direct_lines(seq: int, scores: np.ndarray, batch: Batch, extra: dict | None
             per_sample.append((str(key), value))
         else:
             per_batch[str(key)] = value
-    if RESERVED.intersection(extra or {}):
-        return None  # sample_records raises the error
+    if RESERVED.intersection(extra or {}) or not n:
+        return None  # sample_records raises the error, or there is nothing to write
     if batch.y is not None:
         per_sample.insert(0, ("y", batch.y))
-    columns = [[str(k) for k in range(seq, seq + n)], _texts(scores)]
+    columns = [("%d", range(seq, seq + n)), _column(scores)]
     for _, value in per_sample:
-        columns.append(_texts(value))
+        columns.append(_column(value))
         if columns[-1] is None:
             return None
-    keys = ("seq", "score", *(key for key, _ in per_sample))
-    form = "{" + ",".join(json.dumps(key).replace("%", "%%") + ":%s" for key in keys) + "}\n"
-    lines = [form % row for row in zip(*columns)]
-    if per_batch and lines:  # the batch's values end its last record
+    form = _form(("seq", "score", *(key for key, _ in per_sample)), tuple(spec for spec, _ in columns), n)
+    text = form % tuple(itertools.chain.from_iterable(zip(*(values for _, values in columns))))
+    if per_batch:  # the batch's values end its last record
         tail = json.dumps(jsonable(per_batch), separators=(",", ":"), allow_nan=False)
-        lines[-1] = f"{lines[-1][:-2]},{tail[1:]}\n"
-    return lines
+        text = f"{text[:-2]},{tail[1:]}\n"
+    return text
 
 
 def last_record(path: str) -> dict | None:
@@ -169,23 +180,24 @@ class JsonlSink(Sink):
     def rotations(self) -> int:
         return 0 if self._file is None else self._file.rotations
 
-    def _lines(self, batch: Batch, scores: np.ndarray, extra: dict | None) -> list[str]:
-        lines = _direct_lines(self._seq, check_scores(batch, scores), batch, extra)
-        if lines is not None:
-            return lines
+    def _text(self, batch: Batch, scores: np.ndarray, extra: dict | None) -> tuple[str, int]:
+        """The lines of a batch's records, and how many."""
+        text = _direct_lines(self._seq, check_scores(batch, scores), batch, extra)
+        if text is not None:
+            return text, len(batch)
         records = sample_records(batch, scores, extra, first_seq=self._seq)
         dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-        return [dumps(r) + "\n" for r in records]
+        return "".join(dumps(r) + "\n" for r in records), len(records)
 
     def write(self, batch: Batch, scores: np.ndarray, extra: dict | None = None) -> None:
         if self._closed:
             raise ValueError(f"write to closed sink {self.path}")
-        lines = self._lines(batch, scores, extra)
+        text, lines = self._text(batch, scores, extra)
         if not lines:
             return
-        data = "".join(lines).encode()
+        data = text.encode()
         # seq moves on before the write: lines kept after a failure are written later under these numbers
-        self._seq += len(lines)
+        self._seq += lines
         if self._file is None:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()

@@ -27,6 +27,7 @@ import select
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -45,6 +46,9 @@ _ERRORS = {e.__name__: e for e in (ValueError, TypeError, KeyError, OSError, Fil
 _PER_BATCH = ("samples", "batches")
 #: The pipe's capacity asked for (Linux allows up to 1 MiB without privileges).
 PIPE_BYTES = 1 << 20
+#: The most batches, and about the most bytes, the child sends in one message.
+GROUP_BATCHES = 16
+GROUP_BYTES = 256 << 10
 #: Children started again in a row without a batch handed on in between, before the source gives up.
 MAX_RESTARTS = 3
 
@@ -96,6 +100,7 @@ class ProcessSource(Source):
         self._failed: dict[str, int] = {}
         self._examples: dict[str, str] = {}
         self._finished = self._closed = False
+        self._queue: deque[tuple[Batch, dict[str, Any]]] = deque()
         self._restarts = 0
         self.finite = True
         self.size_hint: int | None = None
@@ -150,6 +155,7 @@ class ProcessSource(Source):
 
     def _stop_child(self) -> int | None:
         self._conn.close()
+        self._queue.clear()  # read ahead, never handed on: the next child reads it again
         process, self._process = self._process, None
         if process is None:
             return None
@@ -190,48 +196,57 @@ class ProcessSource(Source):
         self._failed = described["failed_columns"]
         self.feature_columns = described["feature_columns"]
 
-    def _receive(self) -> Batch | None:
+    def _receive(self) -> None:
+        """One message: batches onto the queue, or what another kind says."""
         message = self._conn.recv_bytes()
         header, offset = _unpack(message)
-        if header["kind"] != "batch":
+        if header["kind"] != "batches":
             self._handle(header)
-            return None
-        x = np.frombuffer(message, header["dtype"], math.prod(header["shape"]), offset).reshape(header["shape"])
-        y = None
-        if header["y_dtype"] is not None:
-            y = np.frombuffer(message, header["y_dtype"], header["shape"][0], offset + x.nbytes).copy()
-        self._position = header["position"]
-        if "counters" in header:
-            self._counters = header["counters"]
+            return
+        for item in header["batches"]:
+            shape = item["shape"]
+            x = np.frombuffer(message, item["dtype"], math.prod(shape), offset).reshape(shape).copy()
+            offset += x.nbytes
+            y = None
+            if item["y_dtype"] is not None:
+                y = np.frombuffer(message, item["y_dtype"], shape[0], offset).copy()
+                offset += y.nbytes
+            self._queue.append((Batch(x, y, item["position"]), item))
+
+    def _hand_on(self, batch: Batch, item: dict[str, Any]) -> Batch:
+        """``batch``, with what the source said right after it made the source's own state."""
+        self._position = batch.position
+        if "counters" in item:
+            self._counters = item["counters"]
         else:  # what changes with every batch is counted here: the child sends the rest when it changes
-            self._counters["samples"] = self._counters.get("samples", 0) + header["shape"][0]
+            self._counters["samples"] = self._counters.get("samples", 0) + len(batch)
             self._counters["batches"] = self._counters.get("batches", 0) + 1
-        if "described" in header:
-            self._describe(header["described"])
-        self._finished = header["finished"]
+        if "described" in item:
+            self._describe(item["described"])
+        self._finished = item["finished"]
         self._restarts = 0
-        return Batch(x.copy(), y, self._position)
+        return batch
 
     # -- Source ----------------------------------------------------------------------------------------
     def read(self, timeout: float | None = None) -> Batch | None:
         if self._closed:
             raise ValueError(f"read from closed source {self.name}")
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        while not self._finished:
+        while not self._queue:
+            if self._finished:
+                return None
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._ready(left):
                 return None
             try:
-                batch = self._receive()
+                self._receive()
             except EOFError:
                 code = self._stop_child()
                 self._restart(f"exited ({code})")
                 continue
-            if batch is not None:
-                return batch
-            if deadline is not None and time.monotonic() >= deadline:
+            if not self._queue and deadline is not None and time.monotonic() >= deadline:
                 return None
-        return None
+        return self._hand_on(*self._queue.popleft())
 
     @property
     def finished(self) -> bool:
@@ -330,25 +345,32 @@ def _serve(fd: int, level: int, spec: dict[str, Any]) -> int:
                                    "size_hint": getattr(source, "size_hint", None), "position": source.position,
                                    "described": described}))
             others: dict[str, int] | None = None
+            items: list[dict[str, Any]] = []
+            arrays: list[np.ndarray] = []
             while os.getppid() == parent:
-                batch = source.read(timeout=0.5)
+                # what is ready goes together, up to a group: a message per batch would cost the parent more
+                batch = source.read(timeout=0.0 if items else 0.5)
+                full = len(items) == GROUP_BATCHES or sum(a.nbytes for a in arrays) > GROUP_BYTES
+                if items and (batch is None or full):
+                    conn.send_bytes(_pack({"kind": "batches", "batches": items}, *arrays))
+                    items, arrays = [], []
                 if batch is None:
                     if source.finished:  # what came after the last batch (rejected rows) counts too
                         conn.send_bytes(_pack({"kind": "end", "position": source.position,
                                                "counters": dict(source.counters), "described": _described(source)}))
                         return 0
                     continue
-                header = {"kind": "batch", "shape": list(batch.x.shape), "dtype": str(batch.x.dtype),
-                          "y_dtype": None if batch.y is None else str(batch.y.dtype), "position": batch.position,
-                          "finished": source.finished}
+                item = {"shape": list(batch.x.shape), "dtype": str(batch.x.dtype), "position": batch.position,
+                        "y_dtype": None if batch.y is None else str(batch.y.dtype), "finished": source.finished}
                 counts = dict(source.counters)
                 if {k: v for k, v in counts.items() if k not in _PER_BATCH} != others:
-                    header["counters"] = counts
+                    item["counters"] = counts
                     others = {k: v for k, v in counts.items() if k not in _PER_BATCH}
                 now = _described(source)
                 if now != described:
-                    header["described"] = described = now
-                conn.send_bytes(_pack(header, batch.x, *([] if batch.y is None else [batch.y])))
+                    item["described"] = described = now
+                items.append(item)
+                arrays += [batch.x] if batch.y is None else [batch.x, batch.y]
     except (BrokenPipeError, ConnectionResetError):
         return 0
     except Exception as e:

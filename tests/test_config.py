@@ -31,7 +31,7 @@ def test_example_configuration_is_valid():
     # the example keeps the learner's defaults: only the service's own defaults are set
     assert cfg.learner.learner_kwargs() == {"objective": "reconstruction", "on_bad_input": "skip"}
     assert cfg.sink.uri == "jsonl:scores.jsonl"
-    assert (cfg.state.dir, cfg.state.every_samples, cfg.state.every_seconds, cfg.state.keep) == ("state", 10000,
+    assert (cfg.state.dir, cfg.state.every_samples, cfg.state.every_seconds, cfg.state.keep) == ("state", 100000,
                                                                                               60.0, 3)
     assert cfg.metrics.port == 9108 and cfg.metrics.host == "127.0.0.1"
 

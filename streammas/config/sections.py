@@ -63,7 +63,7 @@ class Config:
     >>> cfg.learner.lr, cfg.learner.learner_kwargs()
     (0.01, {'objective': 'reconstruction', 'lr': 0.01, 'on_bad_input': 'skip'})
     >>> cfg.as_dict()["state"]
-    {'dir': 'state', 'every_samples': 10000, 'every_seconds': 60.0, 'keep': 3, 'start_fresh': False}
+    {'dir': 'state', 'every_samples': 100000, 'every_seconds': 60.0, 'keep': 3, 'start_fresh': False}
     >>> Config(SourceConfig(uri="csv:a.csv")).model.name
     'mlp-autoencoder'
     """

@@ -297,9 +297,12 @@ class Loop:
         self.position = batch.position
         if scores is None:
             return
-        ports.telemetry.losses.add(scores)
-        if ports.sink is not None:
-            self._write_sink(ports.sink, batch, host_scores(scores), first)
+        if ports.sink is None:
+            ports.telemetry.losses.add(scores)  # summed on the device: no copy to the host
+            return
+        host = host_scores(scores)
+        ports.telemetry.losses.add(host)
+        self._write_sink(ports.sink, batch, host, first)
 
     def _failed_batch(self, batch: Batch, error: Exception) -> None:
         tally = self.ports.tally

@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from connectors.base import Source
@@ -59,16 +60,28 @@ class LossWindows:
     >>> losses.add(torch.tensor([7.0]))
     >>> losses.mean()  # the first window has left the average
     6.0
+    >>> losses.add(np.array([8.0, np.inf]))  # scores already on the host are summed there
+    >>> losses.add(torch.tensor([11.0]))
+    >>> losses.mean()  # windows (7, 1 sample) and (8 + 11, 2 samples)
+    8.666666666666666
     """
 
     def __init__(self, windows: int = LOSS_WINDOWS) -> None:
         self._sum: torch.Tensor | None = None
         self._count: torch.Tensor | None = None
         self._windows: deque[tuple[float, float]] = deque(maxlen=windows)
+        self._host_sum, self._host_count = 0.0, 0
         self._added = False
 
-    def add(self, scores: torch.Tensor) -> None:
-        """Sum a batch's losses on the device; :meth:`mean` reads the sums."""
+    def add(self, scores: torch.Tensor | np.ndarray) -> None:
+        """Sum a batch's losses: on the device (a tensor), or on the host where they already are (an array)."""
+        self._added = True
+        if isinstance(scores, np.ndarray):
+            finite = np.isfinite(scores)
+            kept = scores if finite.all() else scores[finite]
+            self._host_sum += float(kept.sum())
+            self._host_count += len(kept)
+            return
         scores = scores.detach()
         finite = torch.isfinite(scores)
         total = torch.where(finite, scores, torch.zeros_like(scores)).sum(dtype=torch.float64)
@@ -78,16 +91,19 @@ class LossWindows:
         else:
             self._sum += total
             self._count += count
-        self._added = True
 
     def mean(self) -> float | None:
         """Close the current window (one device read, if anything was added) and return the moving average
         (``None``: no loss yet)."""
         if self._added:
             self._added = False
-            total, count = torch.stack([self._sum.double(), self._count.double()]).tolist()
-            self._sum.zero_()
-            self._count.zero_()
+            total, count = self._host_sum, self._host_count
+            self._host_sum, self._host_count = 0.0, 0
+            if self._sum is not None:
+                on_device, counted = torch.stack([self._sum.double(), self._count.double()]).tolist()
+                total, count = total + on_device, count + counted
+                self._sum.zero_()
+                self._count.zero_()
             if count:
                 self._windows.append((total, count))
         n = sum(c for _, c in self._windows)
