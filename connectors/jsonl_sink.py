@@ -33,7 +33,7 @@ from connectors.rotating import RotatingFile, tail_line
 def _column(column: np.ndarray) -> tuple[str, list] | None:
     """A 1-D numeric or boolean array as a ``%`` conversion and its values, which format each element exactly as
     ``json.dumps`` writes :func:`connectors.records.jsonable` of it; ``None`` for any other array."""
-    if column.ndim != 1:
+    if type(column) is not np.ndarray or column.ndim != 1:  # (a masked array's masked values are not numbers)
         return None
     kind = column.dtype.kind
     if kind in "iu":
@@ -66,8 +66,8 @@ def _direct_lines(seq: int, scores: np.ndarray, batch: Batch, extra: dict | None
             per_sample.append((str(key), value))
         else:
             per_batch[str(key)] = value
-    if RESERVED.intersection(extra or {}) or not n:
-        return None  # sample_records raises the error, or there is nothing to write
+    if RESERVED.intersection(extra or {}) or not n or len({str(key) for key in extra or {}}) != len(extra or {}):
+        return None  # sample_records raises the error, nothing to write, or two keys are one name
     if batch.y is not None:
         per_sample.insert(0, ("y", batch.y))
     columns = [("%d", range(seq, seq + n)), _column(scores)]

@@ -1,10 +1,10 @@
 """A file source read ahead in a child process, so that parsing runs on another core than the learning.
 
-:class:`ProcessSource` starts ``python -m connectors.prefetch``, which opens the source by URI (the same options
-and position) and sends each batch through a pipe together with what the source said right after it (its
-position, its counters, whether it is finished); the parent hands the batches on in order, and its ``position``
-and ``counters`` are those of the last batch it handed on, exactly as the source's own would be. The pipe holds a
-few batches and the child waits while it is full, so memory stays bounded. The child's log records (rejected
+:class:`ProcessSource` starts :mod:`connectors.prefetch_child`, which opens the source by URI (the same options
+and position) and sends its batches through a pipe, up to 16 to a message, each with what the source said right
+after it (its position, its counts, whether it is finished); the parent hands the batches on in order, and its
+``position`` and ``counters`` are those of the last batch it handed on, exactly as the source's own would be. The
+pipe holds 1 MiB and the child waits while it is full, so memory stays bounded. The child's log records (rejected
 rows) are logged again by the parent under the same logger names.
 
 Only a source whose position says exactly where to open it again fits: the file sources (``csv:``, ``jsonl:``,
@@ -17,6 +17,7 @@ Nothing is unpickled: a message is a JSON header and the arrays' raw bytes.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import json
@@ -24,6 +25,7 @@ import logging
 import math
 import os
 import select
+import site
 import subprocess
 import sys
 import time
@@ -36,31 +38,37 @@ from typing import Any
 import numpy as np
 
 from connectors.base import Batch, Source
+from connectors.prefetch_child import unpack
 
 _log = logging.getLogger(__name__)
 
-#: Errors a source may raise when opened that keep their type across the pipe (any other: RuntimeError).
-_ERRORS = {e.__name__: e for e in (ValueError, TypeError, KeyError, OSError, FileNotFoundError, PermissionError,
-                                   IsADirectoryError, NotADirectoryError)}
-#: Counters that grow with every batch, kept by the parent itself.
-_PER_BATCH = ("samples", "batches")
 #: The pipe's capacity asked for (Linux allows up to 1 MiB without privileges).
 PIPE_BYTES = 1 << 20
-#: The most batches, and about the most bytes, the child sends in one message.
-GROUP_BATCHES = 16
-GROUP_BYTES = 256 << 10
 #: Children started again in a row without a batch handed on in between, before the source gives up.
 MAX_RESTARTS = 3
 
 
-def _pack(header: dict[str, Any], *arrays: np.ndarray) -> bytes:
-    head = json.dumps(header).encode()
-    return b"".join([len(head).to_bytes(4, "little"), head, *(np.ascontiguousarray(a).tobytes() for a in arrays)])
+def _child_env() -> dict[str, str]:
+    """The environment of the reader process: this one's, with the folder holding ``connectors`` on the path where
+    it is not a site folder already (a checkout, or an editable install; never ahead of the standard library)."""
+    env = dict(os.environ)
+    root = Path(__file__).resolve().parent.parent
+    sites = {Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    if root not in sites:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    return env
 
 
-def _unpack(message: bytes) -> tuple[dict[str, Any], int]:
-    size = int.from_bytes(message[:4], "little")
-    return json.loads(message[4:4 + size]), 4 + size
+def _raise(header: dict[str, Any]) -> None:
+    """The child's exception, raised again here as its nearest built-in type."""
+    kind = getattr(builtins, header["type"], None)
+    if not (isinstance(kind, type) and issubclass(kind, Exception)):
+        raise RuntimeError(f"{header['type']}: {header['message']}")
+    try:
+        error = kind(*header["args"]) if "args" in header else kind(header["message"])
+    except Exception:
+        error = kind(header["message"])
+    raise error
 
 
 class ProcessSource(Source):
@@ -106,48 +114,60 @@ class ProcessSource(Source):
         self.size_hint: int | None = None
         self.feature_columns: list[str] | None = None
         self._process: subprocess.Popen | None = None
+        self._forgets = False
         self._start()
 
     # -- the child -----------------------------------------------------------------------------------
     def _start(self) -> None:
         read_fd, write_fd = os.pipe()
+        control_read, control_write = os.pipe()
         # Room for a few hundred batches: the child parses in blocks, and with the 64 KiB default it would wait
         # on a full pipe while the parent, having emptied it, waits on the child's next block.
         with contextlib.suppress(AttributeError, OSError):  # not Linux, or above /proc/sys/fs/pipe-max-size
             fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         spec = {**self._spec, "kwargs": {**self._spec["kwargs"], "position": self._position}}
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)  # where `connectors` is, however the parent found it
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         level = logging.getLogger().getEffectiveLevel()
         try:
+            # -P: nothing from the working directory (where the data is) shadows a module
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "connectors.prefetch", str(write_fd), str(level), json.dumps(spec)],
-                pass_fds=(write_fd,), env=env, stdin=subprocess.DEVNULL)
+                [sys.executable, "-P", "-m", "connectors.prefetch_child", str(write_fd), str(control_read),
+                 str(level), json.dumps(spec)],
+                pass_fds=(write_fd, control_read), env=_child_env(), stdin=subprocess.DEVNULL)
+        except BaseException:
+            os.close(read_fd)
+            os.close(control_write)
+            raise
         finally:
             os.close(write_fd)
+            os.close(control_read)
         self._conn = Connection(read_fd, writable=False)
+        self._control = Connection(control_write, readable=False)
         self._poller = select.poll()  # made once: Connection.poll makes a selector at every call
         self._poller.register(read_fd, select.POLLIN)
+        header = self._await("opened", "open the source")
+        self.finite, self.size_hint, self._forgets = header["finite"], header["size_hint"], header["forgets"]
+        self._describe(header["described"])
+        if self._position is None:
+            self._position = header["position"]
+
+    def _await(self, kind: str, what: str) -> dict[str, Any]:
+        """The child's next message of ``kind``, dropping batches and states on the way (read ahead of a position
+        it reads again from)."""
         deadline = time.monotonic() + self._start_timeout
         while True:
             if not self._ready(deadline - time.monotonic()):
                 self._stop_child()
-                raise TimeoutError(f"{self.name}: the reader process did not open the source in "
-                                   f"{self._start_timeout:g} s")
+                raise TimeoutError(f"{self.name}: the reader process did not {what} in {self._start_timeout:g} s")
             try:
-                header, _ = _unpack(self._conn.recv_bytes())
-            except EOFError:
+                header, _ = unpack(self._conn.recv_bytes())
+            except (EOFError, OSError):
                 code = self._stop_child()
-                raise RuntimeError(f"{self.name}: the reader process exited ({code}) before opening the "
-                                   "source") from None
-            if header["kind"] == "opened":
-                self.finite, self.size_hint = header["finite"], header["size_hint"]
-                self._describe(header["described"])
-                if self._position is None:
-                    self._position = header["position"]
-                return
-            self._handle(header)
+                raise RuntimeError(f"{self.name}: the reader process exited ({code}) before it could "
+                                   f"{what}") from None
+            if header["kind"] == kind:
+                return header
+            if header["kind"] in ("error", "log"):
+                self._handle(header)
 
     def _ready(self, timeout: float | None) -> bool:
         """Whether a message (or the end of the pipe) is there to read, waiting up to ``timeout`` seconds."""
@@ -155,6 +175,7 @@ class ProcessSource(Source):
 
     def _stop_child(self) -> int | None:
         self._conn.close()
+        self._control.close()
         self._queue.clear()  # read ahead, never handed on: the next child reads it again
         process, self._process = self._process, None
         if process is None:
@@ -179,16 +200,16 @@ class ProcessSource(Source):
     # -- messages --------------------------------------------------------------------------------------
     def _handle(self, header: dict[str, Any]) -> None:
         kind = header["kind"]
-        if kind == "end":
-            self._position, self._counters = header["position"], header["counters"]
+        if kind in ("end", "state"):  # sent once every batch before it was handed on
+            self._counters = header["counters"]
             self._describe(header["described"])
-            self._finished = True
+            if kind == "end":
+                self._position, self._finished = header["position"], True
         elif kind == "log":
             logging.getLogger(header["logger"]).log(header["level"], "%s", header["message"])
         elif kind == "error":
             self._stop_child()
-            error, args = _ERRORS.get(header["type"]), header.get("args") or [header["message"]]
-            raise error(*args) if error else RuntimeError(f"{header['type']}: {header['message']}")
+            _raise(header)
 
     def _describe(self, described: dict[str, Any]) -> None:
         for reason, example in described["reject_examples"].items():
@@ -199,7 +220,7 @@ class ProcessSource(Source):
     def _receive(self) -> None:
         """One message: batches onto the queue, or what another kind says."""
         message = self._conn.recv_bytes()
-        header, offset = _unpack(message)
+        header, offset = unpack(message)
         if header["kind"] != "batches":
             self._handle(header)
             return
@@ -240,7 +261,7 @@ class ProcessSource(Source):
                 return None
             try:
                 self._receive()
-            except EOFError:
+            except (EOFError, OSError):  # the child is gone, its last message whole or cut short
                 code = self._stop_child()
                 self._restart(f"exited ({code})")
                 continue
@@ -279,10 +300,18 @@ class ProcessSource(Source):
         return []
 
     def forget_sample_shape(self) -> None:
-        """Open the source again from the last batch handed on, with no shape fixed."""
-        self._stop_child()
+        """Where the source fixes a shape from its first samples (JSON Lines), have the child open it again from
+        the last batch handed on, with none fixed; what it read ahead is dropped and read again."""
+        if not self._forgets or self._finished:
+            return
         self._carry()
-        self._start()
+        self._queue.clear()
+        try:
+            self._control.send_bytes(json.dumps({"position": self._position}).encode())
+            self._describe(self._await("reopened", "open the source again")["described"])
+        except (OSError, RuntimeError):  # it was gone, or went: a new one opens the source at the position
+            self._stop_child()
+            self._start()
 
     def close(self) -> None:
         if self._closed:
@@ -292,92 +321,3 @@ class ProcessSource(Source):
 
     def __repr__(self) -> str:
         return f"<ProcessSource {self.name}>"
-
-
-class _PipeLog(logging.Handler):
-    def __init__(self, conn: Connection) -> None:
-        super().__init__()
-        self.conn = conn
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(OSError):  # the parent is gone: the read loop notices
-            self.conn.send_bytes(_pack({"kind": "log", "logger": record.name, "level": record.levelno,
-                                        "message": record.getMessage()}))
-
-
-def _described(source: Source) -> dict[str, Any]:
-    """What the source says of its input besides counts (what ``streammas run`` sums up at the end)."""
-    return {"reject_examples": dict(getattr(source, "reject_examples", None) or {}),
-            "failed_columns": dict(getattr(source, "failed_columns", None) or {}),
-            "feature_columns": getattr(source, "feature_columns", None)}
-
-
-def _error(e: Exception) -> bytes:
-    header = {"kind": "error", "type": type(e).__name__, "message": str(e)}
-    if isinstance(e, OSError) and e.errno is not None:  # errno, strerror and filename, as the caller shows them
-        header["args"] = [e.errno, e.strerror] + ([e.filename] if e.filename is not None else [])
-    return _pack(header)
-
-
-def _serve(fd: int, level: int, spec: dict[str, Any]) -> int:
-    """The child: open the source, send its batches until it is finished or the parent is gone."""
-    import signal
-
-    from connectors.registry import open_source
-
-    # A terminal's Ctrl-C or a service manager's SIGTERM reaches every process of the group: the parent decides.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    conn = Connection(fd, readable=False)
-    parent = os.getppid()
-    root = logging.getLogger()
-    root.handlers[:] = [_PipeLog(conn)]
-    root.setLevel(level)
-    try:
-        source = open_source(spec["uri"], **spec["kwargs"])
-    except Exception as e:
-        conn.send_bytes(_error(e))
-        return 1
-    try:
-        with source:
-            described = _described(source)
-            conn.send_bytes(_pack({"kind": "opened", "finite": bool(getattr(source, "finite", False)),
-                                   "size_hint": getattr(source, "size_hint", None), "position": source.position,
-                                   "described": described}))
-            others: dict[str, int] | None = None
-            items: list[dict[str, Any]] = []
-            arrays: list[np.ndarray] = []
-            while os.getppid() == parent:
-                # what is ready goes together, up to a group: a message per batch would cost the parent more
-                batch = source.read(timeout=0.0 if items else 0.5)
-                full = len(items) == GROUP_BATCHES or sum(a.nbytes for a in arrays) > GROUP_BYTES
-                if items and (batch is None or full):
-                    conn.send_bytes(_pack({"kind": "batches", "batches": items}, *arrays))
-                    items, arrays = [], []
-                if batch is None:
-                    if source.finished:  # what came after the last batch (rejected rows) counts too
-                        conn.send_bytes(_pack({"kind": "end", "position": source.position,
-                                               "counters": dict(source.counters), "described": _described(source)}))
-                        return 0
-                    continue
-                item = {"shape": list(batch.x.shape), "dtype": str(batch.x.dtype), "position": batch.position,
-                        "y_dtype": None if batch.y is None else str(batch.y.dtype), "finished": source.finished}
-                counts = dict(source.counters)
-                if {k: v for k, v in counts.items() if k not in _PER_BATCH} != others:
-                    item["counters"] = counts
-                    others = {k: v for k, v in counts.items() if k not in _PER_BATCH}
-                now = _described(source)
-                if now != described:
-                    item["described"] = described = now
-                items.append(item)
-                arrays += [batch.x] if batch.y is None else [batch.x, batch.y]
-    except (BrokenPipeError, ConnectionResetError):
-        return 0
-    except Exception as e:
-        conn.send_bytes(_error(e))
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_serve(int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])))

@@ -364,6 +364,8 @@ def test_lines_too_long_to_hold_are_skipped_and_positions_stay_exact(tmp_path: P
         {"loss": np.array([1.5, np.nan, 2.0, 3.0], np.float32), 'a "%s" key': np.ones(4, bool), "n": 3},
         {"rows": np.zeros((4, 2))},  # not one number per sample: encoded record by record
         {"names": np.array(["a", "b", "c", "d"])},
+        {1: np.arange(4), "1": np.ones(4)},  # one name twice: the last value, as json.dumps keeps it
+        {"m": np.ma.masked_array([1.0, 2.0, 3.0, 4.0], mask=[0, 1, 0, 0])},
     ],
 )
 def test_jsonl_sink_fast_path_writes_what_json_would(tmp_path: Path, y, extra) -> None:

@@ -105,11 +105,22 @@ def test_a_source_that_cannot_open_raises_its_own_error(tmp_path: Path, options:
     assert str(child.value) == str(here.value)
 
 
+def _wide_csv(path: Path, rows: int, bad: dict[int, str]) -> Path:
+    """Rows of 64 features: more than the pipe holds, so that the child waits on it, in the middle of a message."""
+    with open(path, "w") as f:
+        f.write(",".join(f"f{j}" for j in range(64)) + "\n")
+        for i in range(rows):
+            f.write((bad[i] if i in bad else f"{i}," + ",".join(["0.125"] * 63)) + "\n")
+    return path
+
+
 def test_a_killed_child_is_started_again_from_the_last_batch(tmp_path: Path, caplog) -> None:
-    path = _csv(tmp_path / "d.csv", 20_000, {5000: "bad,1,0"})
+    path = _wide_csv(tmp_path / "d.csv", 8000, {5000: "bad"})
     inline = _read(open_source(f"csv:{path}", batch_size=32))
     with ProcessSource(f"csv:{path}", batch_size=32) as src, caplog.at_level(logging.WARNING):
         got = [src.read(PATIENCE) for _ in range(10)]
+        time.sleep(0.5)  # the child fills the pipe and waits on it
+        assert src._process.poll() is None  # still reading: 8,000 wide rows are more than the pipe holds
         os.kill(src._process.pid, signal.SIGKILL)
         got += list(src)
         counters = dict(src.counters)
@@ -153,15 +164,41 @@ def test_close_stops_the_child_and_a_dead_parent_leaves_none_behind(tmp_path: Pa
     assert _wait_gone(child)
 
 
+def test_a_followed_file_counts_rows_turned_away_after_its_last_batch(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "d.csv", 10, {})
+    with ProcessSource(f"csv:{path}", batch_size=4, follow=True, poll_interval=0.05) as src:
+        assert sum(len(src.read(PATIENCE)) for _ in range(3)) == 10
+        with open(path, "a") as f:
+            f.write("1,oops,0\n")
+        deadline = time.monotonic() + PATIENCE
+        while src.counters.get("rejected:parse", 0) == 0 and time.monotonic() < deadline:
+            assert src.read(0.05) is None
+        assert src.counters["rejected:parse"] == 1 and src.failed_columns == {"b": 1}
+
+
+def test_a_csv_forgets_no_shape_and_keeps_its_reader(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "d.csv", 100, {})
+    with ProcessSource(f"csv:{path}", batch_size=10) as src:
+        first = src.read(PATIENCE)
+        pid = src._process.pid
+        for _ in range(20):  # as often as a model too large for the stream is refused: no process started
+            src.forget_sample_shape()
+        assert src._process.pid == pid
+        rest = list(src)
+    assert [int(v) for b in [first, *rest] for v in b.x[:, 0]] == list(range(100))
+
+
 def test_forgetting_the_shape_lets_the_next_samples_decide_again(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps({"x": [i, i]}) + "\n" for i in range(4))
                     + "".join(json.dumps({"x": [i, i, i]}) + "\n" for i in range(4, 10)))
-    with ProcessSource(f"jsonl:{path}", batch_size=4) as src:
+    with ProcessSource(f"jsonl:{path}", batch_size=4, follow=True) as src:  # followed: the reader never ends
         first = src.read(PATIENCE)
+        pid = src._process.pid
         src.forget_sample_shape()
-        rest = list(src)
+        rest = [src.read(PATIENCE), src.read(PATIENCE)]
         counters = dict(src.counters)
+        assert src._process.pid == pid  # the reader opened the file again: no new process
     assert first.x.shape == (4, 2) and [b.x.shape[1] for b in rest] == [3, 3]
     assert np.concatenate([b.x[:, 0] for b in rest]).tolist() == list(range(4, 10))
     assert counters["samples"] == 10 and not any(k.startswith("rejected") for k in counters)

@@ -59,8 +59,9 @@ def test_a_reader_process_learns_and_writes_what_the_loop_thread_does(tmp_path: 
                            f"state-{reader}", "--set", f'source.reader="{reader}"', "--log-format", "json",
                            cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-        stopped = [json.loads(line) for line in result.stderr.splitlines() if '"event": "stopped"' in line][0]
-        outcomes[reader] = (stopped["samples_seen"], stopped["rejected"])
+        events = {r.get("event"): r for r in map(json.loads, result.stderr.splitlines()) if isinstance(r, dict)}
+        assert events["reading"]["reader"] == reader
+        outcomes[reader] = (events["stopped"]["samples_seen"], events["stopped"]["rejected"])
     assert outcomes["process"] == outcomes["inline"] == (4998, 3)
     # the same batches learned in the same order: the same scores, to the last digit
     assert (tmp_path / "process.jsonl").read_text() == (tmp_path / "inline.jsonl").read_text()

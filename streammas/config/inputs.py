@@ -29,6 +29,26 @@ def _factory_spec(value: Any) -> str | None:
     return None
 
 
+def usable_cores() -> float:
+    """The cores this process may run on: its CPU affinity, bounded by a cgroup v2 CPU quota (a container's).
+
+    >>> usable_cores() >= 1
+    True
+    """
+    try:
+        cores: float = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to read
+    return max(cores, 1.0)
+
+
 @dataclass
 class SourceConfig:
     """``[source]``: where samples come from.
@@ -116,12 +136,8 @@ drain_seconds=5.0, reader='auto', options={'label': 'y'})
             return False
         if self.reader == "process":
             return True
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = os.cpu_count() or 1
         workers = int(os.environ.get("LOCAL_WORLD_SIZE") or world_size)
-        return cores >= 2 * workers  # a core to learn and one to parse, for each worker
+        return usable_cores() >= 2 * workers  # a core to learn and one to parse, for each worker
 
     def connector_options(self) -> dict[str, Any]:
         """The keyword arguments for the connector: ``options``, with ``sample_shape`` when it is set."""

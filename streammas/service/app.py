@@ -261,7 +261,7 @@ class Service:
                                  position=self.opened_at, **options)
         except Exception as e:
             raise ServiceError(f"[source] cannot open {cfg.uri}: {why(e)}") from None
-        fields: dict[str, Any] = {"source": cfg.uri}
+        fields: dict[str, Any] = {"source": cfg.uri, "reader": "process" if opener is ProcessSource else "inline"}
         if self.source_address:
             fields["address"] = self.source_address
         logs.log_event(log, "listening" if self.source_address else "reading", **fields)
