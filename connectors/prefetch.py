@@ -128,11 +128,13 @@ class ProcessSource(Source):
         spec = {**self._spec, "kwargs": {**self._spec["kwargs"], "position": self._position}}
         level = logging.getLogger().getEffectiveLevel()
         try:
-            # -P: nothing from the working directory (where the data is) shadows a module
+            # -P: nothing from the working directory (where the data is) shadows a module. A session of its own:
+            # a terminal's Ctrl-C or hang-up reaches the daemon, which stops its reader itself.
             self._process = subprocess.Popen(
                 [sys.executable, "-P", "-m", "connectors.prefetch_child", str(write_fd), str(control_read),
                  str(level), json.dumps(spec)],
-                pass_fds=(write_fd, control_read), env=_child_env(), stdin=subprocess.DEVNULL)
+                pass_fds=(write_fd, control_read), env=_child_env(), stdin=subprocess.DEVNULL,
+                start_new_session=True)
         except BaseException:
             os.close(read_fd)
             os.close(control_write)
