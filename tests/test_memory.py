@@ -155,7 +155,7 @@ def test_interfered_retrieval_replays_what_the_optimizers_real_step_would_hurt_m
 
 def test_interfered_retrieval_draws_candidates_and_replays_the_ratios_share():
     learner, a, b = _two_regimes_learned()
-    x_all, _ = learner.replay.extend(learner.scaler.transform(b[:10]), None)
+    x_all, _ = learner.replay.extend(b[:10], None, scale=learner.scaler.transform)
     assert x_all.shape[0] == 10 + 10 * learner.replay_ratio
     held = learner.scaler.transform(learner.replay.x[:len(learner.replay)])
     nearest = (x_all[10:, None, :] - held[None]).abs().amax(dim=2).min(dim=1).values

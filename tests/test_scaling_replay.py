@@ -288,3 +288,18 @@ def test_a_metric_floor_keeps_a_rarely_moved_weight_from_being_pinned():
     pinned, floored = moved(0.0), moved(1.0)
     assert pinned[2] < 1e-3 and pinned[0] > 0.5  # Adam's own metric: the rarely moved weight is pinned
     assert floored[2] > 0.3 and torch.allclose(floored[:2], pinned[:2], rtol=0.05)
+
+
+def test_the_batch_and_its_replayed_rows_are_scaled_in_one_call_with_the_same_result():
+    scaler = InputScaler("running", clip=3.0)
+    scaler.fit(torch.randn(64, 3) * 5 + 2)
+    memory, twin = ReplayMemory(100, seed=3, ratio=2), ReplayMemory(100, seed=3, ratio=2)
+    stored = torch.randn(50, 3) * 20  # rows far out: some are clipped
+    for m in (memory, twin):
+        m.add(stored, None)
+    x = torch.randn(4, 3) * 5
+    together, _ = memory.extend(x, None, scale=scaler.transform)
+    raw, _ = twin.extend(x, None)
+    apart = torch.cat([scaler.transform(raw[:4]), scaler.transform(raw[4:])])
+    assert together.shape == (12, 3) and torch.equal(together, apart)
+    assert bool((together.abs() == scaler.clip).any())  # the clip applies to both

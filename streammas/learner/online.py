@@ -143,7 +143,7 @@ class OnlineMAS:
                                  normalization=s.omega_normalization, omega_dtype=held_dtype)
         self.buffer = HardBuffer(s.hard_buffer, s.hard_buffer_decay)
         self.scaler = InputScaler(s.scale_inputs, clip=s.input_clip, floor=s.scale_floor, device=self.device)
-        self.replay = ReplayMemory(s.replay, max_bytes=s.replay_max_bytes, transform=self.scaler.transform,
+        self.replay = ReplayMemory(s.replay, max_bytes=s.replay_max_bytes,
                                    seed=self.collective.replay_seed(torch.initial_seed() % (1 << 63)),
                                    retention=s.replay_retention, ratio=s.replay_ratio,
                                    retrieval=make_retrieval(s.replay_retrieval, model, self.objective,
@@ -154,7 +154,7 @@ class OnlineMAS:
                                          device_gated=skips_on_device(self.optimizer),
                                          metric_floor=s.prox_metric_floor)
         self.update = make_update(model, self.objective, self.optimizer, self.buffer, self.meter, self.proximal,
-                                  steps_per_batch=s.steps_per_batch, fused=s.fused_step,
+                                  steps_per_batch=s.steps_per_batch, fused=s.fused_step, scale=self.scaler.transform,
                                   replay=self.replay if s.replay else None, collective=self.collective)
         detector = (PlateauDetector(s.plateau) if s.plateau is None or isinstance(s.plateau, (PlateauConfig, Mapping))
                     else s.plateau)
@@ -233,7 +233,7 @@ class OnlineMAS:
             return torch.full((batch,), math.nan, device=self.device)
         self.guard.adopt_shape(tuple(rows.seen_x.shape[1:]))  # a worker with no row yet learns the group's
         self.scaler.fit(rows.seen_x)  # in the exact mode the union's statistics, alike everywhere
-        scores, score_mean = self.update(rows, self.scaler.transform(rows.x), self.meter.due(self.steps))
+        scores, score_mean = self.update(rows, rows.x, self.meter.due(self.steps))  # scaled there, with the replayed
         self.replay.add(rows.seen_x, rows.seen_y, regime=self.regimes.peaks, dtype=rows.source_dtype)
         self.steps += 1
         self.samples_seen += rows.seen_x.shape[0]

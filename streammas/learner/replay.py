@@ -36,8 +36,6 @@ class ReplayMemory:
         The memory's bound in bytes: wide samples lower the capacity to fit, narrow dtypes raise it.
     seed : int, default 0
         Seed of the memory's own generator (slots and replay draws).
-    transform : callable or None
-        Applied to replayed samples (the learner's input scaling).
     retention : {"reservoir", "balanced"}, default "reservoir"
         The rule that chooses what to keep (:mod:`streammas.learner.retention`).
     ratio : int, default 1
@@ -73,7 +71,7 @@ class ReplayMemory:
     """
 
     def __init__(self, capacity: int, *, max_bytes: int = 64 << 20, seed: int = 0,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, retention: str = "reservoir",
+                 retention: str = "reservoir",
                  ratio: int = 1, retrieval: Interfered | None = None) -> None:
         if capacity < 0:
             raise ValueError(f"replay must be >= 0, got {capacity}")
@@ -81,7 +79,6 @@ class ReplayMemory:
             raise ValueError(f"replay_ratio must be >= 1, got {ratio}")
         self.capacity = int(capacity)
         self.max_bytes = int(max_bytes)
-        self.transform = transform
         self.ratio = int(ratio)
         self.retrieval = retrieval
         self.generator = random.Random(seed)
@@ -137,8 +134,11 @@ class ReplayMemory:
         return rows * self.ratio
 
     def extend(self, x: torch.Tensor, y: torch.Tensor | None, *, draws: int | None = None,
-               positions: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The batch followed by :meth:`draws` samples drawn from the memory (the batch alone while it is empty).
+               positions: list[int] | None = None,
+               scale: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch followed by :meth:`draws` samples drawn from the memory (the batch alone while it is empty),
+        all standardised by ``scale`` (the learner's input scaling), in one call where nothing compares the batch
+        with candidates first: each row is scaled alone, so the result is the same.
 
         In a group of workers each holds the same memory and draws for the whole global batch (``draws`` rows,
         so that the generators stay alike), keeping the draws of its own rows' ``positions`` in that batch: the
@@ -155,7 +155,7 @@ class ReplayMemory:
         """
         held = len(self)
         if held == 0:
-            return x, y
+            return (x if scale is None else scale(x)), y
         per_row = self.ratio
         wanted = per_row * (x.shape[0] if draws is None else draws)
         # a retrieval rule picks among more candidates; a group's workers split the draws, so they draw uniformly
@@ -165,16 +165,16 @@ class ReplayMemory:
             drawn = drawn.reshape(-1, per_row)[positions].reshape(-1)
         pick = torch.from_numpy(drawn).to(self.x.device)
         replayed = self.x.index_select(0, pick).to(x.dtype)
-        if self.transform is not None:
-            replayed = self.transform(replayed)
         replayed_y = None if y is None or self.y is None else self.y.index_select(0, pick)
-        if pool > wanted:
+        if pool > wanted:  # the rule compares the batch with the candidates in the learner's units
+            if scale is not None:
+                x, replayed, scale = scale(x), scale(replayed), None
             chosen = self.retrieval.pick(x, y, replayed, replayed_y, wanted)
             replayed = replayed.index_select(0, chosen)
             replayed_y = None if replayed_y is None else replayed_y.index_select(0, chosen)
         x_all = torch.cat([x, replayed])
         y_all = None if replayed_y is None else torch.cat([y, replayed_y])
-        return x_all, y_all
+        return (x_all if scale is None else scale(x_all)), y_all
 
     def describe(self) -> str:
         """What the memory holds, in a line (the demo and ``streammas inspect`` print it).

@@ -39,11 +39,11 @@ Scores = tuple[torch.Tensor, torch.Tensor]
 
 
 class Update(Protocol):
-    """One learner step: ``update(rows, z, measure) -> (scores, their mean)``, both on the device.
+    """One learner step: ``update(rows, x, measure) -> (scores, their mean)``, both on the device.
 
-    Calling an engine scores the step's rows (``rows``, a :class:`~streammas.collective.alone.StepRows`, standardised
-    as ``z``), learns them with what the memory replays and the hard buffer's rows, and folds their importance when
-    ``measure`` is true. :class:`AutogradUpdate` and
+    Calling an engine scores the step's rows (``rows``, a :class:`~streammas.collective.alone.StepRows`, whose ``x``
+    it is given, standardised by its ``scale`` together with what the memory replays), learns them with the replayed
+    rows and the hard buffer's, and folds their importance when ``measure`` is true. :class:`AutogradUpdate` and
     :class:`FusedUpdate` conform; :func:`make_update` picks one.
 
     Attributes
@@ -77,7 +77,7 @@ class Update(Protocol):
     skipped: torch.Tensor
     last_rows: tuple[torch.Tensor, torch.Tensor | None] | None
 
-    def __call__(self, rows: StepRows, z: torch.Tensor, measure: bool) -> Scores: ...
+    def __call__(self, rows: StepRows, x: torch.Tensor, measure: bool) -> Scores: ...
 
 
 class AutogradUpdate:
@@ -104,6 +104,8 @@ class AutogradUpdate:
     collective : Alone or None, default None
         The learner's collective (:mod:`streammas.collective`), which sums each step over the workers that learn
         it together; ``None``: alone.
+    scale : callable or None, default None
+        The learner's input scaling, applied to the batch and its replayed rows at once; ``None``: none.
 
     Examples
     --------
@@ -125,8 +127,10 @@ class AutogradUpdate:
 
     def __init__(self, model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, buffer: HardBuffer,
                  meter: ImportanceMeter, proximal: ProximalSchedule, steps_per_batch: int = 1,
-                 replay: ReplayMemory | None = None, collective: Alone | None = None) -> None:
+                 replay: ReplayMemory | None = None, collective: Alone | None = None,
+                 scale: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.model = model
+        self.scale = scale
         self.objective = objective
         self.optimizer = optimizer
         self.buffer = buffer
@@ -142,12 +146,16 @@ class AutogradUpdate:
         self.skipped = torch.zeros((), dtype=torch.int64, device=first.device)
         self.last_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # what the last update learned
 
-    def __call__(self, rows: StepRows, z: torch.Tensor, measure: bool) -> Scores:
+    def __call__(self, rows: StepRows, x: torch.Tensor, measure: bool) -> Scores:
         # Replayed samples for each row of the step, drawn for the whole step so that the workers of a group draw
-        # alike and each keeps its own rows' draws.
+        # alike and each keeps its own rows' draws; scaled with the batch, in one call.
         replaying = self.replay is not None and len(self.replay) > 0
-        x_all, y_all = (self.replay.extend(z, rows.y, draws=rows.total, positions=rows.positions) if replaying
-                        else (z, rows.y))
+        if replaying:
+            x_all, y_all = self.replay.extend(x, rows.y, draws=rows.total, positions=rows.positions, scale=self.scale)
+            z = x_all[:x.shape[0]]
+        else:
+            z = x if self.scale is None else self.scale(x)
+            x_all, y_all = z, rows.y
         learned = x_all.shape[0]
         x_all, y_all = self.buffer.extend(x_all, y_all)
         self.last_rows = (x_all, y_all)
@@ -342,11 +350,13 @@ class FusedUpdate(AutogradUpdate):
 def make_update(model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, buffer: HardBuffer,
                 meter: ImportanceMeter, proximal: ProximalSchedule, *, steps_per_batch: int = 1,
                 fused: bool = True, replay: ReplayMemory | None = None,
-                collective: Alone | None = None) -> AutogradUpdate:
+                collective: Alone | None = None, scale: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> AutogradUpdate:
     """The engine for this model, objective and optimizer: the hand-derived chain step where it applies and
-    ``fused`` allows it, autograd otherwise; ``collective``: the learner's (:mod:`streammas.collective`)."""
+    ``fused`` allows it, autograd otherwise; ``collective``: the learner's (:mod:`streammas.collective`); ``scale``:
+    the learner's input scaling, applied to the step's rows (``None``: none)."""
     collective = Alone() if collective is None else collective
     chain = (FusedChain.build(model, objective, optimizer, writes_grads=collective.sums_gradients) if fused
              else None)
-    args = (model, objective, optimizer, buffer, meter, proximal, steps_per_batch, replay, collective)
+    args = (model, objective, optimizer, buffer, meter, proximal, steps_per_batch, replay, collective, scale)
     return AutogradUpdate(*args) if chain is None else FusedUpdate(chain, *args)

@@ -9,7 +9,7 @@ all in one interleaved run:
 - ``defaults``: ``OnlineMAS.learn_many`` with the learner's defaults, consolidated once;
 - ``peer``: the practitioner's loop, with the defaults' memory budget and replay ratio;
 - ``scaling``: what the defaults' input scaling does in a step, on a copy of the learner's scaler: fold the batch
-  into the statistics, standardise the batch, then the replayed rows;
+  into the statistics, standardise the batch and its replayed rows (one call);
 - ``replay``: what the defaults' memory does in a step, on a copy of the learner's memory (its scaling apart):
   offer the batch to the reservoir, draw the replayed rows and append them to the batch.
 """
@@ -42,14 +42,12 @@ def _components(learner: OnlineMAS, batches: list[torch.Tensor]) -> dict:
     """Copies of the learner's scaler and memory, doing in each call what a default step makes them do."""
     scaler = copy.deepcopy(learner.scaler)
     memory = copy.deepcopy(learner.replay)
-    memory.transform = None
     draws = memory.draws(batches[0].shape[0])
-    replayed = memory.x[:draws].to(batches[0].dtype)
+    stacked = torch.cat([batches[0], memory.x[:draws].to(batches[0].dtype)])  # a step's rows, as the memory gives
 
     def scaling(x: torch.Tensor) -> None:
         scaler.fit(x)
-        scaler.transform(x)
-        scaler.transform(replayed)
+        scaler.transform(stacked)
 
     def replay(x: torch.Tensor) -> None:
         memory.add(x, None, dtype=x.dtype)
