@@ -202,3 +202,10 @@ def test_forgetting_the_shape_lets_the_next_samples_decide_again(tmp_path: Path)
     assert first.x.shape == (4, 2) and [b.x.shape[1] for b in rest] == [3, 3]
     assert np.concatenate([b.x[:, 0] for b in rest]).tolist() == list(range(4, 10))
     assert counters["samples"] == 10 and not any(k.startswith("rejected") for k in counters)
+
+
+def test_a_workers_share_of_the_rows_is_the_inline_share(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "d.csv", 1000, {50: "bad,1,1"})
+    for rank in range(3):
+        options = {"batch_size": 16, "shard": (rank, 3)}
+        _same(_read(open_source(f"csv:{path}", **options)), _read(ProcessSource(f"csv:{path}", **options)))
