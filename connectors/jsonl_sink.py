@@ -26,7 +26,7 @@ import sys
 import numpy as np
 
 from connectors.base import Batch, Sink
-from connectors.records import RESERVED, check_scores, jsonable, sample_records
+from connectors.records import RESERVED, check_scores, is_per_sample, jsonable, sample_records
 from connectors.rotating import RotatingFile, tail_line
 
 
@@ -62,7 +62,7 @@ def _direct_lines(seq: int, scores: np.ndarray, batch: Batch, extra: dict | None
     n = len(scores)
     per_sample, per_batch = [], {}
     for key, value in (extra or {}).items():
-        if isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n:
+        if is_per_sample(value, n):
             per_sample.append((str(key), value))
         else:
             per_batch[str(key)] = value

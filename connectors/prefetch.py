@@ -59,6 +59,14 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def _summed(carried: Mapping[str, int], now: Mapping[str, int]) -> dict[str, int]:
+    """Counts of the children before this one (``carried``) and of this one, key by key."""
+    total = dict(carried)
+    for key, value in now.items():
+        total[key] = total.get(key, 0) + value
+    return total
+
+
 def _raise(header: dict[str, Any]) -> None:
     """The child's exception, raised again here as its nearest built-in type."""
     kind = getattr(builtins, header["type"], None)
@@ -281,10 +289,7 @@ class ProcessSource(Source):
 
     @property
     def counters(self) -> Mapping[str, int]:
-        counts = dict(self._carried)
-        for key, value in self._counters.items():
-            counts[key] = counts.get(key, 0) + value
-        return counts or {"samples": 0, "batches": 0}
+        return _summed(self._carried, self._counters) or {"samples": 0, "batches": 0}
 
     @property
     def reject_examples(self) -> dict[str, str]:
@@ -292,10 +297,7 @@ class ProcessSource(Source):
 
     @property
     def failed_columns(self) -> dict[str, int]:
-        failed = dict(self._carried_failed)
-        for column, rows in self._failed.items():
-            failed[column] = failed.get(column, 0) + rows
-        return failed
+        return _summed(self._carried_failed, self._failed)
 
     def drain(self, timeout: float) -> Iterable[Batch]:
         """Nothing: what the child read ahead is read again from :attr:`position` by the next run."""

@@ -40,6 +40,11 @@ def jsonable(value: Any) -> Any:
 RESERVED = frozenset({"seq", "score", "y"})
 
 
+def is_per_sample(value: Any, n: int) -> bool:
+    """Whether an ``extra`` value gives one value per sample of a batch of ``n`` (see the module doc)."""
+    return isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n
+
+
 def split_extra(extra: dict | None, n: int) -> tuple[dict[str, list], dict[str, Any]]:
     """``(per_sample, per_batch)`` parts of ``extra`` for a batch of ``n`` samples (see the module doc).
 
@@ -51,7 +56,7 @@ def split_extra(extra: dict | None, n: int) -> tuple[dict[str, list], dict[str, 
     for key, value in (extra or {}).items():
         if key in RESERVED:
             raise ValueError(f"extra may not use the record field {key!r}")
-        if isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n:
+        if is_per_sample(value, n):
             per_sample[str(key)] = jsonable(value)
         else:
             per_batch[str(key)] = jsonable(value)

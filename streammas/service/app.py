@@ -254,8 +254,7 @@ class Service:
             if accepts_option(cfg.uri, "source", "shape_origin"):
                 options["shape_origin"] = "checkpoint"
         options.update(self.group.source_options())
-        world_size = getattr(getattr(self.group, "ctx", None), "world_size", 1)
-        opener = ProcessSource if cfg.reads_ahead(world_size) else open_source
+        opener = ProcessSource if cfg.reads_ahead(self.group.world_size) else open_source
         try:
             self.source = opener(cfg.uri, batch_size=cfg.batch_size, max_latency_ms=cfg.max_latency_ms,
                                  position=self.opened_at, **options)

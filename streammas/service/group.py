@@ -88,6 +88,7 @@ class Alone:
     """
 
     is_main = True
+    world_size = 1
 
     def __init__(self, config: Config, write: Write) -> None:
         self.config = config
@@ -180,6 +181,10 @@ class Group:
     @property
     def is_main(self) -> bool:
         return self.ctx.is_main
+
+    @property
+    def world_size(self) -> int:
+        return self.ctx.world_size
 
     # -- start-up ----------------------------------------------------------------------------------------------
     def worker_device(self, device: str) -> str:
