@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch.nn.modules import module as _module
 
-__all__ = ["adam_second_moment", "global_module_hooks", "hook_tables", "skips_on_device", "step_unless"]
+__all__ = ["adam_second_moment", "global_module_hooks", "hook_tables", "skips_on_device"]
 
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks")
@@ -33,14 +33,6 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step`` can skip itself on a device flag (torch's fused kernels can): a non-finite loss
     then needs no host sync."""
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
-
-
-def step_unless(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
-    """Step, or leave every parameter and moment untouched where the 0-d device flag ``bad`` is true (an optimizer
-    for which :func:`skips_on_device` holds)."""
-    optimizer.found_inf = bad.float()
-    optimizer.grad_scale = None
-    optimizer.step()
 
 
 def adam_second_moment(optimizer: torch.optim.Optimizer,

@@ -25,7 +25,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from streammas.backend.compat import skips_on_device, step_unless
+from streammas.backend.adam_kernel import OptimizerStep
+from streammas.backend.compat import skips_on_device
 from streammas.backend.hostsync import cpu_read, host_read
 from streammas.collective.alone import Alone, StepRows
 from streammas.learner.buffer import HardBuffer
@@ -143,6 +144,7 @@ class AutogradUpdate:
         self.dtype = first.dtype
         # Fused optimizers skip a step on a device-side flag (found_inf): a non-finite loss needs no host sync.
         self.guarded = skips_on_device(optimizer)
+        self.step_optimizer = OptimizerStep(optimizer)  # torch's fused Adam kernel without Optimizer.step around it
         self.skipped = torch.zeros((), dtype=torch.int64, device=first.device)
         self.last_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # what the last update learned
 
@@ -226,7 +228,7 @@ class AutogradUpdate:
         """The optimizer's step and the regulariser's, both skipped when the loss is not finite."""
         if self.guarded and finite.device.type == "cpu":  # the flag costs no sync to read: no device-side skip
             if cpu_read(finite):
-                self.optimizer.step()
+                self.step_optimizer()
                 self.proximal.after_step(None)
             else:
                 self.skipped += 1
@@ -234,7 +236,7 @@ class AutogradUpdate:
             return
         if self.guarded:
             bad = ~finite
-            step_unless(self.optimizer, bad)
+            self.step_optimizer(bad.float())
             self.skipped += bad
             if self.proximal.active:  # no gate kernel while there is nothing to protect
                 self.proximal.after_step(finite.to(self.dtype))
@@ -242,7 +244,7 @@ class AutogradUpdate:
         if not host_read(finite):
             self.skipped += 1
             return
-        self.optimizer.step()
+        self.step_optimizer()
         self.proximal.after_step(None)
 
 
