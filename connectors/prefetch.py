@@ -79,6 +79,12 @@ def _raise(header: dict[str, Any]) -> None:
     raise error
 
 
+def _view(data: bytearray, dtype: str, shape: list[int], offset: int) -> np.ndarray:
+    """An array of the message ``data`` at ``offset``: a view, or a copy where the view would not be aligned."""
+    array = np.frombuffer(data, dtype, math.prod(shape), offset).reshape(shape)
+    return array if array.flags.aligned else array.copy()
+
+
 class ProcessSource(Source):
     """A source opened by URI and read ahead in a child process (see the module doc).
 
@@ -234,13 +240,15 @@ class ProcessSource(Source):
         if header["kind"] != "batches":
             self._handle(header)
             return
+        # one writable copy of the message, each batch's arrays views of it (a copy per array cost more)
+        data = bytearray(message)
         for item in header["batches"]:
             shape = item["shape"]
-            x = np.frombuffer(message, item["dtype"], math.prod(shape), offset).reshape(shape).copy()
+            x = _view(data, item["dtype"], shape, offset)
             offset += x.nbytes
             y = None
             if item["y_dtype"] is not None:
-                y = np.frombuffer(message, item["y_dtype"], shape[0], offset).copy()
+                y = _view(data, item["y_dtype"], shape[:1], offset)
                 offset += y.nbytes
             self._queue.append((Batch(x, y, item["position"]), item))
 

@@ -41,8 +41,10 @@ POLL_S = 0.5
 
 
 def pack(header: dict[str, Any], *arrays: np.ndarray) -> bytes:
-    """A message: the header's length (4 bytes, little-endian), the header as JSON, the arrays' bytes."""
+    """A message: the header's length (4 bytes, little-endian), the header as JSON (padded with spaces), the arrays'
+    bytes."""
     head = json.dumps(header).encode()
+    head += b" " * (-(4 + len(head)) % 16)  # the first array at a 16-byte boundary, where the parent can view it
     return b"".join([len(head).to_bytes(4, "little"), head, *(np.ascontiguousarray(a).tobytes() for a in arrays)])
 
 
@@ -50,7 +52,7 @@ def unpack(message: bytes) -> tuple[dict[str, Any], int]:
     """A message's header, and the offset of its first array.
 
     >>> unpack(pack({"kind": "log"}, np.zeros(2)))
-    ({'kind': 'log'}, 19)
+    ({'kind': 'log'}, 32)
     """
     size = int.from_bytes(message[:4], "little")
     return json.loads(message[4:4 + size]), 4 + size

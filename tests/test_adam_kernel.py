@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.profiler import ProfilerActivity, profile
 
 from streammas import OnlineMAS
 from streammas.backend.adam_kernel import OptimizerStep
@@ -48,15 +49,15 @@ def test_the_kernel_gives_adams_numbers(adam):
     step(), reference.step()  # the first step makes the state: optimizer.step(), its hooks run
     assert calls == [1]
     optimizer._optimizer_step_post_hooks.clear()
-    own_step = optimizer.step
-    optimizer.step = lambda: (calls.append(2), own_step())  # counts any call of the optimizer's own step
-    for i in range(1, 30):
-        if i == 15:  # a scheduler's change of the step size is read at the next step
-            optimizer.param_groups[0]["lr"] = reference.param_groups[0]["lr"] = adam["lr"] / 3
-        _backward(model, i), _backward(twin, i)
-        step(), reference.step()
-        _same(optimizer, reference)
-    assert calls == [1]  # the kernel alone ran
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(1, 30):
+            if i == 15:  # a scheduler's change of the step size is read at the next step
+                optimizer.param_groups[0]["lr"] = reference.param_groups[0]["lr"] = adam["lr"] / 3
+            _backward(model, i), _backward(twin, i)
+            step(), reference.step()
+            _same(optimizer, reference)
+    ran = {e.key: e.count for e in prof.key_averages()}
+    assert ran["Optimizer.step#Adam.step"] == 29 and ran["aten::_fused_adam_"] == 58  # the reference's, and both
     assert float(optimizer.state[model[0].weight]["step"]) == 30
 
 
@@ -99,6 +100,20 @@ def test_hooks_and_missing_state_take_the_optimizers_own_step():
     _backward(model, 4), _backward(twin, 4)
     step(), reference.step()
     _same(optimizer, reference)
+
+
+def test_a_schedulers_wrapped_step_is_the_one_called():
+    model, optimizer, twin, reference = _pair(lr=0.01)
+    step = OptimizerStep(optimizer)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    twin_scheduler = torch.optim.lr_scheduler.StepLR(reference, step_size=2, gamma=0.5)
+    for i in range(6):
+        _backward(model, i), _backward(twin, i)
+        step(), reference.step()
+        scheduler.step(), twin_scheduler.step()
+    assert optimizer._opt_called  # the scheduler saw its optimizer step (no warning that it did not)
+    _same(optimizer, reference)
+    assert optimizer.param_groups[0]["lr"] == 0.01 / 8
 
 
 def test_other_optimizers_step_themselves():

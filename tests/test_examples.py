@@ -48,6 +48,15 @@ def test_river_classification_example_runs_progressive_validation():
     assert len(accuracies) == 3 and all(a > 60 for a in accuracies), out
 
 
+def test_the_replay_ratio_example_shows_what_the_memory_keeps():
+    out = _run("river_replay_ratio.py", "--ratios", "0", "1", "--seeds", "0", "--passes", "1")
+    rows = {m.group(1): [float(v) for v in re.findall(r"([\d.]+) \(", m.group(2))]  # the means
+            for m in re.finditer(r"^(0 \(no replay\)|1)\s{2,}(.*)$", out, re.M)}
+    assert set(rows) == {"0 (no replay)", "1"} and all(len(v) == 4 for v in rows.values()), out
+    assert all(0.5 < v <= 1 for v in rows["1"]), out
+    assert rows["1"][3] > rows["0 (no replay)"][3] + 0.03, out  # the memory keeps the regime that returns
+
+
 def test_the_input_clip_example_prints_each_setting():
     out = _run("sgd_input_clip.py", "--seeds", "1", "--permutations", "2", "--passes", "1")
     lines = [line for line in out.splitlines() if "%" in line]

@@ -42,7 +42,8 @@ class OptimizerStep:
     optimizer : torch.optim.Optimizer
         Any optimizer. The kernel is called directly for a :class:`torch.optim.Adam` with ``fused=True``, one
         parameter group, no AMSGrad, every parameter on one device in one dtype, and only while the step would run
-        no hook and every parameter has a gradient and its state.
+        no hook, nothing wraps the optimizer's ``step`` (an LR scheduler does), and every parameter has a
+        gradient and its state.
 
     Examples
     --------
@@ -82,7 +83,8 @@ class OptimizerStep:
     def _tensors(self) -> tuple[list[torch.Tensor], ...] | None:
         """The kernel's gradients, moments and step counts, or ``None`` where ``optimizer.step()`` must run."""
         optimizer = self.optimizer
-        if (optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
+        if ("step" in vars(optimizer)  # the instance's step wrapped (an LR scheduler counts the calls)
+                or optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
                 or torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks):
             return None
         group = optimizer.param_groups[0]

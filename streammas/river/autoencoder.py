@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from river import base
 
-from streammas.river.estimator import DEFAULTS, RIVER_SCALE, SGD_LR, MASEstimator
+from streammas.river.estimator import DEFAULTS, RIVER_REPLAY_RATIO, RIVER_SCALE, SGD_LR, MASEstimator
 
 __all__ = ["MASAutoencoder"]
 
@@ -55,8 +55,9 @@ class MASAutoencoder(MASEstimator, base.AnomalyDetector):
         Samples the replay memory holds at most (default: the learner's, 1,000,000; 0 disables replay).
     replay_max_bytes : int, optional
         The replay memory's size in bytes (default: the learner's, 4 MiB), what usually binds.
-    replay_ratio : int, optional
-        Stored samples replayed with each sample of a micro-batch (default: the learner's, 2).
+    replay_ratio : int, default 1
+        Stored samples replayed with each sample of a micro-batch (the learner's own default is 2: the river
+        examples decided the estimators' value, see :data:`~streammas.river.estimator.RIVER_REPLAY_RATIO`).
 
     Examples
     --------
@@ -86,7 +87,7 @@ class MASAutoencoder(MASEstimator, base.AnomalyDetector):
         scale_inputs: str = RIVER_SCALE,
         replay: int = DEFAULTS["replay"],
         replay_max_bytes: int = DEFAULTS["replay_max_bytes"],
-        replay_ratio: int = DEFAULTS["replay_ratio"],
+        replay_ratio: int = RIVER_REPLAY_RATIO,
     ) -> None:
         self.hidden = hidden
         self.latent = latent

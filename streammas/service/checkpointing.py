@@ -189,7 +189,7 @@ class Checkpointer:
         learned = samples_seen - self._learned_at
         if state.every_samples and learned >= state.every_samples:
             return "samples"
-        if (state.every_seconds and time.monotonic() - self._clock >= state.every_seconds
+        if (state.every_seconds and now - self._clock >= state.every_seconds
                 and (learned or self.received_since(received))):
             return "time"
         return None

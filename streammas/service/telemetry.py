@@ -61,9 +61,10 @@ class LossWindows:
     >>> losses.mean()  # the first window has left the average
     6.0
     >>> losses.add(np.array([8.0, np.inf]))  # scores already on the host are summed there
+    >>> losses.add(np.array([1.0, 2.0]))
     >>> losses.add(torch.tensor([11.0]))
-    >>> losses.mean()  # windows (7, 1 sample) and (8 + 11, 2 samples)
-    8.666666666666666
+    >>> losses.mean()  # windows (7, 1 sample) and (8 + 1 + 2 + 11, 4 samples)
+    5.8
     """
 
     def __init__(self, windows: int = LOSS_WINDOWS) -> None:
@@ -77,8 +78,12 @@ class LossWindows:
         """Sum a batch's losses: on the device (a tensor), or on the host where they already are (an array)."""
         self._added = True
         if isinstance(scores, np.ndarray):
-            finite = np.isfinite(scores)
-            kept = scores if finite.all() else scores[finite]
+            total = float(scores.sum())
+            if math.isfinite(total):  # every score finite, as a finite sum says: one reduction, not three
+                self._host_sum += total
+                self._host_count += len(scores)
+                return
+            kept = scores[np.isfinite(scores)]
             self._host_sum += float(kept.sum())
             self._host_count += len(kept)
             return
