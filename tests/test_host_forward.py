@@ -93,3 +93,15 @@ def test_a_model_torch_scores_checks_a_bad_row_once():
     bad = held[0].clone()
     bad[0] = float("inf")
     assert math.isnan(learner.score_one(bad)) and learner.guard.rejected == 1
+
+
+def test_a_float32_row_is_scaled_and_scored_in_numpy_with_the_torch_scalings_numbers():
+    learner, held = _trained(MLPAutoencoder(in_features=12, hidden=(16,), latent=4))
+    rows = held.clone()
+    rows[0, 2] = 1e4  # standardised far beyond the clip
+    for row in [*rows, *rows.numpy()]:
+        assert learner.guard.host_row(row) is not None  # the NumPy path is the one taken
+        z = learner.scaler.transform(torch.as_tensor(row)[None])
+        assert learner.score_one(row) == learner.update.score_row(z)  # scaled in torch: the same bits
+    assert learner.guard.host_row(held[0].double()) is None  # converted by the general path
+    assert math.isclose(learner.score_one(held[0].double()), learner.score_one(held[0]), rel_tol=1e-6)

@@ -245,16 +245,17 @@ class FusedChain:
 
     @property
     def writes_grads(self) -> bool:
-        """Whether :meth:`step` leaves the gradients in ``.grad`` for the optimizer to step (Adam) instead of
-        updating the weights itself (SGD)."""
+        """Whether :meth:`step` leaves the gradients in ``.grad`` for the optimizer (Adam), not stepping (SGD)."""
         return self._lr_of is None
 
     def applicable(self, x: torch.Tensor) -> bool:
         """Whether this chain computes what ``model(x)`` would: no hook on any module, and a batch the chain takes
         as it is (a bare ``Sequential`` takes ``[B, features]`` only)."""
-        if not self.flattens and x.dim() != 2:
-            return False
-        return not (global_module_hooks() or any(self._hook_tables))  # register_module_forward_hook & co. too
+        return (self.flattens or x.dim() == 2) and not self.hooked()
+
+    def hooked(self) -> bool:
+        """Whether a hook is on a module of the model, or on every module (the chain calls none: it would skip it)."""
+        return global_module_hooks() or any(self._hook_tables)  # register_module_forward_hook & co. too
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The flat input, each linear layer's input, and each module's output (in forward order)."""

@@ -126,6 +126,9 @@ class HostForward:
     def reconstruction_error(self, z: torch.Tensor) -> float:
         """The mean squared error of the chain's reconstruction of the one sample ``z`` (``[1, ...]``, float32,
         in CPU memory)."""
-        row = cpu_view(z.reshape(-1))
+        return self.row_error(cpu_view(z.reshape(-1)))
+
+    def row_error(self, row: np.ndarray) -> float:
+        """The mean squared error of the chain's reconstruction of the flat float32 sample ``row``."""
         diff = self.output(row) - row
         return float(np.dot(diff, diff)) / diff.shape[0]

@@ -95,6 +95,30 @@ class InputGuard:
             return self._vector(x)[None]
         return self.to_tensor(x).unsqueeze(0)
 
+    def host_row(self, x: Any) -> np.ndarray | None:
+        """One flat sample that needs no conversion and no check but its finiteness (float32, in host memory,
+        the stream's sample shape, for a float32 model in CPU memory), as a NumPy view; ``None`` where the
+        general path must see it (:meth:`prepare`, which also turns away and counts a sample that is not finite).
+
+        >>> guard = InputGuard(torch.device("cpu"), torch.float32)
+        >>> _ = guard.prepare(np.zeros((1, 2), dtype=np.float32), None)  # the stream's shape: (2,)
+        >>> guard.host_row(np.array([1.0, 2.0], dtype=np.float32)).tolist(), guard.host_row(np.array([1.0, 2.0]))
+        ([1.0, 2.0], None)
+        """
+        shape = self.sample_shape
+        if shape is None or len(shape) != 1 or self.dtype != torch.float32 or self.device.type != "cpu":
+            return None
+        if isinstance(x, torch.Tensor):
+            if x.dtype != torch.float32 or not x.is_cpu or x.requires_grad:
+                return None
+            x = x.numpy()
+        elif type(x) is not np.ndarray or x.dtype != np.float32:
+            return None
+        if x.shape != self.sample_shape or not math.isfinite(float(x.sum())):
+            return None
+        self.input_dtype = torch.float32
+        return x
+
     def _vector(self, x: Mapping[str, Any]) -> np.ndarray:
         if self.feature_names is None:
             self.feature_names = list(x)

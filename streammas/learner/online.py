@@ -17,7 +17,6 @@ Each part owns its state and its ``state_dict``: :class:`~streammas.learner.inpu
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -43,7 +42,7 @@ from streammas.learner.regimes import RegimeTracker
 from streammas.learner.replay import ReplayMemory
 from streammas.learner.retrieval import make_retrieval
 from streammas.learner.scaling import InputScaler
-from streammas.learner.settings import LearnerSettings
+from streammas.learner.settings import LearnerSettings, learner_signature
 from streammas.learner.synapses import Synapses
 from streammas.learner.update import make_update
 
@@ -265,6 +264,10 @@ class OnlineMAS:
 
     def score_one(self, x: Any, y: Any = None) -> float:
         """The loss of one sample, with no update (a chain's in CPU memory: on the host, without torch's dispatch)."""
+        row = self.guard.host_row(x) if y is None else None  # a float32 sample in host memory: NumPy throughout
+        score = None if row is None else self.update.score_host_row(self.scaler.transform_row(row))
+        if score is not None:
+            return score
         xb, yb, _ = self.guard.prepare(self.guard.one(x), None if y is None else [y])
         z = self.scaler.transform(xb)  # no rows: a row the guard skips, which scores NaN as in a batch
         score = self.update.score_row(z) if yb is None and len(xb) else None
@@ -384,17 +387,4 @@ class OnlineMAS:
                 "buffer": self.buffer.nbytes(), "replay": self.replay.nbytes()}
 
 
-def _signature() -> inspect.Signature:
-    """``OnlineMAS(model, *, <every setting with its default>, callback=None, device=None, distributed=None)``,
-    for help() and :func:`learner_defaults`: the keywords are the settings' fields, spelled out once in
-    LearnerSettings."""
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-              inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="nn.Module")]
-    params += [inspect.Parameter(f.name, keyword, default=f.default, annotation=f.type)
-               for f in dataclasses.fields(LearnerSettings)]
-    params += [inspect.Parameter(name, keyword, default=None) for name in ("callback", "device", "distributed")]
-    return inspect.Signature(params)
-
-
-OnlineMAS.__init__.__signature__ = _signature()
+OnlineMAS.__init__.__signature__ = learner_signature()

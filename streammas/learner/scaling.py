@@ -122,6 +122,16 @@ class InputScaler:
         mean, std = self._mean_std(flat.dtype)
         return torch.sub(flat, mean).div_(std).clamp_(-self.clip, self.clip).reshape(x.shape)
 
+    def transform_row(self, row: np.ndarray) -> np.ndarray:
+        """:meth:`transform` of one flat float32 sample in host memory, in NumPy: the same float32 operations, so
+        the same numbers, without torch's dispatch (a CPU learner's statistics)."""
+        if not self.enabled or self.mean is None:
+            return row
+        mean, std = self._mean_std(torch.float32)
+        z = np.subtract(row, cpu_view(mean))
+        z /= cpu_view(std)
+        return np.clip(z, -self.clip, self.clip, out=z)
+
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """Back to the input's units."""
         if not self.enabled or self.mean is None:

@@ -27,6 +27,7 @@ ValueError: kind must be one of 'a', 'b'; got 'c'
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -320,3 +321,21 @@ class LearnerSettings:
         for name in ("objective", "optimizer"):
             if not isinstance(getattr(self, name), str) and not callable(getattr(self, name)):
                 raise ValueError(f"{name} must be a name or a callable, got {getattr(self, name)!r}")
+
+
+def learner_signature() -> inspect.Signature:
+    """``OnlineMAS(model, *, <every setting with its default>, callback=None, device=None, distributed=None)``,
+    for help() and :func:`~streammas.learner.learner_defaults`: the keywords are the settings' fields, spelled out
+    once in :class:`LearnerSettings`.
+
+    >>> signature = learner_signature()
+    >>> list(signature.parameters)[:3], signature.parameters["replay_ratio"].default
+    (['self', 'model', 'objective'], 2)
+    """
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+              inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="nn.Module")]
+    params += [inspect.Parameter(f.name, keyword, default=f.default, annotation=f.type)
+               for f in dataclasses.fields(LearnerSettings)]
+    params += [inspect.Parameter(name, keyword, default=None) for name in ("callback", "device", "distributed")]
+    return inspect.Signature(params)

@@ -22,6 +22,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -216,6 +217,11 @@ class AutogradUpdate:
         it (here always; :class:`FusedUpdate` has a host forward)."""
         return None
 
+    def score_host_row(self, row: np.ndarray) -> float | None:
+        """The loss of the one standardised flat sample ``row`` (float32, host memory) computed in NumPy, or
+        ``None`` (here always; :class:`FusedUpdate` has a host forward)."""
+        return None
+
     def _empty(self) -> tuple[torch.Tensor, torch.Tensor]:
         """No losses, and their sum."""
         return (torch.zeros(0, dtype=self.dtype, device=self.skipped.device),
@@ -309,6 +315,11 @@ class FusedUpdate(AutogradUpdate):
         if self.host is None or z.device.type != "cpu" or z.dtype != torch.float32 or not self.chain.applicable(z):
             return None
         return self.host.reconstruction_error(z)
+
+    def score_host_row(self, row: np.ndarray) -> float | None:
+        if self.host is None or self.chain.hooked():
+            return None
+        return self.host.row_error(row)
 
     def _steps(self, total: int, z: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor | None, divisor: int,
                measure: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:

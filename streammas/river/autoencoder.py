@@ -108,7 +108,7 @@ class MASAutoencoder(MASEstimator, base.AnomalyDetector):
     def score_one(self, x: dict) -> float:
         if self.learner_ is None:
             return 0.0
-        return self.learner_.score_one(torch.from_numpy(self._vector(x)))
+        return self.learner_.score_one(self._vector(x))  # a float32 row: scored in NumPy (OnlineMAS.score_one)
 
     def learn_many(self, X: Any) -> None:
         """Learn a batch of samples (a dataframe, a 2-D array, or a list of dicts), in order."""

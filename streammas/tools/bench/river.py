@@ -8,7 +8,8 @@
 - a dataframe at a time: ``score_many`` then ``learn_many`` on pandas dataframes of ``--frame-rows`` rows whose
   columns come in another order than the model's (so they are reordered), against the same learner given the
   same rows as tensors (``score_many``, then ``learn_many`` on the estimator's micro-batches): target at least
-  0.9x.
+  0.9x. The two are timed in rounds of their own (three times as many, an even number, each first in half
+  of them).
 
 Medians of interleaved rounds, one torch thread, process CPU time (:mod:`streammas.tools.bench.timing`).
 """
@@ -30,6 +31,8 @@ from streammas.tools.bench import timing
 TARGETS = {"vs_deep_river": 5.0, "frame_vs_tensor": 0.9}
 #: Dataframes timed per round (and tensors of the same rows).
 FRAME_BLOCKS = 8
+#: Rounds of the dataframe pair per round of the rest.
+PAIR_ROUNDS = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -139,13 +142,20 @@ def bench_width(width: int, args: argparse.Namespace, env: dict) -> dict:
         for s in range(0, x.shape[0], step):
             learner.learn_many(x[s: s + step])
 
-    variants["frame"] = timing.cycle(on_frame, frames)
-    variants["tensor"] = timing.cycle(on_tensor, tensors)
+    pair = {"frame": timing.cycle(on_frame, frames), "tensor": timing.cycle(on_tensor, tensors)}
     # a dataframe round times FRAME_BLOCKS frames: one frame (a few milliseconds) is at the mercy of where the
     # learner's periodic work (the importance every 16th batch, a consolidation) falls
     blocks = {"ours_one": max(1, args.samples // 10), "deep_river_one": 1, "frame": FRAME_BLOCKS,
               "tensor": FRAME_BLOCKS}
-    runs = timing.interleaved(variants, blocks, repeats=args.repeats, sync=lambda: None, clock=env["clock"])
+    # Each timed block after an untimed call (deep-river is timed after its own warm-up, in its process): the
+    # variant that follows the deep-river process finds the caches that process emptied
+    warm = {"ours_one": 1, "frame": 1, "tensor": 1}
+    runs = timing.interleaved(variants, blocks, repeats=args.repeats, sync=lambda: None, clock=env["clock"],
+                              warm=warm)
+    # the dataframes and their tensors in rounds of their own, each first in half of them, three times as many
+    # (short ones: a round of 8 frames takes some 0.1 s, and a shared machine moves it by half)
+    runs |= timing.interleaved(pair, blocks, repeats=PAIR_ROUNDS * args.repeats + args.repeats % 2,
+                               sync=lambda: None, clock=env["clock"], warm=warm)
     if peer is not None:
         runs["deep_river_one"] = [t * 10 for t in peer_runs]  # per block of ten samples, as ours
     med = {name: timing.median(r) for name, r in runs.items()}

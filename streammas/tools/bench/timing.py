@@ -161,14 +161,18 @@ def calibrate(fn: Callable[[], None], *, seconds: float, sync: Callable[[], None
 
 
 def interleaved(variants: dict[str, Callable[[], None]], blocks: dict[str, int], *, repeats: int,
-                sync: Callable[[], None], clock: str) -> dict[str, list[float]]:
-    """Seconds per call of each variant, one figure per round; every round runs every variant once."""
+                sync: Callable[[], None], clock: str, warm: dict[str, int] | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each variant, one figure per round; every round runs every variant once. ``warm``:
+    calls of a variant made untimed before each of its timed blocks (where another process ran in between and
+    emptied the caches)."""
     now = _clock(clock)
     names = list(variants)
     runs: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
             fn, calls = variants[name], blocks[name]
+            for _ in range((warm or {}).get(name, 0)):
+                fn()
             sync()
             t0 = now()
             for _ in range(calls):
