@@ -16,6 +16,7 @@ import argparse
 
 import torch
 from river import compose, datasets, evaluate, metrics, preprocessing
+from river_anomaly import roc_auc  # the anomaly example's test-then-train loop (this script's own folder)
 
 from streammas.river import MASAutoencoder, MASClassifier
 from streammas.tools.evaluation.streams import anomaly_digits
@@ -37,19 +38,9 @@ def classification(ratio: int, seed: int) -> list[float]:
 
 
 def anomaly(ratio: int, seed: int, passes: int) -> list[float]:
-    data = anomaly_digits(passes, seed)
-    returning_start = data["segments"][-1][0]
     model = compose.Pipeline(preprocessing.MinMaxScaler(),
                              MASAutoencoder(scale_inputs="running", seed=seed, **memory(ratio)))
-    overall, returning = metrics.ROCAUC(n_thresholds=50), metrics.ROCAUC(n_thresholds=50)
-    for i, (row, is_anomaly) in enumerate(zip(data["x"], data["y"])):
-        sample = {f"pixel{j}": float(v) for j, v in enumerate(row)}
-        score = model.score_one(sample)
-        model.learn_one(sample)
-        overall.update(bool(is_anomaly), score)
-        if i >= returning_start:
-            returning.update(bool(is_anomaly), score)
-    return [float(overall.get()), float(returning.get())]
+    return list(roc_auc(model, anomaly_digits(passes, seed)))
 
 
 def main() -> None:
