@@ -116,6 +116,25 @@ def test_a_schedulers_wrapped_step_is_the_one_called():
     assert optimizer.param_groups[0]["lr"] == 0.01 / 8
 
 
+def test_a_group_added_later_is_stepped_by_the_optimizer():
+    model, optimizer, twin, reference = _pair(lr=0.01)
+    step = OptimizerStep(optimizer)
+    extra, twin_extra = nn.Linear(3, 2), nn.Linear(3, 2)
+    twin_extra.load_state_dict(extra.state_dict())
+    for i in range(4):
+        if i == 2:  # after the kernel has run: the new group's parameters must step and get their state
+            optimizer.add_param_group({"params": extra.parameters()})
+            reference.add_param_group({"params": twin_extra.parameters()})
+        for m, e in ((model, extra), (twin, twin_extra)):
+            m.zero_grad(set_to_none=False)
+            e.zero_grad(set_to_none=False)
+            g = torch.Generator().manual_seed(i)
+            (m(torch.randn(8, 6, generator=g)).pow(2).sum() + e(torch.ones(1, 3)).sum()).backward()
+        step(), reference.step()
+    _same(optimizer, reference)
+    assert torch.equal(extra.weight, twin_extra.weight) and len(optimizer.state) == 6
+
+
 def test_other_optimizers_step_themselves():
     layer = nn.Linear(3, 2)
     params = list(layer.parameters())

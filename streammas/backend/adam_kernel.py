@@ -57,7 +57,8 @@ class OptimizerStep:
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
         self.direct = _kernel_applies(optimizer)
-        self._params = list(optimizer.param_groups[0]["params"]) if self.direct else []
+        # the group's own list: a parameter added to it later is stepped too
+        self._params = optimizer.param_groups[0]["params"] if self.direct else []
 
     def __call__(self, found_inf: torch.Tensor | None = None) -> None:
         """One step; with ``found_inf`` (a 0-d float tensor on the parameters' device, 1 where the gradients are
@@ -87,7 +88,10 @@ class OptimizerStep:
                 or optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
                 or torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks):
             return None
-        group = optimizer.param_groups[0]
+        groups = optimizer.param_groups
+        if len(groups) != 1 or groups[0]["params"] is not self._params:  # a group added since (add_param_group)
+            return None
+        group = groups[0]
         if isinstance(group["lr"], torch.Tensor) or any(group.get(k, v) != v for k, v in _PLAIN.items()):
             return None
         grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
@@ -105,7 +109,7 @@ class OptimizerStep:
 
 def _kernel_applies(optimizer: torch.optim.Optimizer) -> bool:
     """Whether :class:`OptimizerStep` may call the fused kernel for ``optimizer`` (checked again at each step for
-    what can change: hooks, settings, gradients and state)."""
+    what can change: the groups, hooks, settings, gradients and state)."""
     if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
         return False
     if not hasattr(torch, "_fused_adam_") or not all(
