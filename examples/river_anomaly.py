@@ -24,7 +24,7 @@ from streammas.tools.evaluation.streams import anomaly_digits
 
 def detectors(seed: int) -> dict[str, compose.Pipeline]:
     # MinMaxScaler (which HalfSpaceTrees needs) maps to [0, 1] but does not standardise: streammas standardises
-    # on top of it (scale_inputs="running"; whole-stream ROC AUC 0.79 against 0.61 without, one pass, seed 0).
+    # on top of it (scale_inputs="running"; whole-stream ROC AUC 0.80 against 0.62 without, one pass, seed 0).
     # Behind a StandardScaler leave the default, "none": a second standardisation changes nothing but the time.
     return {
         "streammas": compose.Pipeline(preprocessing.MinMaxScaler(), MASAutoencoder(scale_inputs="running",
