@@ -114,7 +114,7 @@ class InputGuard:
             x = x.numpy()
         elif type(x) is not np.ndarray or x.dtype != np.float32:
             return None
-        if x.shape != self.sample_shape or not math.isfinite(float(x.sum())):
+        if x.shape != shape or not math.isfinite(float(x.sum())):
             return None
         self.input_dtype = torch.float32
         return x

@@ -265,7 +265,7 @@ class OnlineMAS:
     def score_one(self, x: Any, y: Any = None) -> float:
         """The loss of one sample, with no update (a chain's in CPU memory: on the host, without torch's dispatch)."""
         row = self.guard.host_row(x) if y is None else None  # a float32 sample in host memory: NumPy throughout
-        score = None if row is None else self.update.score_host_row(self.scaler.transform_row(row))
+        score = None if row is None else self.update.score_host_row(row, self.scaler.transform_row)
         if score is not None:
             return score
         xb, yb, _ = self.guard.prepare(self.guard.one(x), None if y is None else [y])

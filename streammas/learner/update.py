@@ -217,9 +217,9 @@ class AutogradUpdate:
         it (here always; :class:`FusedUpdate` has a host forward)."""
         return None
 
-    def score_host_row(self, row: np.ndarray) -> float | None:
-        """The loss of the one standardised flat sample ``row`` (float32, host memory) computed in NumPy, or
-        ``None`` (here always; :class:`FusedUpdate` has a host forward)."""
+    def score_host_row(self, row: np.ndarray, scale: Callable[[np.ndarray], np.ndarray]) -> float | None:
+        """The loss of the one flat sample ``row`` (float32, host memory), standardised by ``scale`` and scored in
+        NumPy, or ``None`` (here always; :class:`FusedUpdate` has a host forward)."""
         return None
 
     def _empty(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,10 +316,10 @@ class FusedUpdate(AutogradUpdate):
             return None
         return self.host.reconstruction_error(z)
 
-    def score_host_row(self, row: np.ndarray) -> float | None:
+    def score_host_row(self, row: np.ndarray, scale: Callable[[np.ndarray], np.ndarray]) -> float | None:
         if self.host is None or self.chain.hooked():
-            return None
-        return self.host.row_error(row)
+            return None  # before scaling it: the general path scales it in torch
+        return self.host.row_error(scale(row))
 
     def _steps(self, total: int, z: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor | None, divisor: int,
                measure: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:

@@ -79,13 +79,11 @@ class LossWindows:
         self._added = True
         if isinstance(scores, np.ndarray):
             total = float(scores.sum())
-            if math.isfinite(total):  # every score finite, as a finite sum says: one reduction, not three
-                self._host_sum += total
-                self._host_count += len(scores)
-                return
-            kept = scores[np.isfinite(scores)]
-            self._host_sum += float(kept.sum())
-            self._host_count += len(kept)
+            if not math.isfinite(total):  # a finite sum says every score is: one reduction, not three
+                scores = scores[np.isfinite(scores)]
+                total = float(scores.sum())
+            self._host_sum += total
+            self._host_count += len(scores)
             return
         scores = scores.detach()
         finite = torch.isfinite(scores)
